@@ -1,0 +1,141 @@
+"""The Expectation-Maximization Attention (EMA) unit.
+
+Semantics follow the authors' release:
+
+* K bases ``mu`` (1, C, K) live in a buffer, initialised from N(0, sqrt(2/K)) and
+  L2-normalised over C.
+* T alternations of the E step ``Z = softmax(lambda * X^T mu)`` (over K) and the M step
+  ``mu = X Z / sum_n Z`` followed by an L2 normalisation of each base, without gradient.
+* The reconstruction ``X~ = mu Z^T`` feeds ReLU -> 1x1 conv + BN -> residual -> ReLU.
+* In training, after each forward pass, ``mu <- m * mu + (1 - m) * mean(mu_T)`` where the
+  mean runs over the whole global batch (all processes of a distributed job).
+
+Because Z and mu come out of the no-gradient iterations, the first 1x1 conv receives no
+gradient, exactly as in the release (other ports freeze it explicitly for the same effect).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+NormLayer = Callable[[int], nn.Module]
+
+EPS = 1e-6  # the release's epsilon, in both normalisations
+
+
+def l2_normalize(bases: torch.Tensor, dim: int) -> torch.Tensor:
+    # The release divides by (eps + norm), not max(norm, eps) as F.normalize does.
+    return bases / (EPS + bases.norm(dim=dim, keepdim=True))
+
+
+def em_iterations(
+    x: torch.Tensor, mu: torch.Tensor, stages: int, lambda_: float = 1.0, normalize_bases: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``stages`` E/M alternations.
+
+    Args:
+        x: features (B, C, N).
+        mu: initial bases (B, C, K).
+    Returns:
+        z: responsibilities after the last E step (B, N, K).
+        mu: bases after the last M step (B, C, K).
+    """
+    if stages < 1:
+        raise ValueError(f"the EMA unit needs at least one EM iteration, got {stages}")
+    for _ in range(stages):
+        z = torch.softmax(lambda_ * torch.bmm(x.transpose(1, 2), mu), dim=2)  # (B, N, K)
+        z_over_positions = z / (EPS + z.sum(dim=1, keepdim=True))  # (B, N, K)
+        mu = torch.bmm(x, z_over_positions)  # (B, C, K)
+        if normalize_bases:
+            mu = l2_normalize(mu, dim=1)
+    return z, mu
+
+
+class EMAUnit(nn.Module):
+    """EMA unit: 1x1 conv -> EM attention -> ReLU -> 1x1 conv + BN -> residual -> ReLU.
+
+    Args:
+        channels: input and output channels C.
+        num_bases: number of bases K.
+        train_stages: EM iterations T while training.
+        eval_stages: EM iterations T at evaluation (may differ from ``train_stages``).
+        momentum: moving-average momentum of the bases (0.9 in the release).
+        lambda_: inverse temperature of the E-step softmax.
+        normalize_bases: L2-normalise the bases after each M step.
+        norm_layer: normalisation layer after the second 1x1 conv.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_bases: int = 64,
+        train_stages: int = 3,
+        eval_stages: int = 3,
+        momentum: float = 0.9,
+        lambda_: float = 1.0,
+        normalize_bases: bool = True,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.train_stages = train_stages
+        self.eval_stages = eval_stages
+        self.momentum = momentum
+        self.lambda_ = lambda_
+        self.normalize_bases = normalize_bases
+
+        mu = torch.randn(1, channels, num_bases) * math.sqrt(2.0 / num_bases)
+        self.register_buffer("mu", l2_normalize(mu, dim=1))  # (1, C, K)
+        self.conv_in = nn.Conv2d(channels, channels, kernel_size=1)
+        self.conv_out = nn.Sequential(
+            nn.Conv2d(channels, channels, kernel_size=1, bias=False), norm_layer(channels)
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def stages(self) -> int:
+        return self.train_stages if self.training else self.eval_stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, H, W)
+        identity = x
+        x = self.conv_in(x)
+        b, c, h, w = x.shape
+        features = x.reshape(b, c, h * w)  # (B, C, N)
+        # The iterations are a clustering, not a learned map: the release runs them without
+        # gradient, in float32 even under autocast because the softmax over long dot
+        # products and the normalisations lose too much precision in half precision.
+        em_dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 if given
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            z, mu = em_iterations(
+                features.to(em_dtype), self.mu.expand(b, -1, -1).to(em_dtype),
+                self.stages, self.lambda_, self.normalize_bases,
+            )
+        if self.training:
+            self._update_bases(mu)
+        x = torch.bmm(mu, z.transpose(1, 2)).to(x.dtype).reshape(b, c, h, w)  # (B, C, H, W)
+        x = self.conv_out(F.relu(x))
+        return F.relu(x + identity)
+
+    @torch.no_grad()
+    def _update_bases(self, mu: torch.Tensor) -> None:
+        batch_mean = mu.mean(dim=0, keepdim=True)  # (1, C, K)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_mean)
+            batch_mean /= dist.get_world_size()
+        self.mu.mul_(self.momentum).add_(batch_mean, alpha=1.0 - self.momentum)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_bases={self.mu.shape[2]}, train_stages={self.train_stages}, "
+            f"eval_stages={self.eval_stages}, momentum={self.momentum}, lambda_={self.lambda_}"
+        )

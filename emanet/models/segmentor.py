@@ -1,0 +1,60 @@
+"""Backbone + head segmentation network and its construction from a config."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from emanet.models.ema_head import EMAHead
+from emanet.models.resnet import ResNet
+
+
+class SegmentationModel(nn.Module):
+    """Runs the head on the backbone's features and upsamples the logits to the input size.
+
+    The upsampling uses ``align_corners=True``, as the release does in training and testing.
+    """
+
+    def __init__(self, backbone: ResNet, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # images: (B, 3, H, W) -> logits (B, classes, H, W)
+        logits = self.head(self.backbone(images))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> SegmentationModel:
+    """Build the network described by the ``model`` config group."""
+    norm_layer = partial(nn.BatchNorm2d, momentum=cfg.bn_momentum)
+    backbone = ResNet(
+        depth=cfg.backbone.depth,
+        stem=cfg.backbone.stem,
+        output_stride=cfg.backbone.output_stride,
+        multi_grid=tuple(cfg.backbone.multi_grid),
+        width=cfg.backbone.width,
+        norm_layer=norm_layer,
+    )
+    if cfg.head != "ema":
+        raise ValueError(f"model.head must be 'ema', got {cfg.head!r}")
+    head = EMAHead(
+        in_channels=backbone.out_channels,
+        num_classes=num_classes,
+        ema_channels=cfg.ema.channels,
+        mid_channels=cfg.mid_channels,
+        num_bases=cfg.ema.num_bases,
+        train_stages=cfg.ema.train_stages,
+        eval_stages=cfg.ema.eval_stages,
+        momentum=cfg.ema.momentum,
+        lambda_=cfg.ema.lambda_,
+        normalize_bases=cfg.ema.normalize_bases,
+        dropout=cfg.dropout,
+        norm_layer=norm_layer,
+    )
+    return SegmentationModel(backbone, head)
