@@ -1,0 +1,71 @@
+"""Training and evaluation transforms, built with albumentations.
+
+The training pipeline is the release's: random scale from a discrete set (image bilinear,
+label nearest), ImageNet normalisation, padding on the bottom/right to the crop size
+(image 0 after normalisation, label 255), random crop and random horizontal flip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomDiscreteScale(A.DualTransform):
+    """Resize by a factor drawn uniformly from ``scales``.
+
+    albumentations' RandomScale draws from a continuous range; the release draws from a
+    fixed set, and ``cv2.resize(fx=s, fy=s)`` reproduces its output sizes exactly.
+    """
+
+    def __init__(self, scales: Sequence[float], p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.scales = tuple(float(s) for s in scales)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"scale": self.py_random.choice(self.scales)}
+
+    def apply(self, img: np.ndarray, scale: float = 1.0, **params: Any) -> np.ndarray:
+        return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+
+    def apply_to_mask(self, mask: np.ndarray, scale: float = 1.0, **params: Any) -> np.ndarray:
+        return cv2.resize(mask, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("scales",)
+
+
+def train_transform(
+    crop_size: int,
+    scales: Sequence[float],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    ignore_index: int = 255,
+) -> A.Compose:
+    return A.Compose(
+        [
+            RandomDiscreteScale(scales),
+            A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
+            A.PadIfNeeded(
+                min_height=crop_size, min_width=crop_size, position="top_left",
+                border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index,
+            ),
+            A.RandomCrop(height=crop_size, width=crop_size),
+            A.HorizontalFlip(p=0.5),
+            ToTensorV2(),
+        ]
+    )
+
+
+def eval_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> A.Compose:
+    return A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()])

@@ -1,0 +1,143 @@
+"""The VOC reader on a tiny dataset written here, and the demo generator."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
+from emanet.data.palette import color_map, read_label_png, save_label_png
+from emanet.data.transforms import eval_transform, train_transform
+from emanet.data.voc import VOC_CLASSES, VOCSegmentation
+from emanet.errors import DatasetNotFoundError
+
+
+def write_tiny_voc(root, ids=("2007_000032", "2007_000039"), size=(7, 9)):
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    labels = {}
+    for image_id in ids:
+        image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        label = rng.integers(0, 21, size=size, dtype=np.uint8)
+        label[0, :] = 255  # a boundary band, as in VOC
+        save_label_png(label, root / "SegmentationClass" / f"{image_id}.png")
+        labels[image_id] = label
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return labels
+
+
+def test_palette_png_round_trip_keeps_indices_and_255(tmp_path):
+    label = np.array([[0, 1, 15], [20, 255, 3]], dtype=np.uint8)
+    save_label_png(label, tmp_path / "x.png")
+    with Image.open(tmp_path / "x.png") as png:
+        assert png.mode == "P"
+        palette = np.array(png.getpalette()[: 3 * 256]).reshape(256, 3)
+    assert np.array_equal(palette[15], [192, 128, 128])  # VOC's "person" colour
+    assert np.array_equal(palette[255], [224, 224, 192])  # VOC's boundary colour
+    assert np.array_equal(read_label_png(tmp_path / "x.png"), label)
+    assert not list(tmp_path.glob(".*tmp"))  # the atomic write leaves no temp file
+
+
+def test_color_map_matches_voc_devkit():
+    cmap = color_map()
+    assert cmap[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert cmap[20].tolist() == [0, 64, 128]
+
+
+def test_reader_returns_raw_labels_and_pillow_pixels(tmp_path):
+    labels = write_tiny_voc(tmp_path)
+    dataset = VOCSegmentation(tmp_path, "val", VOC_CLASSES)
+    assert len(dataset) == 2 and dataset.num_classes == 21
+    sample = dataset[1]
+    assert sample["id"] == "2007_000039"
+    assert sample["image"].shape == (3, 7, 9) and sample["image"].dtype == torch.uint8
+    assert torch.equal(sample["label"], torch.from_numpy(labels["2007_000039"]).long())
+    decoded = np.asarray(Image.open(tmp_path / "JPEGImages" / "2007_000039.jpg").convert("RGB"))
+    assert torch.equal(sample["image"], torch.from_numpy(decoded).permute(2, 0, 1))
+
+
+def test_eval_transform_normalises_with_imagenet_statistics(tmp_path):
+    write_tiny_voc(tmp_path)
+    raw = VOCSegmentation(tmp_path, "val", VOC_CLASSES)[0]["image"].float() / 255
+    sample = VOCSegmentation(tmp_path, "val", VOC_CLASSES, transform=eval_transform())[0]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    torch.testing.assert_close(sample["image"], (raw - mean) / std, atol=1e-5, rtol=0)
+
+
+def test_train_transform_pads_bottom_right_with_zero_and_255(tmp_path):
+    labels = write_tiny_voc(tmp_path)
+    dataset = VOCSegmentation(
+        tmp_path, "val", VOC_CLASSES, transform=train_transform(crop_size=12, scales=[1.0])
+    )
+    dataset.transform.set_random_seed(0)
+    sample = dataset[0]
+    image, label = sample["image"], sample["label"]
+    assert image.shape == (3, 12, 12) and label.shape == (12, 12)
+    # 7x9 image: rows 7.. and columns 9.. are padding (possibly mirrored by the flip).
+    assert torch.all(label[7:] == 255) and torch.all(image[:, 7:] == 0)
+    original = torch.from_numpy(labels["2007_000032"]).long()
+    top_left = label[:7, :9] if torch.equal(label[:7, :9], original) else label[:7, 3:].flip(-1)
+    assert torch.equal(top_left, original)
+
+
+def test_missing_root_and_split_give_one_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"dataset not found at .*nowhere: see data/README.md"):
+        VOCSegmentation(tmp_path / "nowhere", "val", VOC_CLASSES)
+    write_tiny_voc(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"split list not found at .*trainaug.txt"):
+        VOCSegmentation(tmp_path, "trainaug", VOC_CLASSES)
+
+
+def _tree_digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_demo_dataset_is_deterministic_voc_layout(tmp_path):
+    first = generate_demo_dataset(tmp_path / "a" / "VOC2012", num_train=6, num_val=3, seed=3)
+    second = generate_demo_dataset(tmp_path / "b" / "VOC2012", num_train=6, num_val=3, seed=3)
+    assert _tree_digest(first) == _tree_digest(second)
+    dataset = VOCSegmentation(first, "train", DEMO_CLASSES)
+    assert len(dataset) == 6 and len(VOCSegmentation(first, "val", DEMO_CLASSES)) == 3
+    values = set()
+    for index in range(len(dataset)):
+        image, label = dataset.load(index)
+        assert image.shape[:2] == label.shape and 80 <= label.shape[0] <= 112
+        values |= set(np.unique(label).tolist())
+    assert 255 in values and 0 in values and len(values - {0, 255}) >= 3
+    assert values <= set(range(len(DEMO_CLASSES))) | {255}
+
+
+def test_demo_dataset_is_reused_and_regenerated_when_settings_change(tmp_path):
+    root = generate_demo_dataset(tmp_path / "VOC2012", num_train=2, num_val=1, seed=0)
+    marker_time = (root / "demo_dataset.json").stat().st_mtime_ns
+    generate_demo_dataset(root, num_train=2, num_val=1, seed=0)
+    assert (root / "demo_dataset.json").stat().st_mtime_ns == marker_time
+    generate_demo_dataset(root, num_train=3, num_val=1, seed=0)
+    assert len(VOCSegmentation(root, "train", DEMO_CLASSES)) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["VOC2012"]  # no staging folder left
+
+
+def test_demo_classes_share_colours():
+    # Colour alone must not identify a class: every object class is drawn from the same pool.
+    from emanet.data.demo import render_sample
+
+    rng = np.random.default_rng(0)
+    colours_by_class = {c: set() for c in range(1, len(DEMO_CLASSES))}
+    for _ in range(60):
+        image, label = render_sample(rng, 96, 96)
+        for c in colours_by_class:
+            pixels = image[label == c]
+            if len(pixels):
+                colours_by_class[c].add(int(np.argmax(np.median(pixels, axis=0))))
+    dominant_channels = [channels for channels in colours_by_class.values() if channels]
+    assert all(len(channels) >= 2 for channels in dominant_channels)
