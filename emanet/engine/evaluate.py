@@ -1,0 +1,91 @@
+"""Evaluating a model on the validation split, and ``evaluate.py``'s job."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from emanet.engine.checkpoint import load_checkpoint, load_model_weights, write_json
+from emanet.engine.evaluator import evaluate, predict, summarize
+from emanet.engine.metrics import format_table
+from emanet.engine.runtime import build_eval_loader, configure_runtime
+from emanet.engine.visualize import prediction_panel
+from emanet.models.segmentor import build_model
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_on_val(
+    model: nn.Module, cfg: DictConfig, device: torch.device, writer: SummaryWriter | None = None,
+    step: int = 0,
+) -> dict:
+    """Evaluate with the ``eval`` protocol, log the tables, and return the metrics dict."""
+    loader = build_eval_loader(cfg, pin_memory=device.type == "cuda")
+    dataset = loader.dataset
+    result = evaluate(
+        model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
+        cfg.dataset.ignore_index, progress=cfg.runtime.progress, total=len(loader),
+    )
+    metrics = summarize(
+        result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, cfg.model.ema.eval_stages
+    )
+    protocol = "multi-scale + flip" if cfg.eval.flip or list(cfg.eval.scales) != [1.0] else "single scale"
+    log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={cfg.model.ema.eval_stages})"))
+    if "single_scale" in metrics:
+        log.info("\n%s", format_table(metrics["single_scale"], f"{dataset.split} (single scale)"))
+    if writer is not None:
+        writer.add_scalar("val/mIoU", metrics["mIoU"], step)
+        if "single_scale" in metrics:
+            writer.add_scalar("val/mIoU_single_scale", metrics["single_scale"]["mIoU"], step)
+        log_prediction_images(model, dataset, cfg, device, writer, step)
+    return metrics
+
+
+@torch.no_grad()
+def log_prediction_images(model, dataset, cfg, device, writer, step, count: int = 4) -> None:
+    model.eval()
+    for index in range(min(count, len(dataset))):
+        sample = dataset[index]
+        image = sample["image"].unsqueeze(0).to(device)
+        probabilities, _ = predict(model, image, [1.0], flip=False)
+        panel = prediction_panel(
+            sample["image"], sample["label"], probabilities.argmax(1)[0], cfg.dataset.mean, cfg.dataset.std
+        )
+        writer.add_image(f"val/prediction_{index}", panel, step, dataformats="HWC")
+
+
+def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
+    """``evaluate.py``: load ``cfg.checkpoint`` into the configured model and evaluate it."""
+    device = configure_runtime(cfg)
+    checkpoint = load_checkpoint(cfg.checkpoint)
+    model = build_model(cfg.model, cfg.dataset.num_classes)
+    load_model_weights(model, checkpoint, cfg.checkpoint)
+    model.to(device)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        metrics = evaluate_on_val(model, cfg, device, writer, checkpoint.get("iteration", 0))
+    metrics = {
+        "experiment": cfg.name,
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "iteration": checkpoint.get("iteration"),
+        **metrics,
+    }
+    write_json(metrics, run_dir / "metrics.json")
+    log.info("%s", one_line_summary(metrics, run_dir))
+    return metrics
+
+
+def one_line_summary(metrics: dict, run_dir: Path) -> str:
+    settings = metrics["eval"]
+    protocol = "MS+flip" if settings["flip"] or settings["scales"] != [1.0] else "SS"
+    parts = [f"{metrics['experiment']}: mIoU {metrics['mIoU']:.2f} ({protocol}"]
+    parts.append(f", T={settings['em_iterations']})")
+    if "single_scale" in metrics:
+        parts.append(f", {metrics['single_scale']['mIoU']:.2f} single scale")
+    parts.append(f"; aAcc {metrics['aAcc']:.2f}; results in {run_dir}")
+    return "".join(parts)

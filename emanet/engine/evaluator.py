@@ -1,0 +1,117 @@
+"""Single-scale and multi-scale + flip inference, and evaluation over a split."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from emanet.engine.metrics import confusion_matrix, metrics_from_confusion
+
+
+def logits_at_scale(model: nn.Module, images: torch.Tensor, scale: float, flip: bool) -> torch.Tensor:
+    """Logits (B, classes, H, W) for images (B, 3, H, W) rescaled by ``scale``.
+
+    The image is resized like the training pipeline resizes (bilinear, half-pixel centres)
+    and the logits are resized back to the original size the same way.
+    """
+    height, width = images.shape[-2:]
+    inputs = images
+    if scale != 1.0:
+        size = (int(round(height * scale)), int(round(width * scale)))
+        inputs = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    if flip:
+        inputs = inputs.flip(-1)
+    logits = model(inputs)
+    if flip:
+        logits = logits.flip(-1)
+    if logits.shape[-2:] != (height, width):
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    return logits
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Average of softmax probabilities over scales (and flips) at the original resolution.
+
+    Returns:
+        probabilities (B, classes, H, W), and the single-scale logits (scale 1.0, no flip)
+        when that pass is part of the average (so single-scale results come for free).
+    """
+    probabilities = None
+    single_scale_logits = None
+    for scale in scales:
+        for flipped in (False, True) if flip else (False,):
+            logits = logits_at_scale(model, images, scale, flipped)
+            if scale == 1.0 and not flipped:
+                single_scale_logits = logits
+            probs = logits.float().softmax(dim=1)
+            probabilities = probs if probabilities is None else probabilities + probs
+    return probabilities / (len(scales) * (2 if flip else 1)), single_scale_logits
+
+
+@dataclass
+class EvaluationResult:
+    confusion: torch.Tensor
+    single_scale_confusion: torch.Tensor | None
+    num_images: int
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[dict],
+    num_classes: int,
+    scales: Sequence[float],
+    flip: bool,
+    device: torch.device,
+    ignore_index: int = 255,
+    progress: bool = True,
+    total: int | None = None,
+) -> EvaluationResult:
+    """Accumulate confusion matrices over ``batches`` of ``{"image", "label"}``.
+
+    The single-scale confusion matrix is filled as well whenever the protocol includes
+    the unflipped scale-1.0 pass but is more than that pass alone.
+    """
+    model.eval()
+    report_single_scale = flip or list(scales) != [1.0]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    single_confusion = torch.zeros_like(confusion) if report_single_scale else None
+    num_images = 0
+    for batch in tqdm(batches, total=total, desc="eval", disable=not progress, leave=False):
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"]
+        probabilities, single_logits = predict(model, images, scales, flip)
+        confusion += confusion_matrix(probabilities.argmax(1).cpu(), labels, num_classes, ignore_index)
+        if single_confusion is not None and single_logits is not None:
+            single_confusion += confusion_matrix(
+                single_logits.argmax(1).cpu(), labels, num_classes, ignore_index
+            )
+        num_images += images.shape[0]
+    if single_confusion is not None and 1.0 not in scales:
+        single_confusion = None
+    return EvaluationResult(confusion, single_confusion, num_images)
+
+
+def summarize(
+    result: EvaluationResult, class_names: Sequence[str], scales: Sequence[float], flip: bool,
+    em_iterations: int | None,
+) -> dict:
+    """The metrics.json payload for one evaluation."""
+    summary = metrics_from_confusion(result.confusion, class_names)
+    summary["eval"] = {
+        "scales": [float(s) for s in scales],
+        "flip": bool(flip),
+        "em_iterations": em_iterations,
+        "num_images": result.num_images,
+    }
+    if result.single_scale_confusion is not None:
+        summary["single_scale"] = metrics_from_confusion(result.single_scale_confusion, class_names)
+    return summary
