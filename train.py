@@ -1,0 +1,19 @@
+"""Train a segmentation network: `python train.py experiment=voc_emanet512 [key=value ...]`.
+
+With no arguments, trains and evaluates the built-in demo on synthetic data.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from emanet.cli import run_job
+from emanet.engine.train import train
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_job(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
