@@ -1,16 +1,22 @@
 """The demo config end to end: train a few iterations, evaluate, and every promised file."""
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from emanet.data.demo import DEMO_CLASSES
+from emanet.data.palette import colorize
+from emanet.data.voc import VOCSegmentation
 from emanet.engine.evaluate import evaluate_checkpoint
 from emanet.engine.train import train
 
@@ -57,7 +63,7 @@ def test_demo_run_writes_every_promised_file(demo_run):
 
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved == metrics
-    assert set(saved["per_class_IoU"]) == {"background", "disc", "ring", "square", "triangle", "cross"}
+    assert set(saved["per_class_IoU"]) == {"background", "disc", "ring", "bar", "cross"}
     assert saved["eval"] == {"scales": [0.75, 1.0], "flip": True, "em_iterations": 3, "num_images": 3}
     assert 0.0 <= saved["mIoU"] <= 100.0 and 0.0 <= saved["aAcc"] <= 100.0
     assert set(saved["single_scale"]) >= {"mIoU", "aAcc", "per_class_IoU"}
@@ -68,8 +74,13 @@ def test_demo_run_writes_every_promised_file(demo_run):
     assert {"train/loss", "train/lr", "val/mIoU", "val/mIoU_single_scale"} <= set(scalars)
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]
     assert events.Scalars("val/mIoU")[0].value == pytest.approx(saved["mIoU"], abs=1e-4)
-    image = events.Images("val/prediction_0")[0]
-    assert image.width == 3 * image.height  # image | ground truth | prediction
+    # image | ground truth | prediction, the ground truth in VOC colours
+    panel = np.array(Image.open(io.BytesIO(events.Images("val/prediction_0")[0].encoded_image_string)))
+    val = VOCSegmentation(cfg.dataset.root, "val", DEMO_CLASSES)
+    label = val.load(0)[1]
+    height, width = label.shape
+    assert panel.shape == (height, 3 * width, 3)
+    assert np.array_equal(panel[:, width : 2 * width], colorize(label))
 
 
 def test_training_lr_follows_poly_schedule(demo_run):
@@ -94,14 +105,23 @@ def test_evaluate_checkpoint_reproduces_training_metrics(demo_run, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["iteration"] == 6
 
 
-def test_eval_stages_override_is_recorded(demo_run, tmp_path):
+def test_eval_stages_override_is_used_and_recorded(demo_run, tmp_path, monkeypatch):
+    import emanet.models.ema as ema
+
+    stages_used = []
+    original = ema.em_iterations
+    monkeypatch.setattr(
+        ema, "em_iterations", lambda x, mu, stages, *a: stages_used.append(stages) or original(x, mu, stages, *a)
+    )
     _, run_dir, _, data_root = demo_run
+    overrides = [o for o in TINY if not o.startswith("eval.")]
     cfg = compose_config(
         "evaluate",
-        [*TINY, f"data_root={data_root}", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
+        [*overrides, f"data_root={data_root}", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
          "model.ema.eval_stages=5", "eval=ss"],
     )
     evaluated = evaluate_checkpoint(cfg, tmp_path)
+    assert stages_used and set(stages_used) == {5}
     assert evaluated["eval"]["em_iterations"] == 5
     assert evaluated["eval"]["scales"] == [1.0] and evaluated["eval"]["flip"] is False
     assert "single_scale" not in evaluated

@@ -111,7 +111,7 @@ def test_demo_dataset_is_deterministic_voc_layout(tmp_path):
     values = set()
     for index in range(len(dataset)):
         image, label = dataset.load(index)
-        assert image.shape[:2] == label.shape and 80 <= label.shape[0] <= 112
+        assert image.shape[:2] == label.shape and 64 <= label.shape[0] <= 80
         values |= set(np.unique(label).tolist())
     assert 255 in values and 0 in values and len(values - {0, 255}) >= 3
     assert values <= set(range(len(DEMO_CLASSES))) | {255}

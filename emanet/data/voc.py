@@ -34,7 +34,7 @@ def read_image(path: str | Path) -> np.ndarray:
     Training and evaluation both decode through here, so they see identical pixels.
     """
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
 
 
 class VOCSegmentation(Dataset):
