@@ -63,7 +63,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     """``evaluate.py``: load ``cfg.checkpoint`` into the configured model and evaluate it."""
     device = configure_runtime(cfg)
     checkpoint = load_checkpoint(cfg.checkpoint)
-    model = build_model(cfg.model, cfg.dataset.num_classes)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
     load_model_weights(model, checkpoint, cfg.checkpoint)
     model.to(device)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from emanet.models.ema_head import EMAHead
+from emanet.models.pretrained import load_backbone_weights
 from emanet.models.resnet import ResNet
 
 
@@ -30,8 +31,11 @@ class SegmentationModel(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> SegmentationModel:
-    """Build the network described by the ``model`` config group."""
+def build_model(cfg: DictConfig, num_classes: int, load_pretrained: bool = True) -> SegmentationModel:
+    """Build the network described by the ``model`` config group.
+
+    ``load_pretrained=False`` skips ImageNet weights, for models about to receive a checkpoint.
+    """
     norm_layer = partial(nn.BatchNorm2d, momentum=cfg.bn_momentum)
     backbone = ResNet(
         depth=cfg.backbone.depth,
@@ -41,6 +45,8 @@ def build_model(cfg: DictConfig, num_classes: int) -> SegmentationModel:
         width=cfg.backbone.width,
         norm_layer=norm_layer,
     )
+    if load_pretrained and cfg.backbone.pretrained:
+        load_backbone_weights(backbone, cfg.backbone.pretrained, cfg.backbone.depth, cfg.backbone.stem)
     if cfg.head != "ema":
         raise ValueError(f"model.head must be 'ema', got {cfg.head!r}")
     head = EMAHead(
@@ -54,6 +60,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> SegmentationModel:
         momentum=cfg.ema.momentum,
         lambda_=cfg.ema.lambda_,
         normalize_bases=cfg.ema.normalize_bases,
+        maintenance=cfg.ema.maintenance,
         dropout=cfg.dropout,
         norm_layer=norm_layer,
     )
