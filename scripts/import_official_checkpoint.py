@@ -1,0 +1,60 @@
+"""Convert a checkpoint saved by the authors' EMANet code into this project's format.
+
+    python scripts/import_official_checkpoint.py SRC DST [--experiment voc_emanet512] [overrides...]
+    python evaluate.py experiment=voc_emanet512 checkpoint=DST
+
+SRC is the release's ``{'net': state_dict, 'step': int}`` file. The converted weights are
+loaded strictly into the model of ``--experiment`` (so a mismatch is caught here, not at
+evaluation), and DST is written atomically with the resolved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from emanet.engine.checkpoint import save_checkpoint
+from emanet.errors import CheckpointError
+from emanet.models.release import read_release_checkpoint
+from emanet.models.segmentor import build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def import_checkpoint(source: str | Path, destination: str | Path, experiment: str, overrides=()) -> dict:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("train", [f"experiment={experiment}", *overrides])
+    state, step = read_release_checkpoint(source)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{source} does not fit experiment={experiment}: {str(error).splitlines()[0]}"
+        ) from error
+    checkpoint = {"model": model.state_dict(), "iteration": step, "config": OmegaConf.to_container(cfg, resolve=True)}
+    save_checkpoint(checkpoint, destination)
+    return checkpoint
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="checkpoint saved by the authors' code")
+    parser.add_argument("destination", help="where to write this project's checkpoint")
+    parser.add_argument("--experiment", default="voc_emanet512", help="experiment config the weights belong to")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.num_classes=21")
+    args = parser.parse_args()
+    try:
+        checkpoint = import_checkpoint(args.source, args.destination, args.experiment, args.overrides)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {args.destination} (step {checkpoint['iteration']}, experiment={args.experiment})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Importing the authors' checkpoint: converted weights must give the release's logits.
+
+The reference below is a functional forward pass written from the description of the
+release (REFERENCE.md, sections 1-2), reading the release's own key names.
+"""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from emanet.engine.checkpoint import load_checkpoint, load_model_weights
+from emanet.errors import CheckpointError
+from emanet.models.segmentor import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from import_official_checkpoint import import_checkpoint  # noqa: E402
+
+WIDTH, C_EMA, K, MID, CLASSES = 8, 16, 4, 8, 21
+BLOCKS = (3, 4, 6, 3)  # ResNet-50
+OVERRIDES = [
+    "model.backbone.depth=50", f"model.backbone.width={WIDTH}", f"model.ema.channels={C_EMA}",
+    f"model.ema.num_bases={K}", f"model.mid_channels={MID}",
+]
+
+
+def release_state_dict(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+
+    def conv(name, out_c, in_c, k, bias=False):
+        state[f"{name}.weight"] = torch.randn(out_c, in_c, k, k, generator=g) * math.sqrt(2 / (k * k * out_c))
+        if bias:
+            state[f"{name}.bias"] = 0.1 * torch.randn(out_c, generator=g)
+
+    def bn(name, c):
+        state[f"{name}.weight"] = 0.5 + torch.rand(c, generator=g)
+        state[f"{name}.bias"] = 0.1 * torch.randn(c, generator=g)
+        state[f"{name}.running_mean"] = 0.1 * torch.randn(c, generator=g)
+        state[f"{name}.running_var"] = 0.5 + torch.rand(c, generator=g)
+        state[f"{name}.num_batches_tracked"] = torch.tensor(100)
+
+    conv("extractor.0.0", WIDTH, 3, 3)
+    bn("extractor.0.1", WIDTH)
+    conv("extractor.0.3", WIDTH, WIDTH, 3)
+    bn("extractor.0.4", WIDTH)
+    conv("extractor.0.6", 2 * WIDTH, WIDTH, 3)
+    bn("extractor.1", 2 * WIDTH)
+    in_c = 2 * WIDTH
+    for layer, blocks in enumerate(BLOCKS):
+        planes = WIDTH * 2**layer
+        for block in range(blocks):
+            p = f"extractor.{4 + layer}.{block}"
+            conv(f"{p}.conv1", planes, in_c, 1)
+            bn(f"{p}.bn1", planes)
+            conv(f"{p}.conv2", planes, planes, 3)
+            bn(f"{p}.bn2", planes)
+            conv(f"{p}.conv3", 4 * planes, planes, 1)
+            bn(f"{p}.bn3", 4 * planes)
+            if block == 0:
+                conv(f"{p}.downsample.0", 4 * planes, in_c, 1)
+                bn(f"{p}.downsample.1", 4 * planes)
+            in_c = 4 * planes
+    conv("fc0.conv", C_EMA, in_c, 3)
+    bn("fc0.bn", C_EMA)
+    mu = torch.randn(1, C_EMA, K, generator=g)
+    state["emau.mu"] = mu / (1e-6 + mu.norm(dim=1, keepdim=True))
+    conv("emau.conv1", C_EMA, C_EMA, 1, bias=True)
+    conv("emau.conv2.0", C_EMA, C_EMA, 1)
+    bn("emau.conv2.1", C_EMA)
+    conv("fc1.0.conv", MID, C_EMA, 3)
+    bn("fc1.0.bn", MID)
+    conv("fc2", CLASSES, MID, 1, bias=True)
+    return state
+
+
+def release_forward(s, x, stages=3):
+    def bn(y, p):
+        return F.batch_norm(y, s[f"{p}.running_mean"], s[f"{p}.running_var"], s[f"{p}.weight"], s[f"{p}.bias"],
+                            False, 0.0, 1e-5)
+
+    def conv(y, p, stride=1, padding=0, dilation=1):
+        return F.conv2d(y, s[f"{p}.weight"], s.get(f"{p}.bias"), stride, padding, dilation)
+
+    height, width = x.shape[-2:]
+    y = F.relu(bn(conv(x, "extractor.0.0", 2, 1), "extractor.0.1"))
+    y = F.relu(bn(conv(y, "extractor.0.3", 1, 1), "extractor.0.4"))
+    y = F.max_pool2d(F.relu(bn(conv(y, "extractor.0.6", 1, 1), "extractor.1")), 3, 2, 1)
+    # Output stride 8: layer3 dilations 1, 2, 2, ...; layer4 (multi-grid) 2, 8, 16.
+    layout = [(1, [1] * 3), (2, [1] * 4), (1, [1] + [2] * 5), (1, [2, 8, 16])]
+    for layer, (stride, dilations) in enumerate(layout):
+        for block, dilation in enumerate(dilations):
+            p = f"extractor.{4 + layer}.{block}"
+            block_stride = stride if block == 0 else 1
+            out = F.relu(bn(conv(y, f"{p}.conv1"), f"{p}.bn1"))
+            out = F.relu(bn(conv(out, f"{p}.conv2", block_stride, dilation, dilation), f"{p}.bn2"))
+            out = bn(conv(out, f"{p}.conv3"), f"{p}.bn3")
+            identity = bn(conv(y, f"{p}.downsample.0", block_stride), f"{p}.downsample.1") if block == 0 else y
+            y = F.relu(out + identity)
+    y = F.relu(bn(conv(y, "fc0.conv", 1, 1), "fc0.bn"))
+    identity = y
+    features = conv(y, "emau.conv1")
+    b, c, h, w = features.shape
+    features = features.view(b, c, h * w)
+    mu = s["emau.mu"].repeat(b, 1, 1)
+    for _ in range(stages):
+        z = torch.softmax(torch.bmm(features.permute(0, 2, 1), mu), dim=2)
+        mu = torch.bmm(features, z / (1e-6 + z.sum(dim=1, keepdim=True)))
+        mu = mu / (1e-6 + mu.norm(dim=1, keepdim=True))
+    y = F.relu(mu.matmul(z.permute(0, 2, 1)).view(b, c, h, w))
+    y = F.relu(bn(conv(y, "emau.conv2.0"), "emau.conv2.1") + identity)
+    y = F.relu(bn(conv(y, "fc1.0.conv", 1, 1), "fc1.0.bn"))
+    y = conv(y, "fc2")
+    return F.interpolate(y, size=(height, width), mode="bilinear", align_corners=True)
+
+
+def test_imported_checkpoint_reproduces_the_release_logits(tmp_path):
+    state = release_state_dict()
+    torch.save({"net": {f"module.{k}": v for k, v in state.items()}, "step": 30000}, tmp_path / "release.pth")
+    import_checkpoint(tmp_path / "release.pth", tmp_path / "emanet.pt", "voc_emanet512", OVERRIDES)
+
+    checkpoint = load_checkpoint(tmp_path / "emanet.pt")
+    assert checkpoint["iteration"] == 30000
+    cfg = OmegaConf.create(checkpoint["config"])
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    load_model_weights(model, checkpoint, tmp_path / "emanet.pt")
+    model.eval()
+    x = torch.randn(2, 3, 41, 57)
+    with torch.no_grad():
+        expected = release_forward(state, x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_import_refuses_a_checkpoint_of_another_architecture(tmp_path):
+    state = release_state_dict()
+    torch.save({"net": state, "step": 1}, tmp_path / "release.pth")
+    with pytest.raises(CheckpointError, match="does not fit experiment=voc_emanet512"):
+        import_checkpoint(tmp_path / "release.pth", tmp_path / "out.pt", "voc_emanet512",
+                          [o.replace("model.ema.channels=16", "model.ema.channels=32") for o in OVERRIDES])
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_import_script_reports_a_foreign_file(tmp_path):
+    torch.save({"weights": {}}, tmp_path / "other.pth")
+    result = subprocess.run(
+        [sys.executable, "scripts/import_official_checkpoint.py", str(tmp_path / "other.pth"), str(tmp_path / "x.pt")],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "is not a release checkpoint (a dict with 'net' and 'step')" in result.stderr
