@@ -141,3 +141,22 @@ def test_em_runs_in_float32_under_bfloat16_autocast(monkeypatch):
         unit(torch.randn(2, 8, 5, 5))
     assert conv_dtypes == [torch.bfloat16]  # the convs around the unit do run in bf16 ...
     assert seen == [(torch.float32, torch.float32, False)]  # ... the EM iterations do not
+
+
+def test_without_maintenance_bases_are_redrawn_every_pass_and_never_stored():
+    torch.manual_seed(0)
+    unit = EMAUnit(8, 5, maintenance="none").train()
+    stored = unit.mu.clone()
+    x = torch.randn(2, 8, 4, 4)
+    torch.manual_seed(1)
+    first = unit(x)
+    torch.manual_seed(1)
+    assert torch.equal(unit(x), first)  # same draw, same output
+    second = unit(x)
+    assert not torch.allclose(first, second)  # a new draw each pass
+    assert torch.equal(unit.mu, stored)
+
+
+def test_unknown_maintenance_is_refused():
+    with pytest.raises(ValueError, match="model.ema.maintenance"):
+        EMAUnit(8, 5, maintenance="ema")

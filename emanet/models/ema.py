@@ -34,6 +34,12 @@ def l2_normalize(bases: torch.Tensor, dim: int) -> torch.Tensor:
     return bases / (EPS + bases.norm(dim=dim, keepdim=True))
 
 
+def random_bases(channels: int, num_bases: int, device=None) -> torch.Tensor:
+    """Bases drawn from N(0, sqrt(2/K)) and L2-normalised over channels: (1, C, K)."""
+    mu = torch.randn(1, channels, num_bases, device=device) * math.sqrt(2.0 / num_bases)
+    return l2_normalize(mu, dim=1)
+
+
 def em_iterations(
     x: torch.Tensor, mu: torch.Tensor, stages: int, lambda_: float = 1.0, normalize_bases: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +74,8 @@ class EMAUnit(nn.Module):
         momentum: moving-average momentum of the bases (0.9 in the release).
         lambda_: inverse temperature of the E-step softmax.
         normalize_bases: L2-normalise the bases after each M step.
+        maintenance: ``"moving_average"`` (the paper) keeps the bases across steps;
+            ``"none"`` (ablation) starts every forward pass from freshly drawn bases.
         norm_layer: normalisation layer after the second 1x1 conv.
     """
 
@@ -80,17 +88,20 @@ class EMAUnit(nn.Module):
         momentum: float = 0.9,
         lambda_: float = 1.0,
         normalize_bases: bool = True,
+        maintenance: str = "moving_average",
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        if maintenance not in ("moving_average", "none"):
+            raise ValueError(f"model.ema.maintenance must be 'moving_average' or 'none', got {maintenance!r}")
+        self.maintenance = maintenance
         self.train_stages = train_stages
         self.eval_stages = eval_stages
         self.momentum = momentum
         self.lambda_ = lambda_
         self.normalize_bases = normalize_bases
 
-        mu = torch.randn(1, channels, num_bases) * math.sqrt(2.0 / num_bases)
-        self.register_buffer("mu", l2_normalize(mu, dim=1))  # (1, C, K)
+        self.register_buffer("mu", random_bases(channels, num_bases))  # (1, C, K)
         self.conv_in = nn.Conv2d(channels, channels, kernel_size=1)
         self.conv_out = nn.Sequential(
             nn.Conv2d(channels, channels, kernel_size=1, bias=False), norm_layer(channels)
@@ -115,12 +126,16 @@ class EMAUnit(nn.Module):
         # gradient, in float32 even under autocast because the softmax over long dot
         # products and the normalisations lose too much precision in half precision.
         em_dtype = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 if given
+        if self.maintenance == "moving_average":
+            initial = self.mu
+        else:
+            initial = random_bases(self.mu.shape[1], self.mu.shape[2], device=x.device)
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             z, mu = em_iterations(
-                features.to(em_dtype), self.mu.expand(b, -1, -1).to(em_dtype),
+                features.to(em_dtype), initial.expand(b, -1, -1).to(em_dtype),
                 self.stages, self.lambda_, self.normalize_bases,
             )
-        if self.training:
+        if self.training and self.maintenance == "moving_average":
             self._update_bases(mu)
         x = torch.bmm(mu, z.transpose(1, 2)).to(x.dtype).reshape(b, c, h, w)  # (B, C, H, W)
         x = self.conv_out(F.relu(x))
@@ -137,5 +152,6 @@ class EMAUnit(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_bases={self.mu.shape[2]}, train_stages={self.train_stages}, "
-            f"eval_stages={self.eval_stages}, momentum={self.momentum}, lambda_={self.lambda_}"
+            f"eval_stages={self.eval_stages}, momentum={self.momentum}, lambda_={self.lambda_}, "
+            f"normalize_bases={self.normalize_bases}, maintenance={self.maintenance!r}"
         )

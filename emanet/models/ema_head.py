@@ -17,7 +17,8 @@ class EMAHead(nn.Module):
         num_classes: output classes.
         ema_channels: C of the EMA unit (512 for EMANet(512), 256 for EMANet(256)).
         mid_channels: channels of the conv before the classifier (256 in the release).
-        num_bases, train_stages, eval_stages, momentum, lambda_, normalize_bases: see
+        num_bases, train_stages, eval_stages, momentum, lambda_, normalize_bases,
+        maintenance: see
             :class:`EMAUnit`.
         dropout: Dropout2d probability before the classifier.
     """
@@ -34,6 +35,7 @@ class EMAHead(nn.Module):
         momentum: float = 0.9,
         lambda_: float = 1.0,
         normalize_bases: bool = True,
+        maintenance: str = "moving_average",
         dropout: float = 0.1,
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
@@ -41,7 +43,7 @@ class EMAHead(nn.Module):
         self.reduce = ConvBNReLU(in_channels, ema_channels, 3, norm_layer=norm_layer)
         self.ema = EMAUnit(
             ema_channels, num_bases, train_stages, eval_stages, momentum, lambda_,
-            normalize_bases, norm_layer,
+            normalize_bases, maintenance, norm_layer,
         )
         self.fuse = ConvBNReLU(ema_channels, mid_channels, 3, norm_layer=norm_layer)
         self.dropout = nn.Dropout2d(dropout)
