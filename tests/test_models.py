@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
 from emanet.models.resnet import ResNet, stage_strides_and_dilations
 from emanet.models.segmentor import build_model
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def block_dilations(layer):
@@ -74,11 +76,63 @@ def test_deep_stem_names_match_the_release():
     assert keys["conv1.6.weight"].shape == (128, 64, 3, 3) and keys["bn1.weight"].shape == (128,)
 
 
-def test_emanet_logits_have_input_size():
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "model" / "emanet.yaml")
-    cfg.backbone.update(depth=18, width=8, multi_grid=[1, 2])
-    cfg.ema.update(channels=16, num_bases=4)
-    cfg.mid_channels = 8
-    model = build_model(cfg, num_classes=5).eval()
-    assert model(torch.randn(2, 3, 50, 70)).shape == (2, 5, 50, 70)
-    assert model.head.ema.mu.shape == (1, 16, 4)
+def tiny_model_config(model: str):
+    overrides = [
+        f"model={model}", "model.backbone.depth=18", "model.backbone.width=8", "model.backbone.multi_grid=[1,2]",
+    ]
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        return compose(config_name="train", overrides=overrides).model
+
+
+@pytest.mark.parametrize("model", ["emanet", "fcn", "deeplabv3", "deeplabv3plus", "nonlocal"])
+def test_every_head_gives_logits_at_input_size(model):
+    net = build_model(tiny_model_config(model), num_classes=5).eval()
+    assert net(torch.randn(2, 3, 50, 70)).shape == (2, 5, 50, 70)
+
+
+def test_psanet_logits_at_input_size_for_any_feature_size():
+    cfg = tiny_model_config("psanet")
+    cfg.psa.feature_size = 9
+    net = build_model(cfg, num_classes=5).eval()
+    assert net(torch.randn(1, 3, 65, 65)).shape == (1, 5, 65, 65)  # features 9x9: native size
+    assert net(torch.randn(1, 3, 50, 70)).shape == (1, 5, 50, 70)  # 7x9: resized
+
+
+def test_unknown_head_is_refused():
+    cfg = tiny_model_config("fcn")
+    cfg.head = "unet"
+    with pytest.raises(ValueError, match="model.head must be one of"):
+        build_model(cfg, num_classes=5)
+
+
+def test_point_wise_attention_index_matches_a_direct_loop():
+    from emanet.models.baseline_heads import point_wise_attention_index
+
+    h, w = 3, 4
+    maps = torch.randn((2 * h - 1) * (2 * w - 1), h * w)  # over-complete map of every position p
+    index = point_wise_attention_index(h, w)
+    gathered = torch.gather(maps, 0, index)
+    for p in range(h * w):
+        ph, pw = divmod(p, w)
+        window = maps[:, p].reshape(2 * h - 1, 2 * w - 1)[h - 1 - ph : 2 * h - 1 - ph, w - 1 - pw : 2 * w - 1 - pw]
+        assert torch.equal(gathered[:, p].reshape(h, w), window)
+
+
+def test_non_local_block_matches_direct_attention():
+    from emanet.models.baseline_heads import NonLocalBlock
+
+    torch.manual_seed(0)
+    block = NonLocalBlock(8).eval()
+    torch.nn.init.normal_(block.out[1].weight)  # leave the identity initialisation
+    x = torch.randn(1, 8, 3, 5)
+    flat = x.flatten(2)[0]  # (C, N)
+
+    def conv(layer, y):
+        return layer.weight[:, :, 0, 0] @ y + layer.bias[:, None]
+
+    attention = torch.softmax(conv(block.theta, flat).T @ conv(block.phi, flat), dim=1)  # (N, N)
+    y = block.out[0].weight[:, :, 0, 0] @ (attention @ conv(block.g, flat).T).T
+    bn = block.out[1]
+    y = (y - bn.running_mean[:, None]) / torch.sqrt(bn.running_var[:, None] + bn.eps) * bn.weight[:, None]
+    expected = flat + y + bn.bias[:, None]
+    torch.testing.assert_close(block(x)[0].flatten(1), expected, rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from emanet.models.baseline_heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, NonLocalHead, PSAHead
 from emanet.models.ema_head import EMAHead
 from emanet.models.pretrained import load_backbone_weights
 from emanet.models.resnet import ResNet
@@ -47,21 +48,49 @@ def build_model(cfg: DictConfig, num_classes: int, load_pretrained: bool = True)
     )
     if load_pretrained and cfg.backbone.pretrained:
         load_backbone_weights(backbone, cfg.backbone.pretrained, cfg.backbone.depth, cfg.backbone.stem)
-    if cfg.head != "ema":
-        raise ValueError(f"model.head must be 'ema', got {cfg.head!r}")
-    head = EMAHead(
-        in_channels=backbone.out_channels,
-        num_classes=num_classes,
-        ema_channels=cfg.ema.channels,
-        mid_channels=cfg.mid_channels,
-        num_bases=cfg.ema.num_bases,
-        train_stages=cfg.ema.train_stages,
-        eval_stages=cfg.ema.eval_stages,
-        momentum=cfg.ema.momentum,
-        lambda_=cfg.ema.lambda_,
-        normalize_bases=cfg.ema.normalize_bases,
-        maintenance=cfg.ema.maintenance,
-        dropout=cfg.dropout,
-        norm_layer=norm_layer,
-    )
+    head = build_head(cfg, backbone, num_classes, norm_layer)
     return SegmentationModel(backbone, head)
+
+
+def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) -> nn.Module:
+    """The head named by ``cfg.head``, sized for ``backbone``."""
+    in_channels = backbone.out_channels
+    if cfg.head == "ema":
+        return EMAHead(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            ema_channels=cfg.ema.channels,
+            mid_channels=cfg.mid_channels,
+            num_bases=cfg.ema.num_bases,
+            train_stages=cfg.ema.train_stages,
+            eval_stages=cfg.ema.eval_stages,
+            momentum=cfg.ema.momentum,
+            lambda_=cfg.ema.lambda_,
+            normalize_bases=cfg.ema.normalize_bases,
+            maintenance=cfg.ema.maintenance,
+            dropout=cfg.dropout,
+            norm_layer=norm_layer,
+        )
+    if cfg.head == "fcn":
+        return FCNHead(in_channels, num_classes, cfg.channels, cfg.dropout, norm_layer)
+    if cfg.head == "deeplabv3":
+        return DeepLabV3Head(
+            in_channels, num_classes, cfg.aspp.channels, tuple(cfg.aspp.rates), cfg.dropout, norm_layer
+        )
+    if cfg.head == "deeplabv3plus":
+        return DeepLabV3PlusHead(
+            in_channels, backbone.low_level_channels, num_classes, cfg.aspp.channels, tuple(cfg.aspp.rates),
+            cfg.low_level_projection, cfg.dropout, norm_layer,
+        )
+    if cfg.head == "psanet":
+        return PSAHead(
+            in_channels, num_classes, cfg.psa.channels, cfg.psa.feature_size, cfg.mid_channels, cfg.dropout,
+            norm_layer,
+        )
+    if cfg.head == "nonlocal":
+        return NonLocalHead(
+            in_channels, num_classes, cfg.attention_channels, cfg.mid_channels, cfg.dropout, norm_layer
+        )
+    raise ValueError(
+        f"model.head must be one of ema, fcn, deeplabv3, deeplabv3plus, psanet, nonlocal; got {cfg.head!r}"
+    )
