@@ -92,10 +92,11 @@ def test_every_head_gives_logits_at_input_size(model):
 
 def test_psanet_logits_at_input_size_for_any_feature_size():
     cfg = tiny_model_config("psanet")
-    cfg.psa.feature_size = 9
+    cfg.psa.attention_size = 5
     net = build_model(cfg, num_classes=5).eval()
-    assert net(torch.randn(1, 3, 65, 65)).shape == (1, 5, 65, 65)  # features 9x9: native size
-    assert net(torch.randn(1, 3, 50, 70)).shape == (1, 5, 50, 70)  # 7x9: resized
+    assert net.head.collect.attention[1].out_channels == 9 * 9
+    assert net(torch.randn(1, 3, 65, 65)).shape == (1, 5, 65, 65)
+    assert net(torch.randn(1, 3, 50, 70)).shape == (1, 5, 50, 70)
 
 
 def test_unknown_head_is_refused():

@@ -84,7 +84,7 @@ def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) 
         )
     if cfg.head == "psanet":
         return PSAHead(
-            in_channels, num_classes, cfg.psa.channels, cfg.psa.feature_size, cfg.mid_channels, cfg.dropout,
+            in_channels, num_classes, cfg.psa.channels, cfg.psa.attention_size, cfg.mid_channels, cfg.dropout,
             norm_layer,
         )
     if cfg.head == "nonlocal":

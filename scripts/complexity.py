@@ -1,0 +1,154 @@
+"""Table 1's complexity columns: FLOPs, memory and parameters at 513x513, beside the paper's.
+
+    python scripts/complexity.py [--json] [--size 513]
+
+Rows: the ResNet-101 backbone (output stride 8, deep stem), then each head as an
+increment over it, counted the way the paper counts (the modules in ``COUNTED`` below):
+for EMANet the 3x3 conv in front of the unit and the unit itself, which reproduces the
+paper's 43.06 G and 9.997 M for EMANet(512).
+
+* FLOPs are multiply-accumulates: torch.utils.flop_counter's count (2 per MAC) halved. It
+  sees every matmul, the no-gradient EM iterations included.
+* Params are the parameters of the counted modules, plus the EMA bases (K x C, a buffer
+  learned by moving average, which the paper counts).
+* Memory is the size of the activations a training-mode forward pass keeps for the
+  backward pass (float32, per image), measured with autograd's saved-tensor hooks, each
+  storage counted once: what a network costs per image in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
+
+from emanet.models.segmentor import build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# method name -> (model config, overrides, head modules counted, paper FLOPs G, memory M, params M)
+ROWS = {
+    "ResNet-101": ("fcn", [], None, 190.6, 2603.0, 42.6),
+    "DeeplabV3": ("deeplabv3", [], ("aspp",), 63.4, 66.0, 15.5),
+    "DeeplabV3+": ("deeplabv3plus", [], ("aspp", "low_level", "decoder"), 84.1, 99.3, 16.3),
+    "PSANet": ("psanet", [], ("collect", "distribute", "project", "fuse"), 56.3, 59.4, 18.5),
+    "EMANet(256)": ("emanet", ["model.ema.channels=256"], ("reduce", "ema"), 21.1, 12.3, 4.87),
+    "EMANet(512)": ("emanet", ["model.ema.channels=512"], ("reduce", "ema"), 43.1, 22.1, 10.0),
+    "Non-local": ("nonlocal", [], ("reduce", "non_local"), None, None, None),
+}
+
+
+def build(model: str, overrides: list[str]) -> torch.nn.Module:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose("train", ["experiment=voc_emanet512", f"model={model}", *overrides])
+    return build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+
+
+def count_macs(module: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Multiply-accumulates per submodule name (``SegmentationModel.head.aspp``...)."""
+    module.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(images)
+    return {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
+
+
+def saved_activation_bytes(module: torch.nn.Module, images: torch.Tensor) -> int:
+    """Bytes per image of distinct storages autograd keeps for backward in a training-mode forward.
+
+    The pass runs on two copies of the image (BatchNorm after global pooling needs more
+    than one value per channel in training) and the total is halved.
+    """
+    storages: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        module(images.expand(2, -1, -1, -1).contiguous())
+    return sum(storages.values()) // 2
+
+
+def head_params(model: torch.nn.Module, counted: tuple[str, ...]) -> int:
+    total = 0
+    for name in counted:
+        part = getattr(model.head, name)
+        total += sum(p.numel() for p in part.parameters())
+        total += sum(b.numel() for n, b in part.named_buffers() if n.endswith("mu"))  # the EMA bases
+    return total
+
+
+def measure(size: int) -> list[dict]:
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, size, size)
+    rows = []
+    backbone_memory = None
+    for method, (model_name, overrides, counted, paper_flops, paper_memory, paper_params) in ROWS.items():
+        model = build(model_name, overrides)
+        macs = count_macs(model, images)
+        if counted is None:  # the backbone itself
+            flops = macs["SegmentationModel.backbone"]
+            params = sum(p.numel() for p in model.backbone.parameters())
+            backbone_memory = saved_activation_bytes(model.backbone, images)
+            memory = backbone_memory
+        else:
+            flops = sum(macs.get(f"SegmentationModel.head.{name}", 0.0) for name in counted)
+            params = head_params(model, counted)
+            memory = saved_activation_bytes(model, images) - backbone_memory
+        rows.append(
+            {
+                "method": method,
+                "flops_g": round(flops / 1e9, 2),
+                "params_m": round(params / 1e6, 3),
+                "memory_m": round(memory / 2**20, 1),
+                "paper_flops_g": paper_flops,
+                "paper_params_m": paper_params,
+                "paper_memory_m": paper_memory,
+            }
+        )
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    def cell(value, paper, increment):
+        if paper is None:
+            return f"{'+' if increment else ''}{value:g} (paper -)"
+        gap = 100 * (value - paper) / paper
+        return f"{'+' if increment else ''}{value:g} (paper {paper:g}, {gap:+.1f}%)"
+
+    lines = [
+        "| Method | FLOPs (G MACs) | Memory (MiB) | Params (M) |",
+        "|---|---|---|---|",
+    ]
+    for index, row in enumerate(rows):
+        increment = index > 0
+        lines.append(
+            f"| {row['method']} | {cell(row['flops_g'], row['paper_flops_g'], increment)} | "
+            f"{cell(row['memory_m'], row['paper_memory_m'], increment)} | "
+            f"{cell(row['params_m'], row['paper_params_m'], increment)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    parser.add_argument("--size", type=int, default=513, help="input height and width")
+    args = parser.parse_args()
+    rows = measure(args.size)
+    if args.json:
+        print(json.dumps([{k: row[k] for k in ("method", "flops_g", "params_m", "memory_m")} for row in rows]))
+    else:
+        print(format_rows(rows))
+
+
+if __name__ == "__main__":
+    main()
