@@ -48,9 +48,14 @@ def build(model: str, overrides: list[str]) -> torch.nn.Module:
     return build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
 
 
-def count_macs(module: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Multiply-accumulates per submodule name (``SegmentationModel.head.aspp``...)."""
-    module.eval()
+def count_macs(model_name: str, overrides: list[str], size: int) -> dict[str, float]:
+    """Multiply-accumulates per submodule name (``SegmentationModel.head.aspp``...).
+
+    The model runs on the meta device: shapes only, so counting takes no compute.
+    """
+    with torch.device("meta"):
+        module = build(model_name, overrides).eval()
+        images = torch.empty(1, 3, size, size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(images)
     return {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
@@ -86,39 +91,46 @@ def head_params(model: torch.nn.Module, counted: tuple[str, ...]) -> int:
     return total
 
 
-def measure(size: int) -> list[dict]:
+def measure(size: int, with_memory: bool = True) -> list[dict]:
     torch.manual_seed(0)
     images = torch.randn(1, 3, size, size)
     rows = []
-    backbone_memory = None
+    backbone_memory = 0
     for method, (model_name, overrides, counted, paper_flops, paper_memory, paper_params) in ROWS.items():
-        model = build(model_name, overrides)
-        macs = count_macs(model, images)
+        macs = count_macs(model_name, overrides, size)
+        with torch.device("meta"):
+            model = build(model_name, overrides)
         if counted is None:  # the backbone itself
             flops = macs["SegmentationModel.backbone"]
             params = sum(p.numel() for p in model.backbone.parameters())
-            backbone_memory = saved_activation_bytes(model.backbone, images)
-            memory = backbone_memory
         else:
             flops = sum(macs.get(f"SegmentationModel.head.{name}", 0.0) for name in counted)
             params = head_params(model, counted)
-            memory = saved_activation_bytes(model, images) - backbone_memory
-        rows.append(
-            {
-                "method": method,
-                "flops_g": round(flops / 1e9, 2),
-                "params_m": round(params / 1e6, 3),
-                "memory_m": round(memory / 2**20, 1),
-                "paper_flops_g": paper_flops,
-                "paper_params_m": paper_params,
-                "paper_memory_m": paper_memory,
-            }
-        )
+        row = {
+            "method": method,
+            "flops_g": round(flops / 1e9, 2),
+            "params_m": round(params / 1e6, 3),
+            "memory_m": None,
+            "paper_flops_g": paper_flops,
+            "paper_params_m": paper_params,
+            "paper_memory_m": paper_memory,
+        }
+        if with_memory:
+            model = build(model_name, overrides)
+            if counted is None:
+                backbone_memory = saved_activation_bytes(model.backbone, images)
+                memory = backbone_memory
+            else:
+                memory = saved_activation_bytes(model, images) - backbone_memory
+            row["memory_m"] = round(memory / 2**20, 1)
+        rows.append(row)
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     def cell(value, paper, increment):
+        if value is None:
+            return "-"
         if paper is None:
             return f"{'+' if increment else ''}{value:g} (paper -)"
         gap = 100 * (value - paper) / paper
@@ -142,8 +154,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
     parser.add_argument("--size", type=int, default=513, help="input height and width")
+    parser.add_argument("--no-memory", action="store_true", help="skip the (slow) memory measurement")
     args = parser.parse_args()
-    rows = measure(args.size)
+    rows = measure(args.size, with_memory=not args.no_memory)
     if args.json:
         print(json.dumps([{k: row[k] for k in ("method", "flops_g", "params_m", "memory_m")} for row in rows]))
     else:

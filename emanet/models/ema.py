@@ -16,6 +16,7 @@ gradient, exactly as in the release (other ports freeze it explicitly for the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -130,7 +131,13 @@ class EMAUnit(nn.Module):
             initial = self.mu
         else:
             initial = random_bases(self.mu.shape[1], self.mu.shape[2], device=x.device)
-        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        # (meta tensors, used to count FLOPs, have no autocast to turn off)
+        autocast_off = (
+            torch.autocast(x.device.type, enabled=False)
+            if torch.amp.is_autocast_available(x.device.type)
+            else contextlib.nullcontext()
+        )
+        with torch.no_grad(), autocast_off:
             z, mu = em_iterations(
                 features.to(em_dtype), initial.expand(b, -1, -1).to(em_dtype),
                 self.stages, self.lambda_, self.normalize_bases,
