@@ -137,3 +137,21 @@ def test_non_local_block_matches_direct_attention():
     y = (y - bn.running_mean[:, None]) / torch.sqrt(bn.running_var[:, None] + bn.eps) * bn.weight[:, None]
     expected = flat + y + bn.bias[:, None]
     torch.testing.assert_close(block(x)[0].flatten(1), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
+@pytest.mark.parametrize("stem", ["deep", "torchvision"])
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_every_depth_stem_and_stride_at_full_width(depth, stem, output_stride):
+    # Shapes only, on the meta device: the full-size networks cost no compute here.
+    grid = (1, 2) if depth == 18 else (1, 2, 4)
+    with torch.device("meta"):
+        net = ResNet(depth, stem=stem, output_stride=output_stride, multi_grid=grid)
+        features = net(torch.empty(1, 3, 513, 513))
+    channels = 512 if depth < 50 else 2048
+    side = {8: 65, 16: 33}[output_stride]
+    assert features["out"].shape == (1, channels, side, side)
+    assert features["low_level"].shape == (1, channels // 8, 129, 129)
+    assert block_dilations(net.layer4) == {8: [2, 8, 16], 16: [1, 4, 8]}[output_stride][: len(grid)]
+    layer3 = block_dilations(net.layer3)
+    assert layer3 == ([1] + [2] * (len(layer3) - 1) if output_stride == 8 else [1] * len(layer3))

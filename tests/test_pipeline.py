@@ -63,8 +63,10 @@ def test_demo_run_writes_every_promised_file(demo_run):
 
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved == metrics
-    assert set(saved["per_class_IoU"]) == {"background", "disc", "ring", "bar", "cross"}
-    assert saved["eval"] == {"scales": [0.75, 1.0], "flip": True, "em_iterations": 3, "num_images": 3}
+    assert set(saved["per_class_IoU"]) == {"background", "disc", "ring", "square", "cross"}
+    assert saved["eval"] == {
+        "scales": [0.75, 1.0], "flip": True, "em_iterations": 3, "num_images": 3, "output_stride": 8,
+    }
     assert 0.0 <= saved["mIoU"] <= 100.0 and 0.0 <= saved["aAcc"] <= 100.0
     assert set(saved["single_scale"]) >= {"mIoU", "aAcc", "per_class_IoU"}
 
@@ -125,6 +127,24 @@ def test_eval_stages_override_is_used_and_recorded(demo_run, tmp_path, monkeypat
     assert evaluated["eval"]["em_iterations"] == 5
     assert evaluated["eval"]["scales"] == [1.0] and evaluated["eval"]["flip"] is False
     assert "single_scale" not in evaluated
+
+
+def test_ablation_protocol_evaluates_at_another_output_stride(demo_run, tmp_path, monkeypatch):
+    from emanet.models.resnet import ResNet
+
+    strides = []
+    original = ResNet.forward
+    monkeypatch.setattr(ResNet, "forward", lambda self, x: strides.append(self.output_stride) or original(self, x))
+    _, run_dir, metrics, data_root = demo_run
+    cfg = compose_config(
+        "evaluate",
+        [*TINY, f"data_root={data_root}", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
+         "model.backbone.output_stride=16", "model.backbone.eval_output_stride=8"],
+    )
+    evaluated = evaluate_checkpoint(cfg, tmp_path)
+    assert set(strides) == {8}
+    assert evaluated["eval"]["output_stride"] == 8
+    assert evaluated["mIoU"] == metrics["mIoU"]  # same weights, same stride as in training
 
 
 def run_cli(*args, cwd=REPO):

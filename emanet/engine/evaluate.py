@@ -24,25 +24,37 @@ def evaluate_on_val(
     model: nn.Module, cfg: DictConfig, device: torch.device, writer: SummaryWriter | None = None,
     step: int = 0,
 ) -> dict:
-    """Evaluate with the ``eval`` protocol, log the tables, and return the metrics dict."""
+    """Evaluate with the ``eval`` protocol, log the tables, and return the metrics dict.
+
+    With ``model.backbone.eval_output_stride`` set, the backbone is switched to that output
+    stride for the evaluation and back afterwards (the paper trains its ablations at OS16
+    and evaluates them at OS8).
+    """
     loader = build_eval_loader(cfg, pin_memory=device.type == "cuda")
     dataset = loader.dataset
-    result = evaluate(
-        model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
-        cfg.dataset.ignore_index, progress=cfg.runtime.progress, total=len(loader),
-    )
-    metrics = summarize(
-        result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, cfg.model.ema.eval_stages
-    )
+    em_iterations = OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None
+    train_stride = model.backbone.output_stride
+    eval_stride = cfg.model.backbone.get("eval_output_stride") or train_stride
+    model.backbone.set_output_stride(eval_stride)
+    try:
+        result = evaluate(
+            model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
+            cfg.dataset.ignore_index, progress=cfg.runtime.progress, total=len(loader),
+        )
+        if writer is not None:
+            log_prediction_images(model, dataset, cfg, device, writer, step)
+    finally:
+        model.backbone.set_output_stride(train_stride)
+    metrics = summarize(result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, em_iterations)
+    metrics["eval"]["output_stride"] = eval_stride
     protocol = "multi-scale + flip" if cfg.eval.flip or list(cfg.eval.scales) != [1.0] else "single scale"
-    log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={cfg.model.ema.eval_stages})"))
+    log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={em_iterations}, OS{eval_stride})"))
     if "single_scale" in metrics:
         log.info("\n%s", format_table(metrics["single_scale"], f"{dataset.split} (single scale)"))
     if writer is not None:
         writer.add_scalar("val/mIoU", metrics["mIoU"], step)
         if "single_scale" in metrics:
             writer.add_scalar("val/mIoU_single_scale", metrics["single_scale"]["mIoU"], step)
-        log_prediction_images(model, dataset, cfg, device, writer, step)
     return metrics
 
 
