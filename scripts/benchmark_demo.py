@@ -48,6 +48,7 @@ def run_demo(overrides: list[str]) -> dict:
         seconds = time.perf_counter() - start
         metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
+        "iterations": metrics["iteration"],
         "wall_seconds": round(seconds, 1),
         "train_seconds": metrics["train_seconds"],
         "mIoU_ms_flip": round(metrics["mIoU"], 2),
@@ -58,14 +59,14 @@ def run_demo(overrides: list[str]) -> dict:
 
 def demo_table(records: list[dict]) -> str:
     lines = [
-        "| date | machine | threads | wall time (s) | train (s) | mIoU MS+flip | mIoU SS | overrides |",
-        "|---|---|---|---|---|---|---|---|",
+        "| date | machine | threads | iterations | wall time (s) | train (s) | mIoU MS+flip | mIoU SS | overrides |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for record in records:
         machine = record["machine"]
         lines.append(
             f"| {record['date'][:10]} | {machine['cpu_count']} CPUs, torch {machine['torch']} | "
-            f"{machine['threads']} | {record['wall_seconds']} | {record['train_seconds']} | "
+            f"{machine['threads']} | {record['iterations']} | {record['wall_seconds']} | {record['train_seconds']} | "
             f"{record['mIoU_ms_flip']:.2f} | {record['mIoU_single_scale']:.2f} | "
             f"{' '.join(record['overrides']) or '-'} |"
         )

@@ -124,7 +124,7 @@ def _with_boundaries(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
 
 def generate_demo_dataset(
     root: str | Path,
-    num_train: int = 300,
+    num_train: int = 1000,
     num_val: int = 60,
     min_size: int = 64,
     max_size: int = 80,
