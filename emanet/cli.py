@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from emanet.errors import EmanetError
+from emanet.errors import EmanetError, one_line
 
 log = logging.getLogger("emanet")
 
@@ -25,6 +25,7 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
     try:
         return job(cfg, run_dir)
     except EmanetError as error:
-        log.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
+        message = one_line(error)
+        log.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -1,5 +1,7 @@
 """Errors that are the user's to fix: reported as one line, without a traceback."""
 
+import re
+
 
 class EmanetError(Exception):
     """A problem with the user's input (config, files on disk) rather than a bug."""
@@ -15,3 +17,20 @@ class ConfigError(EmanetError):
 
 class CheckpointError(EmanetError):
     """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+class DatasetError(EmanetError):
+    """A dataset file is missing, unreadable or inconsistent; the message names it."""
+
+
+def one_line(error: EmanetError) -> str:
+    """The message of ``error`` without the worker traceback a DataLoader adds.
+
+    An error raised in a DataLoader worker is raised again in the main process with the
+    worker's whole traceback as its message; the user's message is its last line.
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]  # "emanet.errors.DatasetError: <message>"
+        return re.sub(r"^[\w.]+Error: ", "", last)
+    return text

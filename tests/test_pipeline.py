@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from emanet.data.demo import DEMO_CLASSES
 from emanet.data.palette import colorize
-from emanet.data.voc import VOCSegmentation
+from emanet.data.segmentation import SegmentationDataset
 from emanet.engine.evaluate import evaluate_checkpoint
 from emanet.engine.train import train
 
@@ -78,7 +78,7 @@ def test_demo_run_writes_every_promised_file(demo_run):
     assert events.Scalars("val/mIoU")[0].value == pytest.approx(saved["mIoU"], abs=1e-4)
     # image | ground truth | prediction, the ground truth in VOC colours
     panel = np.array(Image.open(io.BytesIO(events.Images("val/prediction_0")[0].encoded_image_string)))
-    val = VOCSegmentation(cfg.dataset.root, "val", DEMO_CLASSES)
+    val = SegmentationDataset(cfg.dataset.root, "val", DEMO_CLASSES)
     label = val.load(0)[1]
     height, width = label.shape
     assert panel.shape == (height, 3 * width, 3)

@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from emanet.data.classes import VOC_CLASSES
 from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.palette import color_map, read_label_png, save_label_png
+from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import eval_transform, train_transform
-from emanet.data.voc import VOC_CLASSES, VOCSegmentation
 from emanet.errors import DatasetNotFoundError
 
 
@@ -51,7 +52,7 @@ def test_color_map_matches_voc_devkit():
 
 def test_reader_returns_raw_labels_and_pillow_pixels(tmp_path):
     labels = write_tiny_voc(tmp_path)
-    dataset = VOCSegmentation(tmp_path, "val", VOC_CLASSES)
+    dataset = SegmentationDataset(tmp_path, "val", VOC_CLASSES)
     assert len(dataset) == 2 and dataset.num_classes == 21
     sample = dataset[1]
     assert sample["id"] == "2007_000039"
@@ -63,8 +64,8 @@ def test_reader_returns_raw_labels_and_pillow_pixels(tmp_path):
 
 def test_eval_transform_normalises_with_imagenet_statistics(tmp_path):
     write_tiny_voc(tmp_path)
-    raw = VOCSegmentation(tmp_path, "val", VOC_CLASSES)[0]["image"].float() / 255
-    sample = VOCSegmentation(tmp_path, "val", VOC_CLASSES, transform=eval_transform())[0]
+    raw = SegmentationDataset(tmp_path, "val", VOC_CLASSES)[0]["image"].float() / 255
+    sample = SegmentationDataset(tmp_path, "val", VOC_CLASSES, transform=eval_transform())[0]
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     torch.testing.assert_close(sample["image"], (raw - mean) / std, atol=1e-5, rtol=0)
@@ -72,7 +73,7 @@ def test_eval_transform_normalises_with_imagenet_statistics(tmp_path):
 
 def test_train_transform_pads_bottom_right_with_zero_and_255(tmp_path):
     labels = write_tiny_voc(tmp_path)
-    dataset = VOCSegmentation(
+    dataset = SegmentationDataset(
         tmp_path, "val", VOC_CLASSES, transform=train_transform(crop_size=12, scales=[1.0])
     )
     dataset.transform.set_random_seed(0)
@@ -88,10 +89,10 @@ def test_train_transform_pads_bottom_right_with_zero_and_255(tmp_path):
 
 def test_missing_root_and_split_give_one_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"dataset not found at .*nowhere: see data/README.md"):
-        VOCSegmentation(tmp_path / "nowhere", "val", VOC_CLASSES)
+        SegmentationDataset(tmp_path / "nowhere", "val", VOC_CLASSES)
     write_tiny_voc(tmp_path)
     with pytest.raises(DatasetNotFoundError, match=r"split list not found at .*trainaug.txt"):
-        VOCSegmentation(tmp_path, "trainaug", VOC_CLASSES)
+        SegmentationDataset(tmp_path, "trainaug", VOC_CLASSES)
 
 
 def _tree_digest(root):
@@ -106,8 +107,8 @@ def test_demo_dataset_is_deterministic_voc_layout(tmp_path):
     first = generate_demo_dataset(tmp_path / "a" / "VOC2012", num_train=6, num_val=3, seed=3)
     second = generate_demo_dataset(tmp_path / "b" / "VOC2012", num_train=6, num_val=3, seed=3)
     assert _tree_digest(first) == _tree_digest(second)
-    dataset = VOCSegmentation(first, "train", DEMO_CLASSES)
-    assert len(dataset) == 6 and len(VOCSegmentation(first, "val", DEMO_CLASSES)) == 3
+    dataset = SegmentationDataset(first, "train", DEMO_CLASSES)
+    assert len(dataset) == 6 and len(SegmentationDataset(first, "val", DEMO_CLASSES)) == 3
     values = set()
     for index in range(len(dataset)):
         image, label = dataset.load(index)
@@ -123,7 +124,7 @@ def test_demo_dataset_is_reused_and_regenerated_when_settings_change(tmp_path):
     generate_demo_dataset(root, num_train=2, num_val=1, seed=0)
     assert (root / "demo_dataset.json").stat().st_mtime_ns == marker_time
     generate_demo_dataset(root, num_train=3, num_val=1, seed=0)
-    assert len(VOCSegmentation(root, "train", DEMO_CLASSES)) == 3
+    assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["VOC2012"]  # no staging folder left
 
 

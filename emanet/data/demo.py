@@ -13,7 +13,7 @@ runs end to end on a CPU in minutes. It is built to need what segmentation needs
 * labels carry a 255 band along every object boundary, as VOC's do.
 
 The files are written once, deterministically from a seed, and read back through the
-same :class:`~emanet.data.voc.VOCSegmentation` class as the real benchmark.
+same :class:`~emanet.data.segmentation.SegmentationDataset` class as the real benchmark.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Training and evaluation transforms, built with albumentations.
 
 The training pipeline is the release's: random scale from a discrete set (image bilinear,
-label nearest), ImageNet normalisation, padding on the bottom/right to the crop size
-(image 0 after normalisation, label 255), random crop and random horizontal flip.
+label nearest; or uniform in a range, the other common choice), ImageNet normalisation,
+padding on the bottom/right to the crop size (image 0 after normalisation, label 255),
+random crop and random horizontal flip.
 """
 
 from __future__ import annotations
@@ -15,22 +16,27 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from emanet.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class RandomDiscreteScale(A.DualTransform):
-    """Resize by a factor drawn uniformly from ``scales``.
+class RandomScaleFactor(A.DualTransform):
+    """Resize by a factor drawn uniformly from ``scales`` (or from their range).
 
-    albumentations' RandomScale draws from a continuous range; the release draws from a
-    fixed set, and ``cv2.resize(fx=s, fy=s)`` reproduces its output sizes exactly.
+    albumentations' RandomScale only draws from a continuous range; the release draws from
+    a fixed set, and ``cv2.resize(fx=s, fy=s)`` reproduces its output sizes exactly.
     """
 
-    def __init__(self, scales: Sequence[float], p: float = 1.0) -> None:
+    def __init__(self, scales: Sequence[float], continuous: bool = False, p: float = 1.0) -> None:
         super().__init__(p=p)
         self.scales = tuple(float(s) for s in scales)
+        self.continuous = continuous
 
     def get_params(self) -> dict[str, Any]:
+        if self.continuous:
+            return {"scale": self.py_random.uniform(min(self.scales), max(self.scales))}
         return {"scale": self.py_random.choice(self.scales)}
 
     def apply(self, img: np.ndarray, scale: float = 1.0, **params: Any) -> np.ndarray:
@@ -40,7 +46,7 @@ class RandomDiscreteScale(A.DualTransform):
         return cv2.resize(mask, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("scales",)
+        return ("scales", "continuous")
 
 
 def train_transform(
@@ -49,10 +55,13 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = 255,
+    scale_sampling: str = "discrete",
 ) -> A.Compose:
+    if scale_sampling not in ("discrete", "continuous"):
+        raise ConfigError(f"dataset.scale_sampling must be 'discrete' or 'continuous', got {scale_sampling!r}")
     return A.Compose(
         [
-            RandomDiscreteScale(scales),
+            RandomScaleFactor(scales, continuous=scale_sampling == "continuous"),
             A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
             A.PadIfNeeded(
                 min_height=crop_size, min_width=crop_size, position="top_left",

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from emanet.data import warn_skipped
 from emanet.engine.checkpoint import load_checkpoint, load_model_weights, write_json
 from emanet.engine.evaluator import evaluate, predict, summarize
 from emanet.engine.metrics import format_table
@@ -45,6 +46,7 @@ def evaluate_on_val(
             log_prediction_images(model, dataset, cfg, device, writer, step)
     finally:
         model.backbone.set_output_stride(train_stride)
+    warn_skipped(dataset)
     metrics = summarize(result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, em_iterations)
     metrics["eval"]["output_stride"] = eval_stride
     protocol = "multi-scale + flip" if cfg.eval.flip or list(cfg.eval.scales) != [1.0] else "single scale"

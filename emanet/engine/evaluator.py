@@ -86,6 +86,8 @@ def evaluate(
     single_confusion = torch.zeros_like(confusion) if report_single_scale else None
     num_images = 0
     for batch in tqdm(batches, total=total, desc="eval", disable=not progress, leave=False):
+        if batch is None:  # its image was left out (dataset.skip_bad)
+            continue
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"]
         probabilities, single_logits = predict(model, images, scales, flip)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from emanet.data import build_dataset
+from emanet.data.segmentation import collate_skipping_bad
 from emanet.data.transforms import eval_transform
 from emanet.errors import ConfigError
 
@@ -63,6 +64,7 @@ def build_train_loader(
         persistent_workers=num_workers > 0,
         worker_init_fn=_seed_worker_transform,
         generator=generator,
+        collate_fn=collate_skipping_bad,
     )
 
 
@@ -71,10 +73,16 @@ def build_eval_loader(cfg: DictConfig, pin_memory: bool = False) -> DataLoader:
         cfg.dataset, cfg.dataset.val_split, eval_transform(cfg.dataset.mean, cfg.dataset.std)
     )
     # Images keep their own sizes at evaluation, so they go one at a time.
-    return DataLoader(dataset, batch_size=1, num_workers=cfg.runtime.num_workers, pin_memory=pin_memory)
+    return DataLoader(
+        dataset, batch_size=1, num_workers=cfg.runtime.num_workers, pin_memory=pin_memory,
+        collate_fn=collate_skipping_bad,
+    )
 
 
 def forever(loader: DataLoader) -> Iterator[dict]:
-    """Batches from ``loader`` epoch after epoch (reshuffled each epoch)."""
+    """Batches from ``loader`` epoch after epoch (reshuffled each epoch).
+
+    A batch whose samples were all left out (``dataset.skip_bad``) is passed over.
+    """
     while True:
-        yield from loader
+        yield from (batch for batch in loader if batch is not None)

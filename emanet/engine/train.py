@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from emanet.data import build_dataset
+from emanet.data import build_dataset, warn_skipped
 from emanet.data.transforms import train_transform
 from emanet.engine.checkpoint import save_checkpoint, write_json
 from emanet.engine.evaluate import evaluate_on_val, one_line_summary
@@ -81,7 +81,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     data_cfg = cfg.dataset
     train_set = build_dataset(
         data_cfg, data_cfg.train_split,
-        train_transform(data_cfg.crop_size, data_cfg.train_scales, data_cfg.mean, data_cfg.std, data_cfg.ignore_index),
+        train_transform(
+            data_cfg.crop_size, data_cfg.train_scales, data_cfg.mean, data_cfg.std, data_cfg.ignore_index,
+            data_cfg.scale_sampling,
+        ),
     )
     if cfg.schedule.batch_size > len(train_set):
         raise ConfigError(
@@ -133,6 +136,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             model.train()
     progress.close()
     train_seconds = time.perf_counter() - start
+    warn_skipped(train_set)
 
     metrics = evaluate_on_val(model, cfg, device, writer, total)
     writer.close()

@@ -1,0 +1,65 @@
+"""Class names of the benchmarks, in label-index order."""
+
+from __future__ import annotations
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)
+
+# PASCAL Context's 59 most frequent classes, in the order of their ids among the 459
+# classes of the full annotation (which is alphabetical), see CONTEXT_SOURCE_IDS.
+CONTEXT59_CLASSES = (
+    "aeroplane", "bag", "bed", "bedclothes", "bench", "bicycle", "bird", "boat", "book",
+    "bottle", "building", "bus", "cabinet", "car", "cat", "ceiling", "chair", "cloth",
+    "computer", "cow", "cup", "curtain", "dog", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse",
+    "person", "plate", "platform", "pottedplant", "road", "rock", "sheep", "shelves",
+    "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train", "tree", "truck",
+    "tvmonitor", "wall", "water", "window", "wood",
+)
+CONTEXT60_CLASSES = ("background", *CONTEXT59_CLASSES)
+
+# Ids of CONTEXT59_CLASSES in the 459-class annotation (trainval/*.mat ``LabelMap`` and
+# labels.txt); every other id, and 0 (unlabelled), is background.
+CONTEXT_SOURCE_IDS = (
+    2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105,
+    113, 115, 144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308,
+    324, 326, 347, 349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454,
+    458,
+)
+
+COCO_THINGS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+)
+COCO_STUFF = (
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
+    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds",
+    "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence",
+    "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog",
+    "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill",
+    "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud",
+    "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic", "platform",
+    "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad",
+    "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs",
+    "stone", "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree",
+    "vegetable", "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone",
+    "wall-tile", "wall-wood", "water-other", "waterdrops", "window-blind", "window-other",
+    "wood",
+)
+COCO_STUFF_CLASSES = (*COCO_THINGS, *COCO_STUFF)
+
+# COCO-Stuff numbers its 182 classes 0-181 in the 164k PNGs (1-182 in the 10k .mat files,
+# where 0 is unlabelled); these 11 thing ids were never annotated, the other 171 are used.
+COCO_STUFF_UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)

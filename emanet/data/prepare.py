@@ -1,0 +1,292 @@
+"""Turn the benchmarks' original downloads into the layout the datasets read.
+
+Each ``prepare_*`` function converts the original label files into single-channel palette
+PNGs (index = class, 255 = ignore) and writes the split lists, then checks the counts
+against the published ones. Every file is written atomically (temp file + rename), so a
+re-run skips what is finished and an interrupted run leaves no half-written file.
+``scripts/prepare_dataset.py`` is the command line; data/README.md the walk-through.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from tqdm import tqdm
+
+from emanet.data.classes import COCO_STUFF_UNUSED_IDS, CONTEXT59_CLASSES, CONTEXT_SOURCE_IDS
+from emanet.data.palette import read_label_png, save_label_png
+from emanet.errors import DatasetError, DatasetNotFoundError
+
+log = logging.getLogger(__name__)
+
+EXPECTED_COUNTS = {
+    "voc_aug": {"train": 1464, "val": 1449, "trainaug": 10582},
+    "pascal_context": {"train": 4998, "val": 5105},
+    "coco_stuff10k": {"train": 9000, "test": 1000},
+    "coco_stuff164k": {"train2017": 118287, "val2017": 5000},
+}
+
+
+# ---------------------------------------------------------------------------- label maps
+
+
+def context_lookup_table() -> np.ndarray:
+    """459-class id -> 60-class label: the 59 classes to 1..59, everything else to 0."""
+    table = np.zeros(65536, dtype=np.uint8)
+    table[list(CONTEXT_SOURCE_IDS)] = np.arange(1, len(CONTEXT_SOURCE_IDS) + 1)
+    return table
+
+
+def coco_stuff_lookup_table() -> np.ndarray:
+    """COCO-Stuff id 0-181 -> one of the 171 used classes (0-170); unused ids and 255 -> 255."""
+    table = np.full(256, 255, dtype=np.uint8)
+    used = [i for i in range(182) if i not in COCO_STUFF_UNUSED_IDS]
+    table[used] = np.arange(len(used))
+    return table
+
+
+def sbd_label(mat_path: Path) -> np.ndarray:
+    """SBD ``cls/<id>.mat``: struct ``GTcls``, field ``Segmentation`` (H, W class map)."""
+    return np.asarray(_load_mat(mat_path, "GTcls").Segmentation, dtype=np.uint8)
+
+
+def context_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
+    """PASCAL Context ``trainval/<id>.mat``: ``LabelMap`` with 459-class ids -> 60 classes."""
+    label_map = np.asarray(_load_mat(mat_path, "LabelMap"))
+    if label_map.min() < 0 or label_map.max() >= len(table):
+        raise DatasetError(f"{mat_path}: LabelMap holds ids outside 0-459")
+    return table[label_map.astype(np.int64)]
+
+
+def coco_stuff10k_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
+    """COCO-Stuff 10k ``annotations/<id>.mat``: ``S`` with ids 1-182, 0 unlabelled."""
+    ids = np.asarray(_load_mat(mat_path, "S")).astype(np.int64)
+    if ids.min() < 0 or ids.max() > 182:
+        raise DatasetError(f"{mat_path}: S holds ids outside 0-182")
+    # 1-based ids to the 164k numbering; unlabelled 0 becomes 255, ignored.
+    return table[np.where(ids == 0, 255, ids - 1)]
+
+
+def coco_stuff164k_label(png_path: Path, table: np.ndarray) -> np.ndarray:
+    """COCO-Stuff 164k ``stuffthingmaps``: PNG with ids 0-181, 255 unlabelled."""
+    return table[read_label_png(png_path)]
+
+
+def _load_mat(path: Path, key: str):
+    try:
+        content = scipy.io.loadmat(path, struct_as_record=False, squeeze_me=True)
+    except (OSError, ValueError, TypeError, NotImplementedError) as error:
+        raise DatasetError(f"{path}: cannot read the MATLAB file ({error})") from None
+    if key not in content:
+        raise DatasetError(f"{path}: no variable {key!r} in the MATLAB file (has {sorted(content)})")
+    return content[key]
+
+
+# -------------------------------------------------------------------------- file writing
+
+
+def write_split(path: Path, ids: Iterable[str]) -> None:
+    """Write a split list atomically, one id per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text("".join(f"{sample_id}\n" for sample_id in ids))
+    os.replace(temp, path)
+
+
+def _convert_one(job: tuple[Callable[..., np.ndarray], tuple, Path]) -> None:
+    read, args, destination = job
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    save_label_png(read(*args), destination)
+
+
+def convert_labels(
+    jobs: Sequence[tuple[Callable[..., np.ndarray], tuple, Path]], description: str, workers: int = 1
+) -> int:
+    """Run ``save_label_png(read(*args), destination)`` for each job whose PNG is missing.
+
+    Returns how many PNGs were written. ``read`` must be a module-level function so
+    that worker processes can receive it.
+    """
+    todo = [job for job in jobs if not job[2].exists()]
+    log.info("%s: %d label PNGs to write, %d already done", description, len(todo), len(jobs) - len(todo))
+    if workers > 1 and len(todo) > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _ in tqdm(pool.imap_unordered(_convert_one, todo, chunksize=16), total=len(todo), desc=description):
+                pass
+    else:
+        for job in tqdm(todo, desc=description):
+            _convert_one(job)
+    return len(todo)
+
+
+def check_counts(dataset: str, counts: dict[str, int]) -> list[str]:
+    """Log each split's size beside the published one; return the mismatches."""
+    mismatches = []
+    for split, count in counts.items():
+        expected = EXPECTED_COUNTS[dataset].get(split)
+        if expected is None or count == expected:
+            log.info("%s %s: %d images%s", dataset, split, count, "" if expected is None else " (as published)")
+        else:
+            message = f"{dataset} {split}: {count} images, but the published split has {expected}"
+            log.warning("%s", message)
+            mismatches.append(message)
+    return mismatches
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"{what} not found at {path}: see data/README.md")
+    return path
+
+
+def _read_ids(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"split list not found at {path}: see data/README.md")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------- benchmarks
+
+
+def prepare_voc_aug(voc_root: Path, sbd_root: Path, workers: int = 1) -> dict[str, int]:
+    """VOC 2012 + SBD -> ``SegmentationClassAug/`` and the train / val / trainaug lists.
+
+    ``voc_root`` is ``VOCdevkit/VOC2012``, ``sbd_root`` SBD's ``benchmark_RELEASE``. VOC's
+    own labels (with their 255 boundaries) are kept for VOC's annotated images; SBD's
+    ``cls/*.mat`` labels fill in the rest. trainaug = VOC train + SBD train + SBD val - VOC
+    val. Images SBD has but ``JPEGImages`` lacks are copied over.
+    """
+    voc_root, sbd = Path(voc_root), Path(sbd_root) / "dataset"
+    _require_dir(voc_root / "JPEGImages", "PASCAL VOC 2012 images")
+    _require_dir(sbd / "cls", "SBD labels (benchmark_RELEASE/dataset/cls)")
+    lists = voc_root / "ImageSets" / "Segmentation"
+    voc_train, voc_val = _read_ids(lists / "train.txt"), _read_ids(lists / "val.txt")
+    sbd_ids = _read_ids(sbd / "train.txt") + _read_ids(sbd / "val.txt")
+    excluded = set(voc_val)
+    trainaug = sorted(set(voc_train).union(sbd_ids) - excluded)
+
+    output = voc_root / "SegmentationClassAug"
+    voc_labels = set(voc_train) | set(voc_val)
+    jobs = []
+    for sample_id in sorted(voc_labels | set(sbd_ids)):
+        destination = output / f"{sample_id}.png"
+        if sample_id in voc_labels:
+            jobs.append((read_label_png, (voc_root / "SegmentationClass" / f"{sample_id}.png",), destination))
+        else:
+            jobs.append((sbd_label, (sbd / "cls" / f"{sample_id}.mat",), destination))
+            _copy_if_missing(sbd / "img" / f"{sample_id}.jpg", voc_root / "JPEGImages" / f"{sample_id}.jpg")
+    convert_labels(jobs, "SegmentationClassAug", workers)
+    write_split(lists / "trainaug.txt", trainaug)
+    counts = {"train": len(voc_train), "val": len(voc_val), "trainaug": len(trainaug)}
+    check_counts("voc_aug", counts)
+    return counts
+
+
+def prepare_pascal_context(voc2010_root: Path, context_root: Path, workers: int = 1) -> dict[str, int]:
+    """PASCAL Context's 459-class ``trainval/*.mat`` -> 60-class PNGs and train / val lists.
+
+    Writes ``VOC2010/SegmentationClassContext/<id>.png`` (0 = background, 1-59 = the
+    59 classes; the 59-class convention ignores 0 at load time) and
+    ``VOC2010/ImageSets/SegmentationContext/{train,val}.txt``: VOC 2010's main train and
+    val lists, restricted to images with an annotation. ``labels.txt`` in
+    ``context_root``, when present, is checked against the class ids used.
+    """
+    voc2010_root, context_root = Path(voc2010_root), Path(context_root)
+    _require_dir(voc2010_root / "JPEGImages", "PASCAL VOC 2010 images")
+    annotations = _require_dir(context_root / "trainval", "PASCAL Context annotations (trainval/*.mat)")
+    if (context_root / "labels.txt").is_file():
+        check_context_label_names(context_root / "labels.txt")
+    annotated = {path.stem for path in annotations.glob("*.mat")}
+    table = context_lookup_table()
+    output = voc2010_root / "SegmentationClassContext"
+    counts = {}
+    for split in ("train", "val"):
+        ids = [i for i in _read_ids(voc2010_root / "ImageSets" / "Main" / f"{split}.txt") if i in annotated]
+        jobs = [(context_label, (annotations / f"{i}.mat", table), output / f"{i}.png") for i in ids]
+        convert_labels(jobs, f"SegmentationClassContext ({split})", workers)
+        write_split(voc2010_root / "ImageSets" / "SegmentationContext" / f"{split}.txt", ids)
+        counts[split] = len(ids)
+    check_counts("pascal_context", counts)
+    return counts
+
+
+def check_context_label_names(labels_txt: Path) -> list[int]:
+    """Warn about class ids whose name in ``labels.txt`` ("<id>: <name>" lines) differs."""
+    names = {}
+    for line in labels_txt.read_text().splitlines():
+        if ":" in line:
+            key, name = line.split(":", 1)
+            if key.strip().isdigit():
+                names[int(key)] = name.strip().lower().replace(" ", "")
+    different = [
+        source for source, expected in zip(CONTEXT_SOURCE_IDS, CONTEXT59_CLASSES, strict=True)
+        if names.get(source) not in (None, expected)
+    ]
+    if different:
+        log.warning(
+            "%s: the names of ids %s differ from the 59 classes this project maps them to; "
+            "check that this is the 459-class labels.txt of PASCAL Context", labels_txt, different,
+        )
+    return different
+
+
+def prepare_coco_stuff10k(root: Path, workers: int = 1) -> dict[str, int]:
+    """COCO-Stuff 10k (``cocostuff-10k-v1.1``): ``annotations/*.mat`` -> ``labels171/*.png``.
+
+    The split lists are the release's own ``imageLists/{train,test}.txt``.
+    """
+    root = Path(root)
+    _require_dir(root / "images", "COCO-Stuff 10k images")
+    _require_dir(root / "annotations", "COCO-Stuff 10k annotations")
+    table = coco_stuff_lookup_table()
+    counts = {}
+    for split in ("train", "test"):
+        ids = _read_ids(root / "imageLists" / f"{split}.txt")
+        jobs = [
+            (coco_stuff10k_label, (root / "annotations" / f"{i}.mat", table), root / "labels171" / f"{i}.png")
+            for i in ids
+        ]
+        convert_labels(jobs, f"labels171 ({split})", workers)
+        counts[split] = len(ids)
+    check_counts("coco_stuff10k", counts)
+    return counts
+
+
+def prepare_coco_stuff164k(root: Path, workers: int = 1) -> dict[str, int]:
+    """COCO-Stuff 164k: ``annotations/{train,val}2017/*.png`` -> ``labels171/`` + ``splits/``.
+
+    ``root`` holds COCO 2017's ``images/{train2017,val2017}`` and the unpacked
+    ``stuffthingmaps_trainval2017.zip`` as ``annotations/{train2017,val2017}``.
+    """
+    root = Path(root)
+    table = coco_stuff_lookup_table()
+    counts = {}
+    for split in ("train2017", "val2017"):
+        _require_dir(root / "images" / split, f"COCO 2017 {split} images")
+        maps = _require_dir(root / "annotations" / split, f"COCO-Stuff {split} maps (stuffthingmaps_trainval2017)")
+        ids = sorted(f"{split}/{path.stem}" for path in maps.glob("*.png"))
+        jobs = [
+            (coco_stuff164k_label, (root / "annotations" / f"{i}.png", table), root / "labels171" / f"{i}.png")
+            for i in ids
+        ]
+        convert_labels(jobs, f"labels171 ({split})", workers)
+        write_split(root / "splits" / f"{split}.txt", ids)
+        counts[split] = len(ids)
+    check_counts("coco_stuff164k", counts)
+    return counts
+
+
+def _copy_if_missing(source: Path, destination: Path) -> None:
+    if destination.exists() or not source.exists():
+        return
+    temp = destination.with_name(f".{destination.name}.tmp")
+    shutil.copyfile(source, temp)
+    os.replace(temp, destination)
+

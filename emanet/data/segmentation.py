@@ -1,0 +1,208 @@
+"""Segmentation datasets: images and label PNGs listed in a split file.
+
+Every benchmark, once prepared (``scripts/prepare_dataset.py``, see data/README.md), is a
+folder of RGB images, a folder of single-channel label PNGs (index = class, 255 = ignore)
+and split lists of ids. Where each lives is given by three path templates relative to the
+dataset root; the defaults are the PASCAL VOC layout::
+
+    ROOT/JPEGImages/<id>.jpg
+    ROOT/SegmentationClass/<id>.png
+    ROOT/ImageSets/Segmentation/<split>.txt
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, default_collate
+
+from emanet.data.palette import read_label_png
+from emanet.errors import DatasetError, DatasetNotFoundError
+
+log = logging.getLogger(__name__)
+
+VOC_LAYOUT = {
+    "images": "JPEGImages/{id}.jpg",
+    "labels": "SegmentationClass/{id}.png",
+    "split": "ImageSets/Segmentation/{split}.txt",
+}
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB (H, W, 3) uint8 with Pillow.
+
+    Training and evaluation both decode through here, so they see identical pixels.
+    """
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
+
+
+def ignore_background(label: np.ndarray) -> np.ndarray:
+    """Drop class 0: 0 -> 255, k -> k - 1, 255 stays (PASCAL Context's 59-class convention)."""
+    shifted = label - np.uint8(1)  # uint8 arithmetic wraps 0 to 255
+    shifted[label == 255] = 255
+    return shifted
+
+
+class SegmentationDataset(Dataset):
+    """Images and label PNGs listed in a split file.
+
+    Args:
+        root: the dataset folder.
+        split: name of the split list (``train``, ``val``, ``trainaug``...).
+        class_names: names of the classes, index order.
+        layout: path templates relative to ``root``: ``images`` and ``labels`` with
+            ``{id}``, ``split`` with ``{split}``; missing keys take VOC's.
+        transform: callable ``(image=HxWx3 uint8, mask=HxW uint8) -> dict`` returning the
+            transformed ``image`` tensor (3, h, w) and ``mask`` (h, w); typically an
+            albumentations pipeline from :mod:`emanet.data.transforms`.
+        ignore_background: map class 0 to the ignore index and shift the others down.
+        ignore_index: the label value that marks pixels without a class.
+        skip_bad: leave out samples whose files are missing, unreadable or inconsistent
+            (each logged, counted in :attr:`num_skipped`) instead of stopping with an
+            error that names the file.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        class_names: Sequence[str],
+        layout: dict[str, str] | None = None,
+        transform: Callable[..., dict] | None = None,
+        ignore_background: bool = False,
+        ignore_index: int = 255,
+        skip_bad: bool = False,
+    ) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(f"dataset not found at {self.root}: see data/README.md")
+        self.layout = {**VOC_LAYOUT, **(layout or {})}
+        split_file = self.root / self.layout["split"].format(split=split)
+        if not split_file.is_file():
+            raise DatasetNotFoundError(f"split list not found at {split_file}: see data/README.md")
+        ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise DatasetNotFoundError(f"split list {split_file} is empty: see data/README.md")
+        self.split = split
+        self.class_names = tuple(class_names)
+        self.transform = transform
+        self.ignore_background = ignore_background
+        self.ignore_index = ignore_index
+        self.skip_bad = skip_bad
+        # Shared with the DataLoader's workers, which do the loading (and the skipping).
+        self._skipped = multiprocessing.Value("i", 0)
+        self.ids = self._ids_with_both_files(ids, split_file)
+
+    def _ids_with_both_files(self, ids: list[str], split_file: Path) -> list[str]:
+        # One directory listing per folder instead of two stat calls per sample: fast on
+        # network file systems, where 10k stats take minutes.
+        listings: dict[Path, set[str]] = {}
+
+        def exists(path: Path) -> bool:
+            if path.parent not in listings:
+                listings[path.parent] = set(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else set()
+            return path.name in listings[path.parent]
+
+        kept = []
+        for sample_id in ids:
+            image, label = self._image_path(sample_id), self._label_path(sample_id)
+            problem = None
+            if not exists(image):
+                problem = f"{image}: image listed in {split_file} is missing"
+            elif not exists(label):
+                problem = f"{label}: label of image {image.name} is missing"
+            if problem is None:
+                kept.append(sample_id)
+            elif self.skip_bad:
+                log.warning("skipping %s", problem)
+                self._skipped.value += 1
+            else:
+                raise DatasetError(f"{problem} (set dataset.skip_bad=true to leave such samples out)")
+        if not kept:
+            raise DatasetError(f"no usable sample in {split_file}: see data/README.md")
+        return kept
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_skipped(self) -> int:
+        """Samples left out so far, in this process and in every DataLoader worker."""
+        return self._skipped.value
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _image_path(self, sample_id: str) -> Path:
+        return self.root / self.layout["images"].format(id=sample_id)
+
+    def _label_path(self, sample_id: str) -> Path:
+        return self.root / self.layout["labels"].format(id=sample_id)
+
+    def image_path(self, index: int) -> Path:
+        return self._image_path(self.ids[index])
+
+    def label_path(self, index: int) -> Path:
+        return self._label_path(self.ids[index])
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image (H, W, 3) uint8 and label (H, W) uint8 of one sample, checked.
+
+        Raises DatasetError naming the file when a file cannot be decoded, the sizes
+        differ, or the label holds a value that is neither a class nor the ignore index.
+        """
+        image_path, label_path = self.image_path(index), self.label_path(index)
+        try:
+            image = read_image(image_path)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise DatasetError(f"{image_path}: cannot decode the image ({error})") from None
+        try:
+            label = read_label_png(label_path)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise DatasetError(f"{label_path}: cannot decode the label PNG ({error})") from None
+        if image.shape[:2] != label.shape:
+            raise DatasetError(
+                f"{label_path}: label is {label.shape[1]}x{label.shape[0]} but its image "
+                f"{image_path.name} is {image.shape[1]}x{image.shape[0]}"
+            )
+        if self.ignore_background:
+            label = ignore_background(label)
+        invalid = (label >= self.num_classes) & (label != self.ignore_index)
+        if invalid.any():
+            raise DatasetError(
+                f"{label_path}: label values {sorted(set(np.unique(label[invalid]).tolist()))} are "
+                f"neither classes 0-{self.num_classes - 1} nor the ignore index {self.ignore_index}"
+            )
+        return image, label
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str] | None:
+        try:
+            image, label = self.load(index)
+        except DatasetError as error:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping %s", error)
+            with self._skipped.get_lock():
+                self._skipped.value += 1
+            return None
+        if self.transform is not None:
+            out = self.transform(image=image, mask=label)
+            image, label = out["image"], out["mask"]
+        else:
+            image = torch.from_numpy(image).permute(2, 0, 1)
+            label = torch.from_numpy(label)
+        return {"image": image, "label": torch.as_tensor(label).long(), "id": self.ids[index]}
+
+
+def collate_skipping_bad(samples: list[dict | None]) -> dict | None:
+    """``default_collate`` of the samples that loaded; None when none did."""
+    samples = [sample for sample in samples if sample is not None]
+    return default_collate(samples) if samples else None

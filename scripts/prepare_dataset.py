@@ -1,0 +1,57 @@
+"""Prepare a benchmark from its original downloads (see data/README.md for each layout).
+
+    python scripts/prepare_dataset.py voc_aug [--voc DIR] [--sbd DIR]
+    python scripts/prepare_dataset.py pascal_context [--voc2010 DIR] [--context DIR]
+    python scripts/prepare_dataset.py coco_stuff10k [--root DIR]
+    python scripts/prepare_dataset.py coco_stuff164k [--root DIR]
+
+Paths default to the places the dataset configs read from, under $EMANET_DATA_ROOT (or
+data/). Re-running skips the label files already written; the split sizes are printed
+beside the published ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from emanet.data import prepare
+from emanet.errors import EmanetError
+
+
+def main() -> None:
+    data_root = Path(os.environ.get("EMANET_DATA_ROOT", "data"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="conversion processes")
+    benchmarks = parser.add_subparsers(dest="benchmark", required=True)
+    voc = benchmarks.add_parser("voc_aug", help="PASCAL VOC 2012 + SBD -> SegmentationClassAug, trainaug")
+    voc.add_argument("--voc", type=Path, default=data_root / "VOCdevkit" / "VOC2012")
+    voc.add_argument("--sbd", type=Path, default=data_root / "benchmark_RELEASE")
+    context = benchmarks.add_parser("pascal_context", help="PASCAL Context 459-class .mat -> 60-class PNGs")
+    context.add_argument("--voc2010", type=Path, default=data_root / "VOCdevkit" / "VOC2010")
+    context.add_argument("--context", type=Path, default=None, help="folder with trainval/ (default: --voc2010)")
+    coco10k = benchmarks.add_parser("coco_stuff10k", help="COCO-Stuff 10k .mat -> 171-class PNGs")
+    coco10k.add_argument("--root", type=Path, default=data_root / "cocostuff-10k-v1.1")
+    coco164k = benchmarks.add_parser("coco_stuff164k", help="COCO-Stuff 164k maps -> 171-class PNGs")
+    coco164k.add_argument("--root", type=Path, default=data_root / "coco_stuff164k")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.benchmark == "voc_aug":
+            prepare.prepare_voc_aug(args.voc, args.sbd, args.workers)
+        elif args.benchmark == "pascal_context":
+            prepare.prepare_pascal_context(args.voc2010, args.context or args.voc2010, args.workers)
+        elif args.benchmark == "coco_stuff10k":
+            prepare.prepare_coco_stuff10k(args.root, args.workers)
+        else:
+            prepare.prepare_coco_stuff164k(args.root, args.workers)
+    except EmanetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

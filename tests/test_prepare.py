@@ -1,0 +1,184 @@
+"""Dataset preparation on miniature copies of the original downloads, in their real formats."""
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60_CLASSES
+from emanet.data.palette import read_label_png, save_label_png
+from emanet.data.prepare import (
+    check_context_label_names,
+    prepare_coco_stuff10k,
+    prepare_coco_stuff164k,
+    prepare_pascal_context,
+    prepare_voc_aug,
+)
+from emanet.data.segmentation import SegmentationDataset
+from emanet.errors import DatasetNotFoundError
+
+SIZE = (6, 8)
+
+
+def write_jpeg(path, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=95)
+
+
+def write_list(path, ids):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{i}\n" for i in ids))
+
+
+def write_sbd_mat(path, segmentation):
+    # SBD's files hold a MATLAB struct GTcls with fields Segmentation, Boundaries, CategoriesPresent.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"GTcls": {
+        "Segmentation": segmentation, "Boundaries": np.zeros((20, 1), dtype=object),
+        "CategoriesPresent": np.unique(segmentation[segmentation > 0]).astype(np.uint8),
+    }})
+
+
+@pytest.fixture
+def voc_and_sbd(tmp_path):
+    """VOC: train a, b; val c. SBD: train b, d, c; val e (c is VOC val: kept out of trainaug)."""
+    voc, sbd = tmp_path / "VOCdevkit" / "VOC2012", tmp_path / "benchmark_RELEASE"
+    rng = np.random.default_rng(1)
+    voc_labels, sbd_labels = {}, {}
+    for seed, i in enumerate(["2007_a", "2007_b", "2007_c"]):
+        write_jpeg(voc / "JPEGImages" / f"{i}.jpg", seed)
+        label = rng.integers(0, 21, SIZE, dtype=np.uint8)
+        label[0] = 255
+        (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+        save_label_png(label, voc / "SegmentationClass" / f"{i}.png")
+        voc_labels[i] = label
+    write_list(voc / "ImageSets" / "Segmentation" / "train.txt", ["2007_a", "2007_b"])
+    write_list(voc / "ImageSets" / "Segmentation" / "val.txt", ["2007_c"])
+    for seed, i in enumerate(["2007_b", "2008_d", "2007_c", "2008_e"]):
+        write_jpeg(sbd / "dataset" / "img" / f"{i}.jpg", 10 + seed)
+        sbd_labels[i] = rng.integers(0, 21, SIZE, dtype=np.uint8)
+        write_sbd_mat(sbd / "dataset" / "cls" / f"{i}.mat", sbd_labels[i])
+    write_list(sbd / "dataset" / "train.txt", ["2007_b", "2008_d", "2007_c"])
+    write_list(sbd / "dataset" / "val.txt", ["2008_e"])
+    return voc, sbd, voc_labels, sbd_labels
+
+
+def test_voc_aug_labels_lists_and_counts(voc_and_sbd, caplog):
+    voc, sbd, voc_labels, sbd_labels = voc_and_sbd
+    counts = prepare_voc_aug(voc, sbd)
+    assert counts == {"train": 2, "val": 1, "trainaug": 4}
+    assert "trainaug: 4 images, but the published split has 10582" in caplog.text
+    trainaug = (voc / "ImageSets" / "Segmentation" / "trainaug.txt").read_text().split()
+    assert trainaug == ["2007_a", "2007_b", "2008_d", "2008_e"]
+    aug = voc / "SegmentationClassAug"
+    # VOC's own labels win where VOC has them (with their 255 boundaries); SBD's fill in.
+    assert np.array_equal(read_label_png(aug / "2007_b.png"), voc_labels["2007_b"])
+    assert np.array_equal(read_label_png(aug / "2007_c.png"), voc_labels["2007_c"])
+    assert np.array_equal(read_label_png(aug / "2008_d.png"), sbd_labels["2008_d"])
+    with Image.open(aug / "2008_e.png") as png:
+        assert png.mode == "P"
+    assert (voc / "JPEGImages" / "2008_e.jpg").read_bytes() == (sbd / "dataset" / "img" / "2008_e.jpg").read_bytes()
+    dataset = SegmentationDataset(voc, "trainaug", CONTEXT60_CLASSES[:21], {"labels": "SegmentationClassAug/{id}.png"})
+    assert len(dataset) == 4 and np.array_equal(dataset.load(2)[1], sbd_labels["2008_d"])
+
+
+def test_voc_aug_rerun_skips_finished_files_and_redoes_interrupted_ones(voc_and_sbd):
+    voc, sbd, _, sbd_labels = voc_and_sbd
+    prepare_voc_aug(voc, sbd)
+    aug = voc / "SegmentationClassAug"
+    finished = aug / "2008_d.png"
+    finished.write_bytes(b"sentinel")  # a skipped file keeps whatever it holds
+    (aug / "2008_e.png").unlink()
+    (aug / ".2008_e.png.tmp").write_bytes(b"half")  # what an interrupted write leaves
+    prepare_voc_aug(voc, sbd)
+    assert finished.read_bytes() == b"sentinel"
+    assert np.array_equal(read_label_png(aug / "2008_e.png"), sbd_labels["2008_e"])
+    assert sorted(p.name for p in aug.iterdir() if not p.name.startswith(".")) == [
+        "2007_a.png", "2007_b.png", "2007_c.png", "2008_d.png", "2008_e.png"
+    ]
+
+
+def test_voc_aug_missing_sbd_names_the_path(voc_and_sbd, tmp_path):
+    voc, _, _, _ = voc_and_sbd
+    with pytest.raises(DatasetNotFoundError, match=r"SBD labels .* not found at .*nowhere.*data/README.md"):
+        prepare_voc_aug(voc, tmp_path / "nowhere")
+
+
+def test_pascal_context_maps_459_ids_to_60_and_59_classes(tmp_path):
+    voc2010 = tmp_path / "VOC2010"
+    ids = {"train": ["2008_000002", "2008_000003"], "val": ["2008_000007"]}
+    # id -> expected 60-class label: 0 unlabelled and 1 accordion (not among the 59) are
+    # background; 2 aeroplane is class 1, 284 person 37, 458 wood 59.
+    source = np.array([[0, 1, 2, 284, 458, 2, 0, 1]] * 6, dtype=np.uint16)
+    expected = np.array([[0, 0, 1, 37, 59, 1, 0, 0]] * 6, dtype=np.uint8)
+    for split_ids in ids.values():
+        for seed, i in enumerate(split_ids):
+            write_jpeg(voc2010 / "JPEGImages" / f"{i}.jpg", seed)
+            (voc2010 / "trainval").mkdir(parents=True, exist_ok=True)
+            scipy.io.savemat(voc2010 / "trainval" / f"{i}.mat", {"LabelMap": source})
+    write_jpeg(voc2010 / "JPEGImages" / "2008_000009.jpg")  # in Main/train.txt, not annotated
+    write_list(voc2010 / "ImageSets" / "Main" / "train.txt", [*ids["train"], "2008_000009"])
+    write_list(voc2010 / "ImageSets" / "Main" / "val.txt", ids["val"])
+    (voc2010 / "labels.txt").write_text("1: accordion\n2: aeroplane\n284: person\n458: wood\n")
+
+    assert prepare_pascal_context(voc2010, voc2010) == {"train": 2, "val": 1}
+    label = read_label_png(voc2010 / "SegmentationClassContext" / "2008_000007.png")
+    assert np.array_equal(label, expected)
+    assert CONTEXT60_CLASSES[37] == "person" and CONTEXT60_CLASSES[59] == "wood"
+
+    layout = {"labels": "SegmentationClassContext/{id}.png", "split": "ImageSets/SegmentationContext/{split}.txt"}
+    with60 = SegmentationDataset(voc2010, "train", CONTEXT60_CLASSES, layout)
+    with59 = SegmentationDataset(voc2010, "train", CONTEXT59_CLASSES, layout, ignore_background=True)
+    assert with60.ids == ids["train"]
+    assert np.array_equal(with60.load(0)[1], expected)
+    assert np.array_equal(with59.load(0)[1], np.where(expected == 0, 255, expected - 1))
+    assert CONTEXT59_CLASSES[36] == "person"
+
+
+def test_context_label_names_are_checked(tmp_path, caplog):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("2: aeroplane\n9: bag\n427: tvmonitor\n")
+    assert check_context_label_names(labels) == []
+    labels.write_text("2: aeroplane\n9: bagpipe\n")
+    assert check_context_label_names(labels) == [9]
+    assert "the names of ids [9] differ" in caplog.text
+
+
+def test_coco_stuff10k_maps_182_ids_to_171_classes(tmp_path):
+    root = tmp_path / "cocostuff-10k-v1.1"
+    # 1-based ids: 0 unlabelled -> 255; 1 person -> 0; 12 (never annotated) -> 255;
+    # 13 stop sign -> 11; 92 banner -> 80; 182 wood -> 170.
+    source = np.array([[0, 1, 12, 13, 92, 182, 1, 0]] * 6, dtype=np.uint16)
+    expected = np.array([[255, 0, 255, 11, 80, 170, 0, 255]] * 6, dtype=np.uint8)
+    ids = {"train": ["COCO_train2014_000000000077"], "test": ["COCO_train2014_000000000078"]}
+    for split, split_ids in ids.items():
+        write_list(root / "imageLists" / f"{split}.txt", split_ids)
+        for i in split_ids:
+            write_jpeg(root / "images" / f"{i}.jpg")
+            (root / "annotations").mkdir(exist_ok=True)
+            scipy.io.savemat(root / "annotations" / f"{i}.mat", {"S": source, "names": np.array(["x"], dtype=object)})
+    assert prepare_coco_stuff10k(root) == {"train": 1, "test": 1}
+    assert np.array_equal(read_label_png(root / "labels171" / f"{ids['test'][0]}.png"), expected)
+    assert (COCO_STUFF_CLASSES[0], COCO_STUFF_CLASSES[11], COCO_STUFF_CLASSES[80], COCO_STUFF_CLASSES[170]) == (
+        "person", "stop sign", "banner", "wood"
+    )
+    dataset = SegmentationDataset(
+        root, "test", COCO_STUFF_CLASSES,
+        {"images": "images/{id}.jpg", "labels": "labels171/{id}.png", "split": "imageLists/{split}.txt"},
+    )
+    assert np.array_equal(dataset.load(0)[1], expected)
+
+
+def test_coco_stuff164k_maps_pngs_and_writes_split_lists_in_worker_processes(tmp_path):
+    root = tmp_path / "coco_stuff164k"
+    source = np.array([[0, 11, 12, 91, 181, 255, 0, 0]] * 6, dtype=np.uint8)
+    expected = np.array([[0, 255, 11, 80, 170, 255, 0, 0]] * 6, dtype=np.uint8)
+    for split, names in {"train2017": ["000000000009", "000000000025"], "val2017": ["000000000139"]}.items():
+        for name in names:
+            write_jpeg(root / "images" / split / f"{name}.jpg")
+            (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(source, mode="L").save(root / "annotations" / split / f"{name}.png")
+    assert prepare_coco_stuff164k(root, workers=2) == {"train2017": 2, "val2017": 1}
+    assert (root / "splits" / "train2017.txt").read_text() == "train2017/000000000009\ntrain2017/000000000025\n"
+    assert np.array_equal(read_label_png(root / "labels171" / "val2017" / "000000000139.png"), expected)
