@@ -12,31 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
+from emanet.benchmark_records import append_record, machine_cell, rebuild_table
+
 REPO = Path(__file__).resolve().parents[1]
-JSONL = REPO / "docs" / "benchmarks.jsonl"
-MARKDOWN = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- demo-table:begin -->", "<!-- demo-table:end -->"
-
-
-def machine_description() -> dict:
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
 
 
 def run_demo(overrides: list[str]) -> dict:
@@ -63,23 +47,13 @@ def demo_table(records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for record in records:
-        machine = record["machine"]
         lines.append(
-            f"| {record['date'][:10]} | {machine['cpu_count']} CPUs, torch {machine['torch']} | "
-            f"{machine['threads']} | {record['iterations']} | {record['wall_seconds']} | {record['train_seconds']} | "
+            f"| {record['date'][:10]} | {machine_cell(record)} | {record['machine']['threads']} | "
+            f"{record['iterations']} | {record['wall_seconds']} | {record['train_seconds']} | "
             f"{record['mIoU_ms_flip']:.2f} | {record['mIoU_single_scale']:.2f} | "
             f"{' '.join(record['overrides']) or '-'} |"
         )
     return "\n".join(lines)
-
-
-def update_markdown() -> None:
-    records = [json.loads(line) for line in JSONL.read_text().splitlines() if line.strip()]
-    table = demo_table([r for r in records if r.get("benchmark") == "demo"])
-    text = MARKDOWN.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    MARKDOWN.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
 
 
 def main() -> None:
@@ -87,21 +61,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="how many times to run the demo")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = parser.parse_args()
-    machine = machine_description()
     for _ in range(args.runs):
         result = run_demo(args.overrides)
-        record = {
-            "benchmark": "demo",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python train.py", *args.overrides]),
-            "overrides": args.overrides,
-            "machine": machine,
-            **result,
-        }
-        with JSONL.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        print(json.dumps(record))
-    update_markdown()
+        command = " ".join(["python train.py", *args.overrides])
+        print(json.dumps(append_record("demo", command, {"overrides": args.overrides, **result})))
+    rebuild_table("demo", demo_table)
 
 
 if __name__ == "__main__":
