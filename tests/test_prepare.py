@@ -1,10 +1,14 @@
 """Dataset preparation on miniature copies of the original downloads, in their real formats."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.io
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from emanet.data import CLASS_NAMES, build_dataset
 from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60_CLASSES
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.data.prepare import (
@@ -182,3 +186,23 @@ def test_coco_stuff164k_maps_pngs_and_writes_split_lists_in_worker_processes(tmp
     assert prepare_coco_stuff164k(root, workers=2) == {"train2017": 2, "val2017": 1}
     assert (root / "splits" / "train2017.txt").read_text() == "train2017/000000000009\ntrain2017/000000000025\n"
     assert np.array_equal(read_label_png(root / "labels171" / "val2017" / "000000000139.png"), expected)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "num_classes", "expected_root"),
+    [
+        ("voc_aug", 21, "VOCdevkit/VOC2012"),
+        ("pascal_context", 60, "VOCdevkit/VOC2010"),
+        ("pascal_context59", 59, "VOCdevkit/VOC2010"),
+        ("coco_stuff10k", 171, "cocostuff-10k-v1.1"),
+        ("coco_stuff164k", 171, "coco_stuff164k"),
+    ],
+)
+def test_every_dataset_config_composes_and_names_its_missing_root(dataset, num_classes, expected_root, tmp_path):
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose("train", [f"dataset={dataset}", f"data_root={tmp_path}"])
+    assert cfg.dataset.num_classes == num_classes == len(CLASS_NAMES[dataset])
+    assert cfg.dataset.ignore_background == (dataset == "pascal_context59")
+    missing = f"dataset not found at {tmp_path / expected_root}: see data/README.md"
+    with pytest.raises(DatasetNotFoundError, match=missing):
+        build_dataset(cfg.dataset, cfg.dataset.train_split)

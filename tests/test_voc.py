@@ -11,8 +11,8 @@ from emanet.data.classes import VOC_CLASSES
 from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.palette import color_map, read_label_png, save_label_png
 from emanet.data.segmentation import SegmentationDataset
-from emanet.data.transforms import eval_transform, train_transform
-from emanet.errors import DatasetNotFoundError
+from emanet.data.transforms import RandomScaleFactor, eval_transform, train_transform
+from emanet.errors import ConfigError, DatasetNotFoundError
 
 
 def write_tiny_voc(root, ids=("2007_000032", "2007_000039"), size=(7, 9)):
@@ -142,3 +142,19 @@ def test_demo_classes_share_colours():
                 colours_by_class[c].add(int(np.argmax(np.median(pixels, axis=0))))
     dominant_channels = [channels for channels in colours_by_class.values() if channels]
     assert all(len(channels) >= 2 for channels in dominant_channels)
+
+
+def test_scale_sampling_discrete_draws_the_set_and_continuous_its_range():
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    discrete = RandomScaleFactor([0.5, 1.0, 2.0])
+    continuous = RandomScaleFactor([0.5, 1.0, 2.0], continuous=True)
+    discrete.set_random_seed(0)
+    continuous.set_random_seed(0)
+    drawn = [discrete.get_params()["scale"] for _ in range(50)]
+    assert set(drawn) == {0.5, 1.0, 2.0}
+    uniform = [continuous.get_params()["scale"] for _ in range(50)]
+    assert all(0.5 <= s <= 2.0 for s in uniform) and len(set(uniform)) == 50
+    assert discrete.apply(image, scale=1.5).shape == (60, 90, 3)
+    assert discrete.apply_to_mask(image[..., 0], scale=0.5).shape == (20, 30)
+    with pytest.raises(ConfigError, match="dataset.scale_sampling must be 'discrete' or 'continuous'"):
+        train_transform(64, [1.0], scale_sampling="uniform")
