@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from emanet.models.resnet import ResNet
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -48,3 +51,34 @@ def test_json_output_has_the_paper_method_names():
         "ResNet-101", "DeeplabV3", "DeeplabV3+", "PSANet", "EMANet(256)", "EMANet(512)",
     ]
     assert set(rows[0]) == {"method", "flops_g", "params_m", "memory_m"}
+
+
+def test_saved_activation_memory_counts_each_saved_tensor_once():
+    from complexity import saved_activation_bytes
+
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.ReLU())
+        images = torch.empty(1, 3, 8, 8)
+    # conv keeps its input (3x8x8 floats), ReLU its output (4x8x8 floats), per image.
+    assert saved_activation_bytes(net, images) == (3 + 4) * 8 * 8 * 4
+
+
+def test_memory_on_meta_equals_what_real_tensors_keep():
+    from complexity import saved_activation_bytes
+
+    torch.manual_seed(0)
+    model = ResNet(18, output_stride=8, multi_grid=(1, 2), width=16)
+    images = torch.randn(1, 3, 33, 33)
+    kept: dict[int, int] = {}
+
+    def pack(tensor):
+        kept[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.train()(images.expand(2, -1, -1, -1).contiguous())
+    real = sum(n for ptr, n in kept.items() if ptr not in weights) // 2
+    with torch.device("meta"):
+        meta_model = ResNet(18, output_stride=8, multi_grid=(1, 2), width=16)
+    assert saved_activation_bytes(meta_model, images.to("meta")) == real
