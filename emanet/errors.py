@@ -34,3 +34,7 @@ def one_line(error: EmanetError) -> str:
         last = text.splitlines()[-1]  # "emanet.errors.DatasetError: <message>"
         return re.sub(r"^[\w.]+Error: ", "", last)
     return text
+
+
+class TrainingDivergedError(EmanetError):
+    """The loss stopped being finite."""

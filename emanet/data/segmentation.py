@@ -183,7 +183,12 @@ class SegmentationDataset(Dataset):
             )
         return image, label
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str] | None:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor | str] | None:
+        """Sample ``index``; ``(index, seed)`` (from a SeededSampler) first seeds the transform."""
+        if isinstance(index, tuple):
+            index, seed = index
+            if self.transform is not None:
+                self.transform.set_random_seed(seed)
         try:
             image, label = self.load(index)
         except DatasetError as error:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,3 +68,56 @@ def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], path: str |
             f"{path} does not fit the configured model ({first_line}){hint}: "
             "pass the experiment the checkpoint was trained with"
         ) from error
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random number generator training draws from (dropout, random bases...)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        # As a tensor and plain numbers: checkpoints load with weights_only=True, which
+        # refuses NumPy arrays.
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+CHECKPOINT_PATTERN = "iter_*.pt"
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:07d}.pt"
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint with the highest iteration in ``directory`` (only complete files
+    carry that name: they are written under a temporary one and renamed)."""
+    found = sorted(Path(directory).glob(CHECKPOINT_PATTERN))
+    return found[-1] if found else None
+
+
+def save_training_checkpoint(state: dict[str, Any], directory: Path, keep: int) -> Path:
+    """Write ``iter_<iteration>.pt`` atomically, point ``last.pt`` at it, keep the newest ``keep``."""
+    directory = Path(directory)
+    path = directory / checkpoint_name(state["iteration"])
+    save_checkpoint(state, path)
+    # last.pt is a hard link: no second copy of a large file, replaced atomically.
+    link = directory / ".last.pt.tmp"
+    link.unlink(missing_ok=True)
+    os.link(path, link)
+    os.replace(link, directory / "last.pt")
+    for old in sorted(directory.glob(CHECKPOINT_PATTERN))[:-keep]:
+        old.unlink()
+    return path

@@ -12,6 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from emanet.data import warn_skipped
 from emanet.engine.checkpoint import load_checkpoint, load_model_weights, write_json
+from emanet.engine.distributed import World
 from emanet.engine.evaluator import evaluate, predict, summarize
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def evaluate_on_val(
     model: nn.Module, cfg: DictConfig, device: torch.device, writer: SummaryWriter | None = None,
-    step: int = 0,
+    step: int = 0, world: World | None = None,
 ) -> dict:
     """Evaluate with the ``eval`` protocol, log the tables, and return the metrics dict.
 
@@ -31,7 +32,8 @@ def evaluate_on_val(
     stride for the evaluation and back afterwards (the paper trains its ablations at OS16
     and evaluates them at OS8).
     """
-    loader = build_eval_loader(cfg, pin_memory=device.type == "cuda")
+    world = world or World(device=device)
+    loader = build_eval_loader(cfg, world, pin_memory=device.type == "cuda")
     dataset = loader.dataset
     em_iterations = OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None
     train_stride = model.backbone.output_stride
@@ -40,7 +42,7 @@ def evaluate_on_val(
     try:
         result = evaluate(
             model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
-            cfg.dataset.ignore_index, progress=cfg.runtime.progress, total=len(loader),
+            cfg.dataset.ignore_index, progress=cfg.runtime.progress and world.is_main, total=len(loader),
         )
         if writer is not None:
             log_prediction_images(model, dataset, cfg, device, writer, step)
@@ -50,9 +52,10 @@ def evaluate_on_val(
     metrics = summarize(result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, em_iterations)
     metrics["eval"]["output_stride"] = eval_stride
     protocol = "multi-scale + flip" if cfg.eval.flip or list(cfg.eval.scales) != [1.0] else "single scale"
-    log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={em_iterations}, OS{eval_stride})"))
-    if "single_scale" in metrics:
-        log.info("\n%s", format_table(metrics["single_scale"], f"{dataset.split} (single scale)"))
+    if world.is_main:
+        log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={em_iterations}, OS{eval_stride})"))
+        if "single_scale" in metrics:
+            log.info("\n%s", format_table(metrics["single_scale"], f"{dataset.split} (single scale)"))
     if writer is not None:
         writer.add_scalar("val/mIoU", metrics["mIoU"], step)
         if "single_scale" in metrics:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from emanet.engine.distributed import all_reduce_sum
 from emanet.engine.metrics import confusion_matrix, metrics_from_confusion
 
 
@@ -97,6 +98,11 @@ def evaluate(
                 single_logits.argmax(1).cpu(), labels, num_classes, ignore_index
             )
         num_images += images.shape[0]
+    # Each process evaluated its own shard of the split.
+    all_reduce_sum(confusion)
+    if single_confusion is not None:
+        all_reduce_sum(single_confusion)
+    num_images = int(all_reduce_sum(torch.tensor(num_images)))
     if single_confusion is not None and 1.0 not in scales:
         single_confusion = None
     return EvaluationResult(confusion, single_confusion, num_images)

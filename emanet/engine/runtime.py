@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from emanet.data import build_dataset
 from emanet.data.segmentation import collate_skipping_bad
 from emanet.data.transforms import eval_transform
+from emanet.engine.distributed import SeededSampler, ShardSampler, World
 from emanet.errors import ConfigError
 
 
@@ -39,50 +39,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _seed_worker_transform(worker_id: int) -> None:
-    # Each worker gets its own augmentation stream, derived from the loader's seed, so
-    # runs with the same seed see the same crops and flips.
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2**32)
-
-
 def build_train_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False
+    dataset: Dataset, batch_size: int, num_workers: int, sampler: SeededSampler, seed: int, pin_memory: bool = False
 ) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    if num_workers == 0 and hasattr(dataset.transform, "set_random_seed"):
-        dataset.transform.set_random_seed(seed)
+    """Batches of ``batch_size`` samples (one process's share) in ``sampler``'s order.
+
+    Augmentation is seeded per sample by the sampler; the loader's own generator (which
+    only seeds its workers) is separate from the global RNG, so creating an iterator
+    does not shift the dropout random numbers.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=sampler,
         drop_last=True,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker_transform,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         collate_fn=collate_skipping_bad,
     )
 
 
-def build_eval_loader(cfg: DictConfig, pin_memory: bool = False) -> DataLoader:
+def build_eval_loader(cfg: DictConfig, world: World | None = None, pin_memory: bool = False) -> DataLoader:
+    """This process's share of the val split, one image at a time (sizes differ)."""
     dataset = build_dataset(
         cfg.dataset, cfg.dataset.val_split, eval_transform(cfg.dataset.mean, cfg.dataset.std)
     )
-    # Images keep their own sizes at evaluation, so they go one at a time.
     return DataLoader(
-        dataset, batch_size=1, num_workers=cfg.runtime.num_workers, pin_memory=pin_memory,
-        collate_fn=collate_skipping_bad,
+        dataset, batch_size=1, sampler=ShardSampler(len(dataset), world or World()),
+        num_workers=cfg.runtime.num_workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad,
     )
-
-
-def forever(loader: DataLoader) -> Iterator[dict]:
-    """Batches from ``loader`` epoch after epoch (reshuffled each epoch).
-
-    A batch whose samples were all left out (``dataset.skip_bad``) is passed over.
-    """
-    while True:
-        yield from (batch for batch in loader if batch is not None)

@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from emanet.data import build_dataset, warn_skipped
 from emanet.data.transforms import train_transform
-from emanet.engine.checkpoint import save_checkpoint, write_json
+from emanet.engine.amp import AmpSettings
+from emanet.engine.checkpoint import (
+    load_checkpoint,
+    load_model_weights,
+    newest_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_training_checkpoint,
+    write_json,
+)
+from emanet.engine.distributed import SeededSampler, World, init_distributed, per_rank_batch, prepare_batch_norm
 from emanet.engine.evaluate import evaluate_on_val, one_line_summary
 from emanet.engine.optim import build_optimizer, build_poly_scheduler
-from emanet.engine.runtime import build_train_loader, configure_runtime, forever
-from emanet.errors import ConfigError
+from emanet.engine.runtime import build_train_loader, configure_runtime
+from emanet.errors import ConfigError, TrainingDivergedError
 from emanet.models.segmentor import build_model
 
 log = logging.getLogger(__name__)
@@ -43,42 +57,119 @@ def segmentation_loss(
 
 def train_step(
     model: nn.Module,
-    batch: dict,
+    micro_batches: list[dict],
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     ignore_index: int,
     normalization: str,
+    amp: AmpSettings | None = None,
+    iteration: int = 0,
+    last_checkpoint: Path | None = None,
 ) -> float:
-    """One SGD step on one batch; returns the loss."""
-    images = batch["image"].to(device, non_blocking=True)
-    labels = batch["label"].to(device, non_blocking=True)
-    logits = model(images)
-    loss = segmentation_loss(logits, labels, ignore_index, normalization)
+    """One SGD step on a global batch given as micro-batches (gradient accumulation).
+
+    Returns the loss averaged over micro-batches and processes. A non-finite loss stops
+    training before the weights are touched.
+    """
+    amp = amp or AmpSettings()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    total = torch.zeros((), device=device)
+    for number, batch in enumerate(micro_batches):
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        if amp.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # DDP all-reduces gradients on the last micro-batch only.
+        sync = number == len(micro_batches) - 1 or not isinstance(model, DistributedDataParallel)
+        with (nullcontext() if sync else model.no_sync()), amp.autocast(device):
+            loss = segmentation_loss(model(images), labels, ignore_index, normalization) / len(micro_batches)
+        if not torch.isfinite(all_reduce_mean(loss.detach().clone())):
+            where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+            raise TrainingDivergedError(
+                f"loss became {loss.item() * len(micro_batches)} at iteration {iteration + 1}; stopped "
+                f"before updating the weights ({where}); lower optim.lr or try runtime.amp=off"
+            )
+        amp.scaler.scale(loss).backward()
+        total += loss.detach()
+    amp.scaler.step(optimizer)
+    amp.scaler.update()
+    return all_reduce_mean(total).item()
 
 
-def checkpoint_state(model, optimizer, scheduler, iteration: int, cfg: DictConfig) -> dict:
+def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
+    # static_graph: the EMA unit's input conv never receives a gradient (the release's
+    # EM runs without one), the same parameters every step, which a static graph allows
+    # without find_unused_parameters' per-step graph search.
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
+    )
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def checkpoint_state(model, optimizer, scheduler, amp: AmpSettings, iteration: int, cfg: DictConfig) -> dict:
+    """Everything a resumed run needs to continue bit-identically (the data order follows
+    from the seed and the iteration)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": amp.scaler.state_dict(),
         "iteration": iteration,
+        "rng": gather_rng_states(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def gather_rng_states() -> list[dict]:
+    """Every process's RNG states, in rank order (dropout draws differ between processes)."""
+    states = rng_states()
+    if dist.is_available() and dist.is_initialized():
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, states)
+        return gathered
+    return [states]
+
+
+def resume(run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: World) -> tuple[int, Path | None]:
+    """Load the newest complete checkpoint of ``run_dir``, if any; returns (iteration, path)."""
+    path = newest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        return 0, None
+    state = load_checkpoint(path)
+    load_model_weights(model, state, path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    amp.scaler.load_state_dict(state["scaler"])
+    states = state["rng"]
+    if len(states) != world.size:
+        log.warning("checkpoint written by %d processes, resumed by %d: dropout draws differ", len(states), world.size)
+    restore_rng_states(states[world.rank % len(states)])
+    if world.is_main:
+        log.info("resuming from %s (iteration %d)", path, state["iteration"])
+    return state["iteration"], path
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train the configured model, evaluate it on the val split, and fill ``run_dir``.
 
-    Writes ``config.yaml``, ``checkpoints/last.pt``, TensorBoard events under
-    ``tensorboard/`` and ``metrics.json``; returns the metrics.
+    Runs as one process or as one of many under torchrun (DDP). Re-running with the same
+    run directory resumes from its newest checkpoint. Rank 0 writes ``config.yaml``,
+    ``checkpoints/``, TensorBoard events under ``tensorboard/`` and ``metrics.json``;
+    returns the metrics.
     """
-    device = configure_runtime(cfg)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    data_cfg = cfg.dataset
+    world = init_distributed(configure_runtime(cfg))
+    device = world.device
+    amp = AmpSettings.from_config(cfg.runtime, device)
+    schedule, data_cfg = cfg.schedule, cfg.dataset
+    micro_batch = per_rank_batch(schedule.batch_size, world.size, schedule.accumulation_steps)
+    if world.is_main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     train_set = build_dataset(
         data_cfg, data_cfg.train_split,
         train_transform(
@@ -86,59 +177,78 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             data_cfg.scale_sampling,
         ),
     )
-    if cfg.schedule.batch_size > len(train_set):
+    if schedule.batch_size > len(train_set):
         raise ConfigError(
-            f"schedule.batch_size={cfg.schedule.batch_size} exceeds the {len(train_set)} images "
+            f"schedule.batch_size={schedule.batch_size} exceeds the {len(train_set)} images "
             f"of split {data_cfg.train_split!r}"
         )
+    sampler = SeededSampler(train_set, world, cfg.seed)
     loader = build_train_loader(
-        train_set, cfg.schedule.batch_size, cfg.runtime.num_workers, cfg.seed, device.type == "cuda"
-    )
-    model = build_model(cfg.model, data_cfg.num_classes).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_poly_scheduler(
-        optimizer, cfg.schedule.iterations, cfg.schedule.power, cfg.schedule.lr_update_every
-    )
-    checkpoint_dir = run_dir / "checkpoints"
-    total = cfg.schedule.iterations
-    log.info(
-        "training %s for %d iterations, batch %d, on %s; run directory %s",
-        cfg.name, total, cfg.schedule.batch_size, device, run_dir,
+        train_set, micro_batch, cfg.runtime.num_workers, sampler, cfg.seed, pin_memory=device.type == "cuda"
     )
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    batches = forever(loader)
+    model = prepare_batch_norm(build_model(cfg.model, data_cfg.num_classes), world).to(device)
+    if amp.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_poly_scheduler(optimizer, schedule.iterations, schedule.power, schedule.lr_update_every)
+    checkpoint_dir = run_dir / "checkpoints"
+    start, last_checkpoint = resume(run_dir, model, optimizer, scheduler, amp, world)
+    network = model
+    if world.size > 1:
+        network = wrap_ddp(model, device)
+    if cfg.runtime.compile:
+        network = torch.compile(network)
+
+    total = schedule.iterations
+    if world.is_main:
+        log.info(
+            "training %s for %d iterations, global batch %d (%d processes x %d x %d accumulation steps), on %s; "
+            "run directory %s", cfg.name, total, schedule.batch_size, world.size, micro_batch,
+            schedule.accumulation_steps, device, run_dir,
+        )
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if world.is_main else None
+    batches = epoch_batches(loader, sampler, start * schedule.accumulation_steps)
     model.train()
-    start = time.perf_counter()
-    window_start, window_images = start, 0
-    progress = tqdm(range(total), desc="train", disable=not cfg.runtime.progress, dynamic_ncols=True)
+    began = time.perf_counter()
+    window_start, window_images = began, 0
+    progress = tqdm(
+        range(start, total), initial=start, total=total, desc="train",
+        disable=not (cfg.runtime.progress and world.is_main), dynamic_ncols=True,
+    )
     for iteration in progress:
         lr = optimizer.param_groups[0]["lr"]
+        micro_batches = [next(batches) for _ in range(schedule.accumulation_steps)]
         loss = train_step(
-            model, next(batches), optimizer, device, data_cfg.ignore_index, cfg.loss.normalization
+            network, micro_batches, optimizer, device, data_cfg.ignore_index, cfg.loss.normalization, amp,
+            iteration, last_checkpoint,
         )
         scheduler.step()
         done = iteration + 1
-        window_images += cfg.schedule.batch_size
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at iteration {done}")
-        if done % cfg.schedule.log_every == 0 or done == total:
+        window_images += schedule.batch_size
+        if writer is not None and (done % schedule.log_every == 0 or done == total):
             now = time.perf_counter()
             writer.add_scalar("train/loss", loss, done)
             writer.add_scalar("train/lr", lr, done)
             writer.add_scalar("train/images_per_second", window_images / (now - window_start), done)
+            if device.type == "cuda":
+                writer.add_scalar("train/gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
             window_start, window_images = now, 0
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-        if done % cfg.schedule.checkpoint_every == 0 or done == total:
-            save_checkpoint(checkpoint_state(model, optimizer, scheduler, done, cfg), checkpoint_dir / "last.pt")
-        if cfg.schedule.eval_every and done % cfg.schedule.eval_every == 0 and done != total:
-            evaluate_on_val(model, cfg, device, writer, done)
+        if done % schedule.checkpoint_every == 0 or done == total:
+            state = checkpoint_state(model, optimizer, scheduler, amp, done, cfg)  # collective: every rank
+            if world.is_main:
+                last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
+        if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
+            evaluate_on_val(model, cfg, device, writer, done, world)
             model.train()
     progress.close()
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - began
     warn_skipped(train_set)
 
-    metrics = evaluate_on_val(model, cfg, device, writer, total)
+    metrics = evaluate_on_val(model, cfg, device, writer, total, world)
+    if not world.is_main:
+        return metrics
     writer.close()
     metrics = {
         "experiment": cfg.name,
@@ -150,3 +260,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     write_json(metrics, run_dir / "metrics.json")
     log.info("%s", one_line_summary(metrics, run_dir))
     return metrics
+
+
+def epoch_batches(loader: DataLoader, sampler: SeededSampler, start_batch: int) -> Iterator[dict]:
+    """Batches epoch after epoch (reshuffled each epoch), from batch ``start_batch`` on.
+
+    A resumed run starts in the middle of an epoch: the sampler skips what was trained
+    on, so the data order is the one of an uninterrupted run. A batch whose samples were
+    all left out (``dataset.skip_bad``) is passed over.
+    """
+    per_epoch = len(sampler.sampler) // loader.batch_size
+    epoch, position = divmod(start_batch, per_epoch)
+    while True:
+        sampler.set_epoch(epoch, skip=position * loader.batch_size)
+        yield from (batch for batch in loader if batch is not None)
+        epoch, position = epoch + 1, 0

@@ -1,0 +1,172 @@
+"""The trainer: exact resume, checkpoint rotation, divergence, batch splitting, and DDP on CPU."""
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from hydra import compose, initialize_config_dir
+
+import emanet.engine.train as train_module
+from emanet.engine.distributed import per_rank_batch
+from emanet.engine.optim import build_optimizer
+from emanet.engine.train import train, train_step, wrap_ddp
+from emanet.errors import ConfigError, TrainingDivergedError
+from emanet.models.segmentor import build_model
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+TINY = [
+    "schedule.iterations=6",
+    "schedule.batch_size=4",
+    "schedule.log_every=2",
+    "schedule.checkpoint_every=1",
+    "schedule.checkpoint_keep=3",
+    "dataset.generate.num_train=10",  # 2 batches per epoch: the run crosses epochs
+    "dataset.generate.num_val=2",
+    "eval=ss",
+    "runtime.num_workers=0",
+    "runtime.progress=false",
+]
+
+
+def compose_config(overrides):
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        return compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def full_run(data_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("full")
+    train(compose_config([*TINY, f"data_root={data_root}"]), run_dir)
+    return run_dir
+
+
+def test_checkpoints_rotate_and_last_links_the_newest(full_run):
+    names = sorted(p.name for p in (full_run / "checkpoints").iterdir())
+    assert names == ["iter_0000004.pt", "iter_0000005.pt", "iter_0000006.pt", "last.pt"]
+    assert os.path.samefile(full_run / "checkpoints" / "last.pt", full_run / "checkpoints" / "iter_0000006.pt")
+    state = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "config"}
+    assert state["iteration"] == 6 and len(state["rng"]) == 1
+
+
+@pytest.mark.parametrize("interrupted_after", [4, 5])  # at an epoch boundary, and inside an epoch
+def test_interrupted_run_resumes_bit_identically(full_run, data_root, tmp_path, caplog, interrupted_after):
+    # What an interruption after iteration k leaves behind: its checkpoint.
+    (tmp_path / "checkpoints").mkdir()
+    source = tmp_path / "checkpoints" / f"iter_{interrupted_after:07d}.pt"
+    shutil.copy(full_run / "checkpoints" / source.name, source)
+    with caplog.at_level(logging.INFO, logger="emanet.engine.train"):
+        train(compose_config([*TINY, f"data_root={data_root}"]), tmp_path)
+    assert f"resuming from {source} (iteration {interrupted_after})" in caplog.text
+    resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    uninterrupted = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["iteration"] == 6
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    assert torch.equal(resumed["rng"][0]["torch"], uninterrupted["rng"][0]["torch"])
+
+
+def test_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(data_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = train_module.segmentation_loss
+
+    def loss_that_explodes(*args):
+        calls["n"] += 1
+        loss = real_loss(*args)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "segmentation_loss", loss_that_explodes)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at iteration 3; .*iter_0000002.pt"):
+        train(compose_config([*TINY, f"data_root={data_root}"]), tmp_path)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["iter_0000001.pt", "iter_0000002.pt", "last.pt"]
+
+
+def test_gradient_accumulation_gives_the_same_step_as_the_whole_batch():
+    cfg = compose_config(["model.dropout=0"])
+    torch.manual_seed(0)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4, 32, 32))
+    results = []
+    for split in (1, 2):
+        torch.manual_seed(1)
+        model = build_model(cfg.model, 5)
+        set_batch_norm_eval(model)
+        optimizer = build_optimizer(model, cfg.optim)
+        chunks = [{"image": i, "label": lab} for i, lab in zip(images.chunk(split), labels.chunk(split), strict=True)]
+        loss = train_step(model, chunks, optimizer, torch.device("cpu"), 255, "valid")
+        results.append((loss, model.state_dict()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for name, tensor in results[0][1].items():
+        if name == "head.ema.mu":
+            # The bases' moving average is updated once per forward pass, so per micro-batch:
+            # the one documented difference accumulation makes.
+            assert not torch.equal(results[1][1][name], tensor)
+        else:
+            torch.testing.assert_close(results[1][1][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_per_rank_batch_splits_the_global_batch():
+    assert per_rank_batch(16, 4, 1) == 4
+    assert per_rank_batch(16, 2, 4) == 2
+    with pytest.raises(ConfigError, match=r"schedule.batch_size=16 \(the global batch\) must divide into 3 processes"):
+        per_rank_batch(16, 3, 1)
+
+
+def set_batch_norm_eval(model):
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def ddp_worker(rank, world_size, rendezvous, images, labels, results):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        cfg = compose_config(["model.dropout=0"])
+        torch.manual_seed(0)  # the same initial weights and bases on every rank
+        model = build_model(cfg.model, 5)
+        set_batch_norm_eval(model)
+        optimizer = build_optimizer(model, cfg.optim)
+        network = wrap_ddp(model, torch.device("cpu"))
+        share = images.shape[1] // world_size
+        for step in range(3):
+            part = slice(rank * share, (rank + 1) * share)
+            batch = {"image": images[step, part], "label": labels[step, part]}
+            train_step(network, [batch], optimizer, torch.device("cpu"), 255, "valid")
+        torch.save(model.state_dict(), results / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_stay_identical_and_match_one_process_over_the_global_batch(tmp_path):
+    torch.manual_seed(0)
+    images = torch.randn(3, 4, 3, 32, 32)  # 3 steps of a global batch of 4
+    labels = torch.randint(0, 5, (3, 4, 32, 32))  # every pixel labelled: both loss means agree
+    mp.spawn(ddp_worker, args=(2, tmp_path / "rendezvous", images, labels, tmp_path), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for name, tensor in rank0.items():
+        assert torch.equal(rank1[name], tensor), name  # bit-identical, bases included
+
+    cfg = compose_config(["model.dropout=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 5)
+    set_batch_norm_eval(model)
+    optimizer = build_optimizer(model, cfg.optim)
+    for step in range(3):
+        batch = {"image": images[step], "label": labels[step]}
+        train_step(model, [batch], optimizer, torch.device("cpu"), 255, "valid")
+    single = model.state_dict()
+    assert not torch.equal(single["head.ema.mu"], build_model(cfg.model, 5).state_dict()["head.ema.mu"])
+    for name, tensor in single.items():
+        torch.testing.assert_close(rank0[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
