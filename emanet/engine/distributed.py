@@ -126,3 +126,11 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.copy_(reduced.cpu())
     dist.all_reduce(tensor)
     return tensor
+
+
+def shutdown_distributed() -> None:
+    """Wait for every process, then leave the process group (a process that exits while
+    others still use the group makes gloo abort them)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -30,7 +30,14 @@ from emanet.engine.checkpoint import (
     save_training_checkpoint,
     write_json,
 )
-from emanet.engine.distributed import SeededSampler, World, init_distributed, per_rank_batch, prepare_batch_norm
+from emanet.engine.distributed import (
+    SeededSampler,
+    World,
+    init_distributed,
+    per_rank_batch,
+    prepare_batch_norm,
+    shutdown_distributed,
+)
 from emanet.engine.evaluate import evaluate_on_val, one_line_summary
 from emanet.engine.optim import build_optimizer, build_poly_scheduler
 from emanet.engine.runtime import build_train_loader, configure_runtime
@@ -247,18 +254,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     warn_skipped(train_set)
 
     metrics = evaluate_on_val(model, cfg, device, writer, total, world)
-    if not world.is_main:
-        return metrics
-    writer.close()
-    metrics = {
-        "experiment": cfg.name,
-        "checkpoint": str((checkpoint_dir / "last.pt").resolve()),
-        "iteration": total,
-        "train_seconds": round(train_seconds, 1),
-        **metrics,
-    }
-    write_json(metrics, run_dir / "metrics.json")
-    log.info("%s", one_line_summary(metrics, run_dir))
+    if world.is_main:
+        writer.close()
+        metrics = {
+            "experiment": cfg.name,
+            "checkpoint": str((checkpoint_dir / "last.pt").resolve()),
+            "iteration": total,
+            "train_seconds": round(train_seconds, 1),
+            **metrics,
+        }
+        write_json(metrics, run_dir / "metrics.json")
+        log.info("%s", one_line_summary(metrics, run_dir))
+    shutdown_distributed()
     return metrics
 
 
