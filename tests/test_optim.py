@@ -77,3 +77,30 @@ def test_loss_normalisations():
     pixel_loss = torch.log(1 + torch.exp(torch.tensor(-2.0)))  # CE of the one valid pixel
     assert segmentation_loss(logits, labels, 255, "valid") == pytest.approx(float(pixel_loss))
     assert segmentation_loss(logits, labels, 255, "all_pixels") == pytest.approx(float(pixel_loss) / 2)
+
+
+def test_every_parameter_of_emanet_r101_is_in_the_release_group():
+    from hydra import compose, initialize_config_dir
+    from tests_paths import CONFIGS
+
+    from emanet.models.segmentor import build_model
+
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        cfg = compose("train", ["experiment=voc_emanet512"])
+    with torch.device("meta"):
+        model = build_model(cfg.model, 21, load_pretrained=False)
+    groups = {name: {id(p) for p in params} for name, params in parameter_groups(model).items()}
+    expected = {"conv_weights": set(), "norm_weights": set(), "biases": set()}
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if name == "bias":
+                expected["biases"].add(id(parameter))
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                expected["norm_weights"].add(id(parameter))
+            else:
+                assert isinstance(module, nn.Conv2d) and parameter.ndim == 4
+                expected["conv_weights"].add(id(parameter))
+    assert groups == expected
+    # deep stem 3 + 33 bottlenecks x 3 + 4 downsamples = 106 in ResNet-101; reduce, EMA out, fuse: 3
+    assert len(groups["norm_weights"]) == 109
+    assert sum(len(ids) for ids in groups.values()) == len(list(model.parameters()))
