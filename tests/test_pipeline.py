@@ -107,6 +107,33 @@ def test_evaluate_checkpoint_reproduces_training_metrics(demo_run, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["iteration"] == 6
 
 
+def test_saved_predictions_are_the_evaluated_ones_and_batching_changes_nothing(demo_run, tmp_path):
+    _, run_dir, metrics, data_root = demo_run
+    cfg = compose_config(
+        "evaluate",
+        [*TINY, f"data_root={data_root}", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}",
+         "eval.save_predictions=true", "eval.save_overlays=true", "eval.batch_size=2"],
+    )
+    evaluated = evaluate_checkpoint(cfg, tmp_path)
+    assert evaluated["per_class_IoU"] == metrics["per_class_IoU"]
+    val = SegmentationDataset(cfg.dataset.root, "val", DEMO_CLASSES)
+    confusion = np.zeros((5, 5), dtype=np.int64)
+    for index, sample_id in enumerate(val.ids):
+        with Image.open(tmp_path / "predictions" / f"{sample_id}.png") as png:
+            assert png.mode == "P"
+            prediction = np.array(png)
+        label = val.load(index)[1]
+        assert prediction.shape == label.shape
+        valid = label != 255
+        np.add.at(confusion, (label[valid], prediction[valid]), 1)
+        assert (tmp_path / "overlays" / f"{sample_id}.jpg").is_file()
+    # The PNGs give back the reported metric.
+    intersection = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = union > 0
+    assert 100 * np.mean(intersection[present] / union[present]) == pytest.approx(evaluated["mIoU"], abs=1e-6)
+
+
 def test_eval_stages_override_is_used_and_recorded(demo_run, tmp_path, monkeypatch):
     import emanet.models.ema as ema
 

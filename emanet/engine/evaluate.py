@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from emanet.data import warn_skipped
-from emanet.engine.checkpoint import load_checkpoint, load_model_weights, write_json
+from emanet.data.palette import colorize, save_label_png
+from emanet.engine.checkpoint import atomic_write, load_checkpoint, load_model_weights, write_json
 from emanet.engine.distributed import World
-from emanet.engine.evaluator import evaluate, predict, summarize
+from emanet.engine.evaluator import Inference, evaluate, predict, summarize
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
-from emanet.engine.visualize import prediction_panel
+from emanet.engine.visualize import denormalize, prediction_panel
 from emanet.models.segmentor import build_model
 
 log = logging.getLogger(__name__)
@@ -24,13 +29,14 @@ log = logging.getLogger(__name__)
 
 def evaluate_on_val(
     model: nn.Module, cfg: DictConfig, device: torch.device, writer: SummaryWriter | None = None,
-    step: int = 0, world: World | None = None,
+    step: int = 0, world: World | None = None, output_dir: Path | None = None,
 ) -> dict:
     """Evaluate with the ``eval`` protocol, log the tables, and return the metrics dict.
 
     With ``model.backbone.eval_output_stride`` set, the backbone is switched to that output
     stride for the evaluation and back afterwards (the paper trains its ablations at OS16
-    and evaluates them at OS8).
+    and evaluates them at OS8). With ``eval.save_predictions`` / ``eval.save_overlays``
+    the predictions are written under ``output_dir``.
     """
     world = world or World(device=device)
     loader = build_eval_loader(cfg, world, pin_memory=device.type == "cuda")
@@ -43,6 +49,8 @@ def evaluate_on_val(
         result = evaluate(
             model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
             cfg.dataset.ignore_index, progress=cfg.runtime.progress and world.is_main, total=len(loader),
+            inference=Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride),
+            on_prediction=prediction_writer(cfg, output_dir),
         )
         if writer is not None:
             log_prediction_images(model, dataset, cfg, device, writer, step)
@@ -76,6 +84,28 @@ def log_prediction_images(model, dataset, cfg, device, writer, step, count: int 
         writer.add_image(f"val/prediction_{index}", panel, step, dataformats="HWC")
 
 
+def prediction_writer(cfg: DictConfig, output_dir: Path | None) -> Callable[[dict, torch.Tensor], None] | None:
+    """Writes ``predictions/<id>.png`` (class indices in a VOC palette PNG, the format of the
+    PASCAL VOC evaluation server) and ``overlays/<id>.jpg``, as ``eval`` asks."""
+    if output_dir is None or not (cfg.eval.save_predictions or cfg.eval.save_overlays):
+        return None
+
+    def write(batch: dict, prediction: torch.Tensor) -> None:
+        for image, classes, sample_id in zip(batch["image"], prediction, batch["id"], strict=True):
+            classes = classes.numpy().astype(np.uint8)
+            if cfg.eval.save_predictions:
+                path = output_dir / "predictions" / f"{sample_id}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_label_png(classes, path)
+            if cfg.eval.save_overlays:
+                path = output_dir / "overlays" / f"{sample_id}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                blend = 0.5 * denormalize(image, cfg.dataset.mean, cfg.dataset.std) + 0.5 * colorize(classes)
+                atomic_write(path, partial(Image.fromarray(blend.astype(np.uint8)).save, format="JPEG"))
+
+    return write
+
+
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     """``evaluate.py``: load ``cfg.checkpoint`` into the configured model and evaluate it."""
     device = configure_runtime(cfg)
@@ -85,7 +115,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     model.to(device)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        metrics = evaluate_on_val(model, cfg, device, writer, checkpoint.get("iteration", 0))
+        metrics = evaluate_on_val(model, cfg, device, writer, checkpoint.get("iteration", 0), output_dir=run_dir)
     metrics = {
         "experiment": cfg.name,
         "checkpoint": str(Path(cfg.checkpoint).resolve()),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,9 +12,69 @@ from tqdm import tqdm
 
 from emanet.engine.distributed import all_reduce_sum
 from emanet.engine.metrics import confusion_matrix, metrics_from_confusion
+from emanet.errors import ConfigError
 
 
-def logits_at_scale(model: nn.Module, images: torch.Tensor, scale: float, flip: bool) -> torch.Tensor:
+@dataclass(frozen=True)
+class Inference:
+    """How one (rescaled) image becomes logits.
+
+    * ``whole``: the network sees the whole image.
+    * ``slide``: ``crop_size`` windows every ``stride`` pixels (the image padded up to a
+      window where smaller), logits averaged where windows overlap.
+    * ``release``: the authors' single-scale convention: the image padded on the
+      bottom/right to H, W = 1 (mod 8), so that the output-stride-8 grid and the
+      align_corners=True upsampling line up with the pixels, and the logits cropped back.
+    Padding is 0, the mean colour after normalisation.
+    """
+
+    mode: str = "whole"
+    crop_size: int = 513
+    stride: int = 341
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "slide", "release"):
+            raise ConfigError(f"eval.mode must be 'whole', 'slide' or 'release', got {self.mode!r}")
+        if self.mode == "slide" and not 0 < self.stride <= self.crop_size:
+            raise ConfigError(f"eval.stride={self.stride} must be in 1..eval.crop_size={self.crop_size}")
+
+    def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        if self.mode == "whole":
+            return model(images)
+        if self.mode == "release":
+            height, width = images.shape[-2:]
+            padded = F.pad(images, (0, (1 - width) % 8, 0, (1 - height) % 8))
+            return model(padded)[..., :height, :width]
+        return self.sliding_window(model, images)
+
+    def sliding_window(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        crop = self.crop_size
+        padded = F.pad(images, (0, max(crop - width, 0), 0, max(crop - height, 0)))
+        padded_height, padded_width = padded.shape[-2:]
+        summed = counts = None
+        for top in window_starts(padded_height, crop, self.stride):
+            for left in window_starts(padded_width, crop, self.stride):
+                logits = model(padded[..., top : top + crop, left : left + crop])  # (B, classes, crop, crop)
+                if summed is None:
+                    summed = logits.new_zeros((*logits.shape[:2], padded_height, padded_width))
+                    counts = logits.new_zeros((1, 1, padded_height, padded_width))
+                summed[..., top : top + crop, left : left + crop] += logits
+                counts[..., top : top + crop, left : left + crop] += 1
+        return (summed / counts)[..., :height, :width]
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Window offsets every ``stride`` pixels, the last window flush with the end."""
+    starts = list(range(0, max(length - crop, 0) + 1, stride))
+    if starts[-1] + crop < length:
+        starts.append(length - crop)
+    return starts
+
+
+def logits_at_scale(
+    model: nn.Module, images: torch.Tensor, scale: float, flip: bool, inference: Inference = Inference()
+) -> torch.Tensor:
     """Logits (B, classes, H, W) for images (B, 3, H, W) rescaled by ``scale``.
 
     The image is resized like the training pipeline resizes (bilinear, half-pixel centres)
@@ -27,7 +87,7 @@ def logits_at_scale(model: nn.Module, images: torch.Tensor, scale: float, flip: 
         inputs = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     if flip:
         inputs = inputs.flip(-1)
-    logits = model(inputs)
+    logits = inference(model, inputs)
     if flip:
         logits = logits.flip(-1)
     if logits.shape[-2:] != (height, width):
@@ -37,7 +97,7 @@ def logits_at_scale(model: nn.Module, images: torch.Tensor, scale: float, flip: 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool
+    model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool, inference: Inference = Inference()
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Average of softmax probabilities over scales (and flips) at the original resolution.
 
@@ -49,7 +109,7 @@ def predict(
     single_scale_logits = None
     for scale in scales:
         for flipped in (False, True) if flip else (False,):
-            logits = logits_at_scale(model, images, scale, flipped)
+            logits = logits_at_scale(model, images, scale, flipped, inference)
             if scale == 1.0 and not flipped:
                 single_scale_logits = logits
             probs = logits.float().softmax(dim=1)
@@ -75,11 +135,14 @@ def evaluate(
     ignore_index: int = 255,
     progress: bool = True,
     total: int | None = None,
+    inference: Inference = Inference(),
+    on_prediction: Callable[[dict, torch.Tensor], None] | None = None,
 ) -> EvaluationResult:
-    """Accumulate confusion matrices over ``batches`` of ``{"image", "label"}``.
+    """Accumulate confusion matrices over ``batches`` of ``{"image", "label", "id"}``.
 
     The single-scale confusion matrix is filled as well whenever the protocol includes
-    the unflipped scale-1.0 pass but is more than that pass alone.
+    the unflipped scale-1.0 pass but is more than that pass alone. ``on_prediction`` is
+    called with each batch and its predicted classes (B, H, W).
     """
     model.eval()
     report_single_scale = flip or list(scales) != [1.0]
@@ -91,8 +154,11 @@ def evaluate(
             continue
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"]
-        probabilities, single_logits = predict(model, images, scales, flip)
-        confusion += confusion_matrix(probabilities.argmax(1).cpu(), labels, num_classes, ignore_index)
+        probabilities, single_logits = predict(model, images, scales, flip, inference)
+        prediction = probabilities.argmax(1).cpu()
+        confusion += confusion_matrix(prediction, labels, num_classes, ignore_index)
+        if on_prediction is not None:
+            on_prediction(batch, prediction)
         if single_confusion is not None and single_logits is not None:
             single_confusion += confusion_matrix(
                 single_logits.argmax(1).cpu(), labels, num_classes, ignore_index

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from emanet.data import build_dataset
-from emanet.data.segmentation import collate_skipping_bad
+from emanet.data.segmentation import SegmentationDataset, collate_skipping_bad
 from emanet.data.transforms import eval_transform
 from emanet.engine.distributed import SeededSampler, ShardSampler, World
 from emanet.errors import ConfigError
@@ -62,11 +64,29 @@ def build_train_loader(
 
 
 def build_eval_loader(cfg: DictConfig, world: World | None = None, pin_memory: bool = False) -> DataLoader:
-    """This process's share of the val split, one image at a time (sizes differ)."""
+    """This process's share of the val split, in batches of ``eval.batch_size`` images of
+    one size (sizes differ between images, and a batch must be one tensor)."""
     dataset = build_dataset(
         cfg.dataset, cfg.dataset.val_split, eval_transform(cfg.dataset.mean, cfg.dataset.std)
     )
+    shard = ShardSampler(len(dataset), world or World())
     return DataLoader(
-        dataset, batch_size=1, sampler=ShardSampler(len(dataset), world or World()),
+        dataset, batch_sampler=size_grouped_batches(dataset, shard, cfg.eval.batch_size),
         num_workers=cfg.runtime.num_workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad,
     )
+
+
+def size_grouped_batches(dataset: SegmentationDataset, indices: Iterable[int], batch_size: int) -> list[list[int]]:
+    """``indices`` in batches of at most ``batch_size`` images of equal size, in order of
+    first appearance (sizes are read from the image headers, without decoding)."""
+    if batch_size == 1:
+        return [[index] for index in indices]
+    groups: dict[tuple, list[int]] = {}
+    for index in indices:
+        try:
+            with Image.open(dataset.image_path(index)) as image:
+                size = image.size
+        except (OSError, ValueError):  # alone in its batch: loading it reports (or skips) it
+            size = ("unreadable", index)
+        groups.setdefault(size, []).append(index)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

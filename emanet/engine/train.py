@@ -253,7 +253,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     train_seconds = time.perf_counter() - began
     warn_skipped(train_set)
 
-    metrics = evaluate_on_val(model, cfg, device, writer, total, world)
+    metrics = evaluate_on_val(model, cfg, device, writer, total, world, output_dir=run_dir)
     if world.is_main:
         writer.close()
         metrics = {

@@ -1,0 +1,97 @@
+"""Inference modes and multi-scale + flip against direct reference computations."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from emanet.data.classes import VOC_CLASSES
+from emanet.data.palette import save_label_png
+from emanet.data.segmentation import SegmentationDataset
+from emanet.engine.evaluator import Inference, predict, window_starts
+from emanet.engine.runtime import size_grouped_batches
+from emanet.errors import ConfigError
+
+
+def small_network(kernel: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, kernel, padding=kernel // 2), nn.ReLU(), nn.Conv2d(8, 5, 1)
+    ).eval()
+
+
+def test_multi_scale_flip_matches_a_direct_reference():
+    model = small_network()
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 21, 30)
+    scales = [0.5, 1.0, 1.75]
+    probabilities, single = predict(model, images, scales, flip=True)
+
+    for b in range(2):
+        image = images[b : b + 1]
+        total = torch.zeros(1, 5, 21, 30)
+        for scale in scales:
+            size = (round(21 * scale), round(30 * scale))
+            resized = image if scale == 1.0 else F.interpolate(image, size, mode="bilinear", align_corners=False)
+            for mirrored in (False, True):
+                x = torch.flip(resized, dims=[3]) if mirrored else resized
+                with torch.no_grad():
+                    logits = model(x)
+                if mirrored:
+                    logits = torch.flip(logits, dims=[3])
+                logits = F.interpolate(logits, (21, 30), mode="bilinear", align_corners=False)
+                total += torch.softmax(logits, dim=1)
+        torch.testing.assert_close(probabilities[b : b + 1], total / 6)
+    with torch.no_grad():
+        torch.testing.assert_close(single, model(images))
+
+
+def test_window_starts_cover_the_image_and_end_flush():
+    assert window_starts(70, 32, 20) == [0, 20, 38]
+    assert window_starts(32, 32, 20) == [0]
+    assert window_starts(60, 32, 28) == [0, 28]
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_network():
+    model = small_network(kernel=1)  # each output pixel depends on its input pixel only
+    torch.manual_seed(2)
+    images = torch.randn(1, 3, 40, 70)
+    with torch.no_grad():
+        whole = Inference("whole")(model, images)
+        for crop, stride in [(32, 20), (32, 32), (96, 50)]:  # overlapping, tiling, crop > image
+            torch.testing.assert_close(Inference("slide", crop, stride)(model, images), whole)
+    with pytest.raises(ConfigError, match="eval.stride=40 must be in 1..eval.crop_size=32"):
+        Inference("slide", 32, 40)
+
+
+def test_release_mode_pads_to_one_mod_eight_and_crops_back():
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return x[:, :2] * 2
+
+    images = torch.randn(1, 3, 30, 45)
+    logits = Inference("release")(Spy(), images)
+    assert seen[0].shape[-2:] == (33, 49)  # 33 = 4 * 8 + 1, 49 = 6 * 8 + 1
+    assert torch.equal(seen[0][..., :30, :45], images) and seen[0][..., 30:, :].abs().sum() == 0
+    assert torch.equal(logits, images[:, :2] * 2)
+    seen.clear()
+    Inference("release")(Spy(), torch.randn(1, 3, 33, 41))
+    assert seen[0].shape[-2:] == (33, 41)  # already 1 mod 8: unchanged
+
+
+def test_eval_batches_group_images_of_equal_size(tmp_path):
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tmp_path / folder).mkdir(parents=True)
+    sizes = {"a": (6, 5), "b": (5, 6), "c": (6, 5), "d": (6, 5), "e": (5, 6)}
+    for name, (width, height) in sizes.items():
+        Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(tmp_path / "JPEGImages" / f"{name}.jpg")
+        save_label_png(np.zeros((height, width), dtype=np.uint8), tmp_path / "SegmentationClass" / f"{name}.png")
+    (tmp_path / "ImageSets/Segmentation/val.txt").write_text("\n".join(sizes))
+    dataset = SegmentationDataset(tmp_path, "val", VOC_CLASSES)
+    assert size_grouped_batches(dataset, range(5), 2) == [[0, 2], [3], [1, 4]]
+    assert size_grouped_batches(dataset, [1, 2, 3], 1) == [[1], [2], [3]]
