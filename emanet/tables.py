@@ -1,0 +1,220 @@
+"""The paper's tables: its numbers, ours from metrics.json files, and how they are written.
+
+Used by ``scripts/iteration_table.py`` and ``scripts/paper_tables.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from emanet.engine.checkpoint import atomic_write
+
+# PASCAL VOC val mIoU (%), ResNet-50: rows T used in training, columns T at evaluation.
+PAPER_ITERATION_TABLE = {
+    1: [77.34, 77.52, 77.60, 77.59, 77.59, 77.59, 77.59, 77.59],
+    2: [77.75, 78.04, 78.15, 78.15, 78.12, 78.12, 78.17],
+    3: [78.52, 78.80, 78.86, 78.88, 78.89, 78.88],
+    4: [78.14, 78.25, 78.27, 78.28, 78.27],
+    5: [77.70, 77.76, 77.82, 77.86],
+    6: [77.85, 77.91, 77.92],
+    7: [77.11, 77.14],
+    8: [77.24],
+}
+
+
+def paper_iteration_value(t_train: int, t_eval: int) -> float | None:
+    row = PAPER_ITERATION_TABLE.get(t_train, [])
+    offset = t_eval - t_train
+    return row[offset] if 0 <= offset < len(row) else None
+
+
+# Table 1 (PASCAL VOC val, ResNet-101): method -> (SS, MS+flip).
+PAPER_TABLE1 = {
+    "ResNet-101": (None, None),
+    "DeeplabV3": (78.51, 79.77),
+    "DeeplabV3+": (79.35, 80.57),
+    "PSANet": (78.51, 79.77),
+    "EMANet(256)": (79.73, 80.94),
+    "EMANet(512)": (80.05, 81.32),
+}
+# Table 3 (PASCAL Context) and Table 4 (COCO-Stuff): method -> mIoU.
+PAPER_TABLE3 = {
+    "PSPNet (ResNet-101)": 47.8, "DANet (ResNet-50)": 50.1, "MSCI (ResNet-152)": 50.3,
+    "EMANet (ResNet-50)": 50.5, "SGR (ResNet-101)": 50.8, "CCL (ResNet-101)": 51.6,
+    "EncNet (ResNet-101)": 51.7, "SGR+ (ResNet-101)": 52.5, "DANet (ResNet-101)": 52.6,
+    "EMANet (ResNet-101)": 53.1,
+}
+PAPER_TABLE4 = {
+    "RefineNet (ResNet-101)": 33.6, "CCL (ResNet-101)": 35.7, "DANet (ResNet-50)": 37.2,
+    "DSSPN (ResNet-101)": 37.3, "EMANet (ResNet-50)": 37.6, "SGR (ResNet-101)": 39.1,
+    "DANet (ResNet-101)": 39.7, "EMANet (ResNet-101)": 39.9,
+}
+
+
+def read_metrics(path: Path) -> dict | None:
+    """A run's metrics.json, or None if the run has not finished."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def difference(ours: float | None, paper: float | None) -> str:
+    return "-" if ours is None or paper is None else f"{ours - paper:+.2f}"
+
+
+# ----------------------------------------------------------------------- iteration table
+
+
+def iteration_rows(results: dict[tuple[int, int], float], max_stages: int) -> list[dict]:
+    """One row per (T_train, T_eval >= T_train) with ours and the paper's mIoU."""
+    rows = []
+    for t_train in range(1, max_stages + 1):
+        for t_eval in range(t_train, max_stages + 1):
+            rows.append({
+                "t_train": t_train,
+                "t_eval": t_eval,
+                "mIoU": results.get((t_train, t_eval)),
+                "paper_mIoU": paper_iteration_value(t_train, t_eval),
+            })
+    return rows
+
+
+def iteration_markdown(rows: list[dict], max_stages: int, title: str) -> str:
+    columns = range(1, max_stages + 1)
+    header = "| T_train \\ T_eval | " + " | ".join(str(c) for c in columns) + " |"
+    rule = "|---" * (max_stages + 1) + "|"
+    lookup = {(r["t_train"], r["t_eval"]): r for r in rows}
+
+    def table(key: str) -> list[str]:
+        lines = [header, rule]
+        for t_train in columns:
+            cells = [
+                cell(lookup[(t_train, t_eval)][key]) if t_eval >= t_train else "" for t_eval in columns
+            ]
+            lines.append(f"| {t_train} | " + " | ".join(cells) + " |")
+        return lines
+
+    return "\n".join([
+        f"# {title}", "", "mIoU (%) of one model per T used in training (rows), evaluated with every T",
+        ">= it (columns). `-`: not run.", "", "## Ours", "", *table("mIoU"), "",
+        "## Paper (ResNet-50, PASCAL VOC val)", "", *table("paper_mIoU"), "",
+    ])
+
+
+def iteration_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["t_train", "t_eval", "mIoU", "paper_mIoU"], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def heatmap(rows: list[dict], max_stages: int, title: str, cell_size: int = 64) -> Image.Image:
+    """Ours (left) and the paper's (right) tables as coloured grids, values written in.
+
+    Drawn with Pillow (no plotting library needed); the colour runs from dark blue
+    (lowest value of the grid) to yellow (highest).
+    """
+    font = ImageFont.load_default()
+    lookup = {(r["t_train"], r["t_eval"]): r for r in rows}
+    margin, gap = 40, 40
+    grid = cell_size * max_stages
+    image = Image.new("RGB", (2 * (margin + grid) + gap, margin + grid + 50), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((margin, 8), title, fill="black", font=font)
+    for panel, (key, name) in enumerate((("mIoU", "ours"), ("paper_mIoU", "paper"))):
+        left = margin + panel * (grid + gap + margin)
+        values = [r[key] for r in rows if r[key] is not None]
+        low, high = (min(values), max(values)) if values else (0.0, 1.0)
+        draw.text((left, margin + grid + 8), f"{name}: rows T_train, columns T_eval", fill="black", font=font)
+        for t in range(1, max_stages + 1):
+            draw.text((left + (t - 1) * cell_size + cell_size // 2 - 3, margin - 14), str(t), fill="black", font=font)
+            draw.text((left - 14, margin + (t - 1) * cell_size + cell_size // 2 - 5), str(t), fill="black", font=font)
+        for (t_train, t_eval), row in lookup.items():
+            x0, y0 = left + (t_eval - 1) * cell_size, margin + (t_train - 1) * cell_size
+            value = row[key]
+            fraction = 0.5 if value is None or high == low else (value - low) / (high - low)
+            colour = "lightgray" if value is None else colour_scale(fraction)
+            draw.rectangle([x0, y0, x0 + cell_size - 1, y0 + cell_size - 1], fill=colour, outline="white")
+            text = cell(value)
+            draw.text((x0 + 8, y0 + cell_size // 2 - 5), text, fill="white" if fraction < 0.6 else "black", font=font)
+    return image
+
+
+def colour_scale(fraction: float) -> tuple[int, int, int]:
+    """Dark blue -> teal -> yellow, linearly between three stops."""
+    stops = np.array([[40, 30, 110], [30, 150, 140], [250, 230, 40]], dtype=float)
+    position = min(max(fraction, 0.0), 1.0) * (len(stops) - 1)
+    index = min(int(position), len(stops) - 2)
+    mix = stops[index] + (stops[index + 1] - stops[index]) * (position - index)
+    return tuple(int(round(v)) for v in mix)
+
+
+def write_iteration_table(rows: list[dict], max_stages: int, directory: Path, title: str) -> list[Path]:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"iteration_table.{suffix}" for suffix in ("md", "csv", "png")]
+    atomic_write(paths[0], lambda temp: Path(temp).write_text(iteration_markdown(rows, max_stages, title)))
+    atomic_write(paths[1], lambda temp: Path(temp).write_text(iteration_csv(rows)))
+    atomic_write(paths[2], lambda temp: heatmap(rows, max_stages, title).save(temp, format="PNG"))
+    return paths
+
+
+# --------------------------------------------------------------------- Tables 1, 3 and 4
+
+
+def table1_markdown(runs: dict[str, dict], complexity: Sequence[dict]) -> str:
+    """Table 1: SS / MS+flip from runs (by method name), FLOPs / memory / params computed."""
+    by_method = {row["method"]: row for row in complexity}
+    lines = [
+        "## Table 1: PASCAL VOC val, ResNet-101",
+        "",
+        "| Method | SS | SS (paper) | diff | MS+Flip | MS+Flip (paper) | diff "
+        "| FLOPs (G) | Memory (MiB) | Params (M) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, (paper_ss, paper_ms) in PAPER_TABLE1.items():
+        ss, ms = single_and_multi_scale(runs.get(method))
+        row = by_method.get(method, {})
+        plus = "" if method == "ResNet-101" else "+"
+        lines.append(
+            f"| {method} | {cell(ss)} | {cell(paper_ss)} | {difference(ss, paper_ss)} | {cell(ms)} | "
+            f"{cell(paper_ms)} | {difference(ms, paper_ms)} | {plus}{row.get('flops_g', '-')} | "
+            f"{plus}{row.get('memory_m', '-')} | {plus}{row.get('params_m', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def single_and_multi_scale(metrics: dict | None) -> tuple[float | None, float | None]:
+    """(single-scale mIoU, multi-scale + flip mIoU) of one metrics.json."""
+    if metrics is None:
+        return None, None
+    settings = metrics["eval"]
+    multi = settings["flip"] or settings["scales"] != [1.0]
+    if multi:
+        return metrics.get("single_scale", {}).get("mIoU"), metrics["mIoU"]
+    return metrics["mIoU"], None
+
+
+def ranking_markdown(title: str, paper: dict[str, float], runs: dict[str, dict]) -> str:
+    """Tables 3 and 4: the paper's list, our runs' MS+flip mIoU beside the EMANet rows."""
+    lines = [f"## {title}", "", "| Method | mIoU (paper) | mIoU (ours) | diff |", "|---|---|---|---|"]
+    for method, value in paper.items():
+        ours = single_and_multi_scale(runs.get(method))[1] if method in runs else None
+        if ours is None and method in runs:
+            ours = runs[method]["mIoU"]
+        lines.append(f"| {method} | {value:.1f} | {cell(ours)} | {difference(ours, value)} |")
+    return "\n".join(lines)

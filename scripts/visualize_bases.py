@@ -1,0 +1,98 @@
+"""The responsibilities Z of a few EMA bases on one image, after the last EM iteration
+(the paper's visualisation of what the bases stand for), saved as one PNG.
+
+    python scripts/visualize_bases.py checkpoint=PATH [experiment=...] [--index 0 | --image PATH]
+        [--bases 3 17 40] [--count 6] [--output bases.png]
+
+Without --bases, the ``--count`` bases with the largest total responsibility on the image
+are shown. Each panel is the map z[:, k] over the feature grid, upsampled to the image,
+from dark (0) to yellow (the map's maximum).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from PIL import Image, ImageDraw
+
+from emanet.data import build_dataset
+from emanet.data.segmentation import read_image
+from emanet.data.transforms import eval_transform
+from emanet.engine.checkpoint import load_checkpoint, load_model_weights
+from emanet.engine.visualize import denormalize
+from emanet.models.ema import em_iterations
+from emanet.models.segmentor import build_model
+from emanet.tables import colour_scale
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+@torch.no_grad()
+def responsibilities(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """Z (N, K) of the EMA unit for one normalised image (3, H, W), and the grid (h, w)."""
+    unit = model.head.ema
+    captured = {}
+    handle = unit.conv_in.register_forward_hook(lambda module, args, output: captured.setdefault("x", output))
+    model.eval()(image.unsqueeze(0))
+    handle.remove()
+    x = captured["x"]  # (1, C, h, w): what the EM iterations see
+    _, channels, height, width = x.shape
+    z, _ = em_iterations(
+        x.reshape(1, channels, height * width).float(), unit.mu.float(), unit.eval_stages, unit.lambda_,
+        unit.normalize_bases,
+    )
+    return z[0].reshape(height, width, -1)  # (h, w, K)
+
+
+def colour_map(values: np.ndarray) -> np.ndarray:
+    table = np.array([colour_scale(f) for f in np.linspace(0, 1, 256)], dtype=np.uint8)
+    scaled = values / values.max() if values.max() > 0 else values
+    return table[np.round(scaled * 255).astype(int)]
+
+
+def figure(image: np.ndarray, maps: torch.Tensor, bases: list[int]) -> Image.Image:
+    height, width = image.shape[:2]
+    panels = [image]
+    for k in bases:
+        upsampled = F.interpolate(maps[..., k][None, None], size=(height, width), mode="bilinear", align_corners=True)
+        panels.append(colour_map(upsampled[0, 0].numpy()))
+    canvas = Image.fromarray(np.concatenate(panels, axis=1))
+    draw = ImageDraw.Draw(canvas)
+    for position, k in enumerate(bases, start=1):
+        draw.text((position * width + 4, 4), f"base {k}", fill="white")
+    return canvas
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=int, default=0, help="image of the val split")
+    parser.add_argument("--image", type=Path, help="an image file instead")
+    parser.add_argument("--bases", type=int, nargs="*", help="which bases to show")
+    parser.add_argument("--count", type=int, default=6, help="how many bases when --bases is not given")
+    parser.add_argument("--output", type=Path, default=Path("bases.png"))
+    parser.add_argument("overrides", nargs="*", help="evaluate.py overrides: checkpoint=PATH, experiment=...")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        cfg = compose("evaluate", args.overrides)
+    if cfg.model.head != "ema":
+        raise SystemExit(f"error: model.head is {cfg.model.head!r}; only the EMA head has bases")
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    load_model_weights(model, load_checkpoint(cfg.checkpoint), cfg.checkpoint)
+    transform = eval_transform(cfg.dataset.mean, cfg.dataset.std)
+    if args.image:
+        tensor = transform(image=read_image(args.image))["image"]
+    else:
+        tensor = build_dataset(cfg.dataset, cfg.dataset.val_split, transform)[args.index]["image"]
+    maps = responsibilities(model, tensor)
+    bases = args.bases or maps.sum(dim=(0, 1)).argsort(descending=True)[: args.count].tolist()
+    figure(denormalize(tensor, cfg.dataset.mean, cfg.dataset.std), maps, bases).save(args.output)
+    print(f"bases {bases} written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The paper's tables: values, layouts, heatmap colours, and the iteration-table command."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from emanet.tables import (
+    PAPER_TABLE3,
+    colour_scale,
+    heatmap,
+    iteration_csv,
+    iteration_markdown,
+    iteration_rows,
+    paper_iteration_value,
+    ranking_markdown,
+    table1_markdown,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_paper_iteration_values():
+    assert paper_iteration_value(1, 1) == 77.34
+    assert paper_iteration_value(3, 5) == 78.86
+    assert paper_iteration_value(8, 8) == 77.24
+    assert paper_iteration_value(4, 3) is None  # T_eval < T_train is not in the table
+
+
+def test_iteration_table_layouts():
+    results = {(1, 1): 60.0, (1, 2): 61.5, (2, 2): 62.25}
+    rows = iteration_rows(results, 3)
+    assert len(rows) == 6
+    markdown = iteration_markdown(rows, 3, "demo")
+    assert "| 1 | 60.00 | 61.50 | - |" in markdown
+    assert "| 2 |  | 62.25 | - |" in markdown
+    assert "| 3 |  |  | 78.86 |" not in markdown  # 3x3 table: paper (3, 3) is 78.52
+    assert "| 3 |  |  | 78.52 |" in markdown
+    lines = iteration_csv(rows).splitlines()
+    assert lines[0] == "t_train,t_eval,mIoU,paper_mIoU"
+    assert lines[1] == "1,1,60.0,77.34" and lines[3] == "1,3,,77.6"
+
+
+def test_heatmap_colours_follow_the_values():
+    rows = iteration_rows({(1, 1): 50.0, (1, 2): 70.0, (2, 2): 60.0}, 2)
+    image = heatmap(rows, 2, "t", cell_size=64)
+    margin = 40
+
+    def corner(t_train, t_eval):
+        return image.getpixel((margin + (t_eval - 1) * 64 + 2, margin + (t_train - 1) * 64 + 2))
+
+    assert corner(1, 2) == colour_scale(1.0) == (250, 230, 40)  # the highest value
+    assert corner(1, 1) == colour_scale(0.0) == (40, 30, 110)  # the lowest
+    assert corner(2, 2) == colour_scale(0.5)
+
+
+def test_table1_puts_runs_beside_the_paper():
+    run = {"mIoU": 81.0, "single_scale": {"mIoU": 79.9}, "eval": {"scales": [0.5, 1.0], "flip": True}}
+    complexity = [{"method": "EMANet(512)", "flops_g": 43.06, "memory_m": 53.6, "params_m": 9.997}]
+    text = table1_markdown({"EMANet(512)": run}, complexity)
+    assert "| EMANet(512) | 79.90 | 80.05 | -0.15 | 81.00 | 81.32 | -0.32 | +43.06 | +53.6 | +9.997 |" in text
+    assert "| DeeplabV3 | - | 78.51 | - | - | 79.77 | - | +- | +- | +- |" in text
+
+
+def test_ranking_table_fills_the_emanet_row():
+    run = {"mIoU": 52.0, "single_scale": {"mIoU": 51.0}, "eval": {"scales": [1.0, 1.5], "flip": True}}
+    text = ranking_markdown("Table 3", PAPER_TABLE3, {"EMANet (ResNet-101)": run})
+    assert "| EMANet (ResNet-101) | 53.1 | 52.00 | -1.10 |" in text
+    assert "| DANet (ResNet-101) | 52.6 | - | - |" in text
+
+
+def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
+    overrides = [
+        "schedule.iterations=2", "schedule.batch_size=2", "dataset.generate.num_train=4",
+        "dataset.generate.num_val=2", "runtime.num_workers=0", "runtime.progress=false",
+        f"data_root={tmp_path / 'data'}",
+    ]
+    command = [
+        sys.executable, "scripts/iteration_table.py", "--max-stages", "2", "--root", str(tmp_path / "root"),
+        "--output", str(tmp_path / "out"), *overrides,
+    ]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    root = tmp_path / "root"
+    evaluated = {(t, e): json.loads((root / f"T{t}" / f"eval_T{e}" / "metrics.json").read_text()) for t, e in
+                 [(1, 1), (1, 2), (2, 2)]}
+    assert {key: m["eval"]["em_iterations"] for key, m in evaluated.items()} == {(1, 1): 1, (1, 2): 2, (2, 2): 2}
+    assert "train_stages: 2" in (root / "T2" / "config.yaml").read_text()
+    csv_lines = (tmp_path / "out" / "iteration_table.csv").read_text().splitlines()
+    assert csv_lines[1] == f"1,1,{evaluated[(1, 1)]['mIoU']},77.34"
+    assert Image.open(tmp_path / "out" / "iteration_table.png").size[0] > 200
+
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")} == stamps  # nothing redone
+
+
+def test_base_responsibilities_are_the_units_last_e_step():
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from emanet.models.segmentor import build_model
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from visualize_bases import figure, responsibilities
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose("train", ["model.ema.eval_stages=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 5).eval()
+    image = torch.randn(3, 40, 48)
+    maps = responsibilities(model, image)
+    assert maps.shape == (5, 6, 16)  # 40x48 at output stride 8; K = 16 in the demo
+    torch.testing.assert_close(maps.sum(-1), torch.ones(5, 6))  # a distribution over bases
+    # The same Z as the unit's own E step: recompute from the features the unit sees.
+    unit = model.head.ema
+    features = {}
+    unit.conv_in.register_forward_hook(lambda m, a, out: features.setdefault("x", out))
+    with torch.no_grad():
+        model(image[None])
+        x = features["x"].reshape(1, unit.mu.shape[1], -1)
+        mu = unit.mu.clone()
+        for _ in range(2):
+            z = torch.softmax(unit.lambda_ * x.transpose(1, 2) @ mu, dim=2)
+            mu = x @ (z / (1e-6 + z.sum(1, keepdim=True)))
+            mu = mu / (1e-6 + mu.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(maps.reshape(30, 16), z[0], rtol=1e-4, atol=1e-5)
+    panel = figure(np.zeros((40, 48, 3), dtype=np.uint8), maps, [0, 3])
+    assert panel.size == (3 * 48, 40)
