@@ -1,6 +1,20 @@
 """Speed and memory benchmarks; each prints a table and records a JSON line in docs/benchmarks.jsonl.
 
-    python scripts/benchmark.py data [--images 200] [--workers 0 2]
+    python scripts/benchmark.py unit  [--sizes 33 65 97 129] [--channels 512]
+    python scripts/benchmark.py train [--variants fp32 bf16_cl bf16_cl_compile] [overrides...]
+    python scripts/benchmark.py eval  [--images 8] [overrides...]
+    python scripts/benchmark.py data  [--images 200] [--workers 1 2]
+
+``unit``: forward and forward+backward time of the EMA unit, the non-local block and a
+3x3 convolution of the same width C on C x S x S feature maps, with the memory each keeps
+for backward (peak GPU memory on a GPU), and how each grows with N = S^2.
+
+``train``: training-step throughput (images/s) and peak memory for a config: on a GPU
+EMANet(512), ResNet-101, OS8, 513 crops, batch 16 (voc_emanet512 without pretrained
+weights); on a CPU the demo network. With the FLOPs of one step (torch.utils.flop_counter)
+it reports the achieved TFLOP/s and, on a known GPU, the fraction of its bf16 peak.
+
+``eval``: images/s of single-scale and multi-scale + flip inference on 500x375 images.
 
 ``data``: images/s of the VOC training pipeline (Pillow JPEG decode, label PNG decode,
 the release's augmentation to a 513 crop, ImageNet normalisation, tensor conversion) on
@@ -11,6 +25,7 @@ with N workers.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -19,14 +34,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
-from emanet.benchmark_records import append_record, machine_cell, rebuild_table
+from emanet.benchmark_records import REPO, append_record, machine_cell, rebuild_table
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import train_transform
+from emanet.engine.evaluator import predict
+from emanet.engine.optim import build_optimizer
+from emanet.models.baseline_heads import NonLocalBlock
+from emanet.models.ema import EMAUnit
+from emanet.models.segmentor import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from complexity import saved_activation_bytes  # noqa: E402
 
 RELEASE_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
@@ -106,9 +132,246 @@ def data_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------- helpers
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``function()`` over ``repeats`` runs, after ``warmup`` runs."""
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compose_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        return compose("train", overrides)
+
+
+# -------------------------------------------------------------------------------- unit
+
+
+def unit_modules(channels: int) -> dict[str, nn.Module]:
+    return {
+        "EMA unit": EMAUnit(channels, num_bases=64, train_stages=3, eval_stages=3),
+        "non-local": NonLocalBlock(channels),
+        "3x3 conv": nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+    }
+
+
+def unit_benchmark(args: argparse.Namespace) -> None:
+    device = default_device()
+    rows = []
+    for size in args.sizes:
+        for name, module in unit_modules(args.channels).items():
+            module = module.to(device).train()
+            x = torch.randn(1, args.channels, size, size, device=device, requires_grad=True)
+
+            def forward(module=module, x=x):
+                with torch.no_grad():
+                    module(x)
+
+            def forward_backward(module=module, x=x):
+                module(x).sum().backward()
+
+            forward_seconds = timed(forward, device, args.repeats)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            train_seconds = timed(forward_backward, device, args.repeats)
+            if device.type == "cuda":
+                memory = torch.cuda.max_memory_allocated(device)
+            else:
+                with torch.device("meta"):
+                    memory = saved_activation_bytes(unit_modules(args.channels)[name], x.detach().to("meta"))
+            rows.append({
+                "size": size, "module": name, "forward_ms": round(1000 * forward_seconds, 2),
+                "forward_backward_ms": round(1000 * train_seconds, 2), "memory_mib": round(memory / 2**20, 1),
+            })
+            print(f"{size:>4} {name:>10}: forward {rows[-1]['forward_ms']:9.2f} ms, forward+backward "
+                  f"{rows[-1]['forward_backward_ms']:9.2f} ms, memory {rows[-1]['memory_mib']:8.1f} MiB")
+    for size in args.sizes:
+        by_name = {r["module"]: r for r in rows if r["size"] == size}
+        ema, conv = by_name["EMA unit"]["forward_backward_ms"], by_name["3x3 conv"]["forward_backward_ms"]
+        non_local = by_name["non-local"]["forward_backward_ms"]
+        print(f"{size:>4}: EMA / 3x3 conv {ema / conv:.2f}x, non-local / EMA {non_local / ema:.1f}x")
+    memory_note = "peak GPU memory" if device.type == "cuda" else "activations kept for backward"
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
+    append_record("unit", command, {"channels": args.channels, "memory": memory_note, "rows": rows})
+    rebuild_table("unit", unit_table)
+
+
+def unit_table(records: list[dict]) -> str:
+    lines = [
+        "| date | machine | C | S (N = S^2) | module | forward (ms) | fwd+bwd (ms) | fwd+bwd vs 3x3 conv "
+        "| memory (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        conv = {r["size"]: r["forward_backward_ms"] for r in record["rows"] if r["module"] == "3x3 conv"}
+        for row in record["rows"]:
+            lines.append(
+                f"| {record['date'][:10]} | {machine_cell(record)} | {record['channels']} | {row['size']} | "
+                f"{row['module']} | {row['forward_ms']} | {row['forward_backward_ms']} | "
+                f"{row['forward_backward_ms'] / conv[row['size']]:.2f}x | {row['memory_mib']} |"
+            )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- train
+
+GPU_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}  # dense tensor-core peaks
+VARIANTS = {
+    "fp32": {"amp": None, "channels_last": False, "compile": False},
+    "bf16_cl": {"amp": torch.bfloat16, "channels_last": True, "compile": False},
+    "bf16_cl_compile": {"amp": torch.bfloat16, "channels_last": True, "compile": True},
+}
+
+
+def train_step_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """FLOPs (2 per multiply-accumulate) of one forward + backward pass."""
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), labels, ignore_index=255).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def train_benchmark(args: argparse.Namespace) -> None:
+    device = default_device()
+    if device.type == "cuda":
+        overrides = ["experiment=voc_emanet512", "model.backbone.pretrained=null", "dataset.crop_size=513",
+                     "schedule.batch_size=16"]
+    else:
+        overrides = ["experiment=demo", "dataset.crop_size=129", "schedule.batch_size=8"]
+    cfg = compose_config([*overrides, *args.overrides])
+    batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
+    rows = []
+    for variant in args.variants:
+        settings = VARIANTS[variant]
+        torch.manual_seed(0)
+        model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).train()
+        images = torch.randn(batch, 3, crop, crop, device=device)
+        labels = torch.randint(0, cfg.dataset.num_classes, (batch, crop, crop), device=device)
+        flops = train_step_flops(model, images, labels)
+        if settings["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, cfg.optim)
+        network = torch.compile(model) if settings["compile"] else model
+
+        def step(network=network, optimizer=optimizer, images=images, labels=labels, settings=settings):
+            with torch.autocast(device.type, dtype=settings["amp"], enabled=settings["amp"] is not None):
+                loss = F.cross_entropy(network(images), labels, ignore_index=255)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = timed(step, device, args.repeats, warmup=3 if settings["compile"] else 1)
+        on_gpu = device.type == "cuda"
+        row = {
+            "variant": variant, "images_per_second": round(batch / seconds, 2),
+            "tflops": round(flops / seconds / 1e12, 2),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if on_gpu else None,
+        }
+        gpu_name = torch.cuda.get_device_name(device) if on_gpu else ""
+        peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in gpu_name), None)
+        row["fraction_of_bf16_peak"] = round(row["tflops"] / peak, 3) if peak else None
+        rows.append(row)
+        print(f"{variant:>16}: {row['images_per_second']:8.2f} images/s, {row['tflops']:7.2f} TFLOP/s, "
+              f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}")
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
+    settings = {"model": f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}",
+                "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1)}
+    append_record("train", command, {**settings, "rows": rows})
+    rebuild_table("train", train_table)
+
+
+def train_table(records: list[dict]) -> str:
+    lines = [
+        "| date | machine | model | crop | batch | variant | images/s | TFLOP/s | fraction of bf16 peak "
+        "| peak memory (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for record in records:
+        for row in record["rows"]:
+            lines.append(
+                f"| {record['date'][:10]} | {machine_cell(record)} | {record['model']} | {record['crop']} | "
+                f"{record['batch']} | {row['variant']} | {row['images_per_second']} | {row['tflops']} | "
+                f"{row['fraction_of_bf16_peak'] or '-'} | {row['peak_memory_gib'] or '-'} |"
+            )
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------- eval
+
+
+def eval_benchmark(args: argparse.Namespace) -> None:
+    device = default_device()
+    overrides = ["experiment=voc_emanet512", "model.backbone.pretrained=null"] if device.type == "cuda" \
+        else ["experiment=demo"]
+    cfg = compose_config([*overrides, *args.overrides])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).eval()
+    images = torch.randn(1, 3, 375, 500, device=device)
+    rows = []
+    for protocol, scales, flip in [("single scale", [1.0], False),
+                                   ("MS+flip", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], True)]:
+        seconds = timed(lambda scales=scales, flip=flip: predict(model, images, scales, flip), device, args.images)
+        rows.append({"protocol": protocol, "images_per_second": round(1 / seconds, 2)})
+        print(f"{protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
+              f"(1,449 VOC val images in {1449 * seconds / 60:.1f} min)")
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
+    model_name = f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}"
+    append_record("eval", command, {"model": model_name, "image_size": "500x375", "rows": rows})
+    rebuild_table("eval", eval_table)
+
+
+def eval_table(records: list[dict]) -> str:
+    lines = ["| date | machine | model | protocol | images/s | 1,449 images (min) |", "|---|---|---|---|---|---|"]
+    for record in records:
+        for row in record["rows"]:
+            lines.append(
+                f"| {record['date'][:10]} | {machine_cell(record)} | {record['model']} | {row['protocol']} | "
+                f"{row['images_per_second']} | {1449 / row['images_per_second'] / 60:.1f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
+    unit = benchmarks.add_parser("unit", help="EMA unit vs non-local vs 3x3 conv")
+    unit.add_argument("--sizes", type=int, nargs="*", default=[33, 65, 97, 129], help="feature map sides S")
+    unit.add_argument("--channels", type=int, default=512)
+    unit.add_argument("--repeats", type=int, default=3)
+    unit.set_defaults(run=unit_benchmark)
+    train = benchmarks.add_parser("train", help="training-step throughput")
+    train.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    train.add_argument("--repeats", type=int, default=5)
+    train.add_argument("overrides", nargs="*", help="train.py overrides")
+    train.set_defaults(run=train_benchmark)
+    evaluation = benchmarks.add_parser("eval", help="single-scale and MS+flip inference speed")
+    evaluation.add_argument("--images", type=int, default=5, help="timed repetitions")
+    evaluation.add_argument("overrides", nargs="*", help="train.py overrides")
+    evaluation.set_defaults(run=eval_benchmark)
     data = benchmarks.add_parser("data", help="training data pipeline throughput")
     data.add_argument("--images", type=int, default=200, help="how many 500x375 JPEGs to write and read")
     data.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
