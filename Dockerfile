@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY emanet ./emanet
 RUN pip install --no-cache-dir -e .
 COPY configs ./configs
+COPY scripts ./scripts
 COPY train.py evaluate.py ./
 
 CMD ["python", "train.py"]

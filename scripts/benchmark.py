@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -116,23 +117,36 @@ def data_benchmark(args: argparse.Namespace) -> None:
             rows.append({"workers": workers, "images_per_second": round(time_loader(dataset, workers), 1)})
     for row in rows:
         print(f"{row['workers']!s:>14}: {row['images_per_second']:7.1f} images/s")
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
-    append_record("data", command, {"images": args.images, "image_size": "500x375", "crop": 513, "rows": rows})
-    rebuild_table("data", data_table)
-
-
-def data_table(records: list[dict]) -> str:
-    lines = ["| date | machine | workers | images/s | command |", "|---|---|---|---|---|"]
-    for record in records:
-        for row in record["rows"]:
-            lines.append(
-                f"| {record['date'][:10]} | {machine_cell(record)} | {row['workers']} | "
-                f"{row['images_per_second']} | `{record['command']}` |"
-            )
-    return "\n".join(lines)
+    record("data", {"images": args.images, "image_size": "500x375", "crop": 513, "rows": rows}, [
+        ("workers", lambda r, row: row["workers"]),
+        ("images/s", lambda r, row: row["images_per_second"]),
+        ("command", lambda r, row: f"`{r['command']}`"),
+    ])
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+Column = tuple[str, Callable[[dict, dict], object]]
+
+
+def record(benchmark: str, result: dict, columns: list[Column]) -> None:
+    """Append ``result`` (with a list of ``rows``) to docs/benchmarks.jsonl and rebuild the
+    benchmark's table in docs/benchmarks.md: one line per row of every record."""
+    append_record(benchmark, "python scripts/benchmark.py " + " ".join(sys.argv[1:]), result)
+
+    def table(records: list[dict]) -> str:
+        lines = [
+            "| date | machine | " + " | ".join(name for name, _ in columns) + " |",
+            "|---" * (len(columns) + 2) + "|",
+        ]
+        for r in records:
+            for row in r["rows"]:
+                cells = " | ".join(str(value(r, row)) for _, value in columns)
+                lines.append(f"| {r['date'][:10]} | {machine_cell(r)} | {cells} |")
+        return "\n".join(lines)
+
+    rebuild_table(benchmark, table)
 
 
 def synchronize(device: torch.device) -> None:
@@ -212,26 +226,20 @@ def unit_benchmark(args: argparse.Namespace) -> None:
         non_local = by_name["non-local"]["forward_backward_ms"]
         print(f"{size:>4}: EMA / 3x3 conv {ema / conv:.2f}x, non-local / EMA {non_local / ema:.1f}x")
     memory_note = "peak GPU memory" if device.type == "cuda" else "activations kept for backward"
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
-    append_record("unit", command, {"channels": args.channels, "memory": memory_note, "rows": rows})
-    rebuild_table("unit", unit_table)
 
+    def versus_conv(r: dict, row: dict) -> str:
+        conv = next(c for c in r["rows"] if c["module"] == "3x3 conv" and c["size"] == row["size"])
+        return f"{row['forward_backward_ms'] / conv['forward_backward_ms']:.2f}x"
 
-def unit_table(records: list[dict]) -> str:
-    lines = [
-        "| date | machine | C | S (N = S^2) | module | forward (ms) | fwd+bwd (ms) | fwd+bwd vs 3x3 conv "
-        "| memory (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for record in records:
-        conv = {r["size"]: r["forward_backward_ms"] for r in record["rows"] if r["module"] == "3x3 conv"}
-        for row in record["rows"]:
-            lines.append(
-                f"| {record['date'][:10]} | {machine_cell(record)} | {record['channels']} | {row['size']} | "
-                f"{row['module']} | {row['forward_ms']} | {row['forward_backward_ms']} | "
-                f"{row['forward_backward_ms'] / conv[row['size']]:.2f}x | {row['memory_mib']} |"
-            )
-    return "\n".join(lines)
+    record("unit", {"channels": args.channels, "memory": memory_note, "rows": rows}, [
+        ("C", lambda r, row: r["channels"]),
+        ("S (N = S^2)", lambda r, row: row["size"]),
+        ("module", lambda r, row: row["module"]),
+        ("forward (ms)", lambda r, row: row["forward_ms"]),
+        ("fwd+bwd (ms)", lambda r, row: row["forward_backward_ms"]),
+        ("fwd+bwd vs 3x3 conv", versus_conv),
+        ("memory (MiB)", lambda r, row: row["memory_mib"]),
+    ])
 
 
 # ------------------------------------------------------------------------------- train
@@ -297,27 +305,18 @@ def train_benchmark(args: argparse.Namespace) -> None:
         rows.append(row)
         print(f"{variant:>16}: {row['images_per_second']:8.2f} images/s, {row['tflops']:7.2f} TFLOP/s, "
               f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}")
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
     settings = {"model": f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}",
                 "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1)}
-    append_record("train", command, {**settings, "rows": rows})
-    rebuild_table("train", train_table)
-
-
-def train_table(records: list[dict]) -> str:
-    lines = [
-        "| date | machine | model | crop | batch | variant | images/s | TFLOP/s | fraction of bf16 peak "
-        "| peak memory (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for record in records:
-        for row in record["rows"]:
-            lines.append(
-                f"| {record['date'][:10]} | {machine_cell(record)} | {record['model']} | {record['crop']} | "
-                f"{record['batch']} | {row['variant']} | {row['images_per_second']} | {row['tflops']} | "
-                f"{row['fraction_of_bf16_peak'] or '-'} | {row['peak_memory_gib'] or '-'} |"
-            )
-    return "\n".join(lines)
+    record("train", {**settings, "rows": rows}, [
+        ("model", lambda r, row: r["model"]),
+        ("crop", lambda r, row: r["crop"]),
+        ("batch", lambda r, row: r["batch"]),
+        ("variant", lambda r, row: row["variant"]),
+        ("images/s", lambda r, row: row["images_per_second"]),
+        ("TFLOP/s", lambda r, row: row["tflops"]),
+        ("fraction of bf16 peak", lambda r, row: row["fraction_of_bf16_peak"] or "-"),
+        ("peak memory (GiB)", lambda r, row: row["peak_memory_gib"] or "-"),
+    ])
 
 
 # -------------------------------------------------------------------------------- eval
@@ -338,21 +337,13 @@ def eval_benchmark(args: argparse.Namespace) -> None:
         rows.append({"protocol": protocol, "images_per_second": round(1 / seconds, 2)})
         print(f"{protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
               f"(1,449 VOC val images in {1449 * seconds / 60:.1f} min)")
-    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
     model_name = f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}"
-    append_record("eval", command, {"model": model_name, "image_size": "500x375", "rows": rows})
-    rebuild_table("eval", eval_table)
-
-
-def eval_table(records: list[dict]) -> str:
-    lines = ["| date | machine | model | protocol | images/s | 1,449 images (min) |", "|---|---|---|---|---|---|"]
-    for record in records:
-        for row in record["rows"]:
-            lines.append(
-                f"| {record['date'][:10]} | {machine_cell(record)} | {record['model']} | {row['protocol']} | "
-                f"{row['images_per_second']} | {1449 / row['images_per_second'] / 60:.1f} |"
-            )
-    return "\n".join(lines)
+    record("eval", {"model": model_name, "image_size": "500x375", "rows": rows}, [
+        ("model", lambda r, row: r["model"]),
+        ("protocol", lambda r, row: row["protocol"]),
+        ("images/s", lambda r, row: row["images_per_second"]),
+        ("1,449 images (min)", lambda r, row: f"{1449 / row['images_per_second'] / 60:.1f}"),
+    ])
 
 
 def main() -> None:

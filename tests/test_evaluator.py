@@ -57,7 +57,7 @@ def test_window_starts_cover_the_image_and_end_flush():
 def test_sliding_window_equals_whole_image_for_a_pointwise_network():
     model = small_network(kernel=1)  # each output pixel depends on its input pixel only
     torch.manual_seed(2)
-    images = torch.randn(1, 3, 40, 70)
+    images = torch.randn(2, 3, 40, 70)
     with torch.no_grad():
         whole = Inference("whole")(model, images)
         for crop, stride in [(32, 20), (32, 32), (96, 50)]:  # overlapping, tiling, crop > image

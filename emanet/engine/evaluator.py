@@ -52,15 +52,20 @@ class Inference:
         crop = self.crop_size
         padded = F.pad(images, (0, max(crop - width, 0), 0, max(crop - height, 0)))
         padded_height, padded_width = padded.shape[-2:]
-        summed = counts = None
-        for top in window_starts(padded_height, crop, self.stride):
-            for left in window_starts(padded_width, crop, self.stride):
-                logits = model(padded[..., top : top + crop, left : left + crop])  # (B, classes, crop, crop)
-                if summed is None:
-                    summed = logits.new_zeros((*logits.shape[:2], padded_height, padded_width))
-                    counts = logits.new_zeros((1, 1, padded_height, padded_width))
-                summed[..., top : top + crop, left : left + crop] += logits
-                counts[..., top : top + crop, left : left + crop] += 1
+        corners = [
+            (top, left)
+            for top in window_starts(padded_height, crop, self.stride)
+            for left in window_starts(padded_width, crop, self.stride)
+        ]
+        # All windows in one forward pass: far faster than one at a time, and the same
+        # result, since every layer treats the images of a batch independently at evaluation.
+        windows = torch.cat([padded[..., top : top + crop, left : left + crop] for top, left in corners])
+        logits = model(windows).unflatten(0, (len(corners), images.shape[0]))  # (windows, B, classes, crop, crop)
+        summed = logits.new_zeros((*logits.shape[1:3], padded_height, padded_width))
+        counts = logits.new_zeros((1, 1, padded_height, padded_width))
+        for (top, left), window_logits in zip(corners, logits, strict=True):
+            summed[..., top : top + crop, left : left + crop] += window_logits
+            counts[..., top : top + crop, left : left + crop] += 1
         return (summed / counts)[..., :height, :width]
 
 
