@@ -58,7 +58,7 @@ def test_reader_returns_raw_labels_and_pillow_pixels(tmp_path):
     assert sample["id"] == "2007_000039"
     assert sample["image"].shape == (3, 7, 9) and sample["image"].dtype == torch.uint8
     assert torch.equal(sample["label"], torch.from_numpy(labels["2007_000039"]).long())
-    decoded = np.asarray(Image.open(tmp_path / "JPEGImages" / "2007_000039.jpg").convert("RGB"))
+    decoded = np.array(Image.open(tmp_path / "JPEGImages" / "2007_000039.jpg").convert("RGB"))
     assert torch.equal(sample["image"], torch.from_numpy(decoded).permute(2, 0, 1))
 
 
