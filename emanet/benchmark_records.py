@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,3 +65,22 @@ def machine_cell(record: dict) -> str:
     machine = record["machine"]
     where = machine.get("gpu") or f"{machine['cpu_count']} CPUs"
     return f"{where}, torch {machine['torch']}"
+
+
+Column = tuple[str, Callable[[dict, dict], object]]
+
+
+def rows_table(
+    records: list[dict], columns: Sequence[Column], rows_of: Callable[[dict], list[dict]] = lambda r: r["rows"]
+) -> str:
+    """A Markdown table with a line per row of every record: date, machine, then ``columns``
+    (each a header and a function of the record and the row)."""
+    lines = [
+        "| date | machine | " + " | ".join(name for name, _ in columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for record in records:
+        for row in rows_of(record):
+            cells = " | ".join(str(value(record, row)) for _, value in columns)
+            lines.append(f"| {record['date'][:10]} | {machine_cell(record)} | {cells} |")
+    return "\n".join(lines)

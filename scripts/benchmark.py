@@ -29,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -41,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from emanet.benchmark_records import REPO, append_record, machine_cell, rebuild_table
+from emanet.benchmark_records import REPO, Column, append_record, rebuild_table, rows_table
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
@@ -127,26 +126,11 @@ def data_benchmark(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------- helpers
 
 
-Column = tuple[str, Callable[[dict, dict], object]]
-
-
 def record(benchmark: str, result: dict, columns: list[Column]) -> None:
     """Append ``result`` (with a list of ``rows``) to docs/benchmarks.jsonl and rebuild the
     benchmark's table in docs/benchmarks.md: one line per row of every record."""
     append_record(benchmark, "python scripts/benchmark.py " + " ".join(sys.argv[1:]), result)
-
-    def table(records: list[dict]) -> str:
-        lines = [
-            "| date | machine | " + " | ".join(name for name, _ in columns) + " |",
-            "|---" * (len(columns) + 2) + "|",
-        ]
-        for r in records:
-            for row in r["rows"]:
-                cells = " | ".join(str(value(r, row)) for _, value in columns)
-                lines.append(f"| {r['date'][:10]} | {machine_cell(r)} | {cells} |")
-        return "\n".join(lines)
-
-    rebuild_table(benchmark, table)
+    rebuild_table(benchmark, lambda records: rows_table(records, columns))
 
 
 def synchronize(device: torch.device) -> None:

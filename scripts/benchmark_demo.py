@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emanet.benchmark_records import append_record, machine_cell, rebuild_table
+from emanet.benchmark_records import append_record, rebuild_table, rows_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,19 +41,19 @@ def run_demo(overrides: list[str]) -> dict:
     }
 
 
+DEMO_COLUMNS = [
+    ("threads", lambda record, _: record["machine"]["threads"]),
+    ("iterations", lambda record, _: record["iterations"]),
+    ("wall time (s)", lambda record, _: record["wall_seconds"]),
+    ("train (s)", lambda record, _: record["train_seconds"]),
+    ("mIoU MS+flip", lambda record, _: f"{record['mIoU_ms_flip']:.2f}"),
+    ("mIoU SS", lambda record, _: f"{record['mIoU_single_scale']:.2f}"),
+    ("overrides", lambda record, _: " ".join(record["overrides"]) or "-"),
+]
+
+
 def demo_table(records: list[dict]) -> str:
-    lines = [
-        "| date | machine | threads | iterations | wall time (s) | train (s) | mIoU MS+flip | mIoU SS | overrides |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for record in records:
-        lines.append(
-            f"| {record['date'][:10]} | {machine_cell(record)} | {record['machine']['threads']} | "
-            f"{record['iterations']} | {record['wall_seconds']} | {record['train_seconds']} | "
-            f"{record['mIoU_ms_flip']:.2f} | {record['mIoU_single_scale']:.2f} | "
-            f"{' '.join(record['overrides']) or '-'} |"
-        )
-    return "\n".join(lines)
+    return rows_table(records, DEMO_COLUMNS, rows_of=lambda record: [record])
 
 
 def main() -> None:
