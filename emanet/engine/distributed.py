@@ -128,6 +128,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Average ``value`` over processes in place (no-op without a process group); the
+    tensor must live where the backend reduces (CPU for gloo, GPU for NCCL)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
 def shutdown_distributed() -> None:
     """Wait for every process, then leave the process group (a process that exits while
     others still use the group makes gloo abort them)."""

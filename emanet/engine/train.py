@@ -33,6 +33,7 @@ from emanet.engine.checkpoint import (
 from emanet.engine.distributed import (
     SeededSampler,
     World,
+    all_reduce_mean,
     init_distributed,
     per_rank_batch,
     prepare_batch_norm,
@@ -110,13 +111,6 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     return DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
     )
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
 
 
 def checkpoint_state(model, optimizer, scheduler, amp: AmpSettings, iteration: int, cfg: DictConfig) -> dict:
