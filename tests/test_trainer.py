@@ -170,3 +170,39 @@ def test_two_processes_stay_identical_and_match_one_process_over_the_global_batc
     assert not torch.equal(single["head.ema.mu"], build_model(cfg.model, 5).state_dict()["head.ema.mu"])
     for name, tensor in single.items():
         torch.testing.assert_close(rank0[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def eval_worker(rank, world_size, rendezvous, samples, results):
+    from torch.utils.data import DataLoader
+
+    from emanet.engine.distributed import ShardSampler, World
+    from emanet.engine.evaluator import evaluate
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(3, 4, 3, padding=1)
+        loader = DataLoader(samples, batch_size=1, sampler=ShardSampler(len(samples), World(rank, world_size)))
+        result = evaluate(model, loader, 4, [1.0, 1.5], True, torch.device("cpu"), progress=False)
+        torch.save({"confusion": result.confusion, "images": result.num_images}, results / f"eval{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_evaluation_counts_every_image_once(tmp_path):
+    from emanet.engine.evaluator import evaluate
+
+    torch.manual_seed(1)
+    samples = [
+        {"image": torch.randn(3, 9, 11), "label": torch.randint(0, 4, (9, 11)), "id": str(i)} for i in range(5)
+    ]
+    mp.spawn(eval_worker, args=(2, tmp_path / "rendezvous", samples, tmp_path), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 3, padding=1)
+    loader = torch.utils.data.DataLoader(samples, batch_size=1)
+    single = evaluate(model, loader, 4, [1.0, 1.5], True, torch.device("cpu"), progress=False)
+    for rank in (0, 1):
+        shared = torch.load(tmp_path / f"eval{rank}.pt", weights_only=True)
+        assert shared["images"] == 5  # 3 + 2 images, none padded in twice
+        assert torch.equal(shared["confusion"], single.confusion)
+    assert single.confusion.sum() == 5 * 9 * 11

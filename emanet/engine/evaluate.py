@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.engine.checkpoint import atomic_write, load_checkpoint, load_model_weights, write_json
-from emanet.engine.distributed import World
+from emanet.engine.distributed import World, init_distributed, shutdown_distributed
 from emanet.engine.evaluator import Inference, evaluate, predict, summarize
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
@@ -107,23 +107,33 @@ def prediction_writer(cfg: DictConfig, output_dir: Path | None) -> Callable[[dic
 
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
-    """``evaluate.py``: load ``cfg.checkpoint`` into the configured model and evaluate it."""
-    device = configure_runtime(cfg)
+    """``evaluate.py``: load ``cfg.checkpoint`` into the configured model and evaluate it.
+
+    Under torchrun every process evaluates its share of the images; rank 0 writes.
+    """
+    world = init_distributed(configure_runtime(cfg))
     checkpoint = load_checkpoint(cfg.checkpoint)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
     load_model_weights(model, checkpoint, cfg.checkpoint)
-    model.to(device)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        metrics = evaluate_on_val(model, cfg, device, writer, checkpoint.get("iteration", 0), output_dir=run_dir)
-    metrics = {
-        "experiment": cfg.name,
-        "checkpoint": str(Path(cfg.checkpoint).resolve()),
-        "iteration": checkpoint.get("iteration"),
-        **metrics,
-    }
-    write_json(metrics, run_dir / "metrics.json")
-    log.info("%s", one_line_summary(metrics, run_dir))
+    model.to(world.device)
+    writer = None
+    if world.is_main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    metrics = evaluate_on_val(
+        model, cfg, world.device, writer, checkpoint.get("iteration", 0), world, output_dir=run_dir
+    )
+    if world.is_main:
+        writer.close()
+        metrics = {
+            "experiment": cfg.name,
+            "checkpoint": str(Path(cfg.checkpoint).resolve()),
+            "iteration": checkpoint.get("iteration"),
+            **metrics,
+        }
+        write_json(metrics, run_dir / "metrics.json")
+        log.info("%s", one_line_summary(metrics, run_dir))
+    shutdown_distributed()
     return metrics
 
 
