@@ -129,3 +129,22 @@ def test_base_responsibilities_are_the_units_last_e_step():
     torch.testing.assert_close(maps.reshape(30, 16), z[0], rtol=1e-4, atol=1e-5)
     panel = figure(np.zeros((40, 48, 3), dtype=np.uint8), maps, [0, 3])
     assert panel.size == (3 * 48, 40)
+
+
+def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from paper_tables import collect
+
+    def run(name, experiment, depth):
+        directory = tmp_path / name
+        directory.mkdir()
+        metrics = {"experiment": experiment, "mIoU": 50.0, "eval": {"scales": [1.0], "flip": False}}
+        (directory / "metrics.json").write_text(json.dumps(metrics))
+        (directory / "config.yaml").write_text(f"model:\n  backbone:\n    depth: {depth}\n")
+        return directory
+
+    runs = [run("a", "voc_emanet512", 101), run("b", "context_emanet512", 50), run("c", "demo", 18),
+            tmp_path / "unfinished"]
+    table1, table3, table4, ignored = collect(runs)
+    assert list(table1) == ["EMANet(512)"] and list(table3) == ["EMANet (ResNet-50)"] and table4 == {}
+    assert len(ignored) == 2 and "'demo'" in ignored[0] and "no metrics.json" in ignored[1]
