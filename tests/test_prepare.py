@@ -1,5 +1,6 @@
 """Dataset preparation on miniature copies of the original downloads, in their real formats."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.data.prepare import (
     check_context_label_names,
+    decode_rle,
     prepare_coco_stuff10k,
     prepare_coco_stuff164k,
     prepare_pascal_context,
@@ -206,3 +208,49 @@ def test_every_dataset_config_composes_and_names_its_missing_root(dataset, num_c
     missing = f"dataset not found at {tmp_path / expected_root}: see data/README.md"
     with pytest.raises(DatasetNotFoundError, match=missing):
         build_dataset(cfg.dataset, cfg.dataset.train_split)
+
+
+def test_run_length_masks_decode_like_pycocotools():
+    # Strings produced by pycocotools.mask.encode for the masks built here.
+    small = np.zeros((5, 7), dtype=bool)
+    small[1:4, 2:5] = True
+    small[0, 6] = small[4, 0] = True
+    assert np.array_equal(decode_rle({"size": [5, 7], "counts": "4162L0004NN"}), small)
+    assert np.array_equal(decode_rle({"size": [5, 7], "counts": b"4162L0004NN"}), small)
+    larger = np.zeros((60, 80), dtype=bool)
+    larger[5:50, 10:70] = True
+    larger[20:30, 30:40] = False
+    counts = (
+        "mb0]1?00000000000000000000000000000000000000ROK55KK55KK55KK55KK55KK55KK55KK55KK55KK55i0"
+        "0000000000000000000000000000000000000000000000000000000000cb0"
+    )
+    assert np.array_equal(decode_rle({"size": [60, 80], "counts": counts}), larger)
+    # Uncompressed form: run lengths, column-major, starting with zeros.
+    assert np.array_equal(decode_rle({"size": [2, 2], "counts": [1, 2, 1]}), np.array([[False, True], [True, False]]))
+
+
+def test_pascal_context_from_trainval_merged_json(tmp_path):
+    voc2010 = tmp_path / "VOC2010"
+    write_jpeg(voc2010 / "JPEGImages" / "2008_000002.jpg")
+    write_jpeg(voc2010 / "JPEGImages" / "2008_000007.jpg")
+    # 2 aeroplane everywhere, 458 wood on the small mask above, 1 accordion on one corner.
+    small = {"size": [5, 7], "counts": "4162L0004NN"}
+    images = [
+        {"image_id": 2008000002, "file_name": "2008_000002.jpg", "height": 5, "width": 7, "phase": "train"},
+        {"image_id": 2008000007, "file_name": "2008_000007.jpg", "height": 5, "width": 7, "phase": "val"},
+    ]
+    annotations = [
+        {"image_id": 2008000007, "category_id": 2, "segmentation": {"size": [5, 7], "counts": [0, 35]}},
+        {"image_id": 2008000007, "category_id": 458, "segmentation": small},
+        {"image_id": 2008000007, "category_id": 1, "segmentation": {"size": [5, 7], "counts": [4, 1]}},
+        {"image_id": 2008000002, "category_id": 284, "segmentation": small},
+    ]
+    (voc2010 / "trainval_merged.json").write_text(json.dumps({"images": images, "annos_segmentation": annotations}))
+    assert prepare_pascal_context(voc2010, voc2010) == {"train": 1, "val": 1}
+    mask = decode_rle(small)
+    expected = np.where(mask, 59, 1).astype(np.uint8)
+    expected[4, 0] = 0  # accordion: not among the 59 classes, so background
+    labels = voc2010 / "SegmentationClassContext"
+    assert np.array_equal(read_label_png(labels / "2008_000007.png"), expected)
+    assert np.array_equal(read_label_png(labels / "2008_000002.png"), np.where(mask, 37, 0))
+    assert (voc2010 / "ImageSets" / "SegmentationContext" / "val.txt").read_text() == "2008_000007\n"

@@ -9,6 +9,7 @@ re-run skips what is finished and an interrupted run leaves no half-written file
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -63,6 +64,66 @@ def context_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
     if label_map.min() < 0 or label_map.max() >= len(table):
         raise DatasetError(f"{mat_path}: LabelMap holds ids outside 0-459")
     return table[label_map.astype(np.int64)]
+
+
+def decode_rle(segmentation: dict) -> np.ndarray:
+    """A COCO-style run-length mask (``{"size": [h, w], "counts": ...}``) as (h, w) bool.
+
+    ``counts`` is a list of run lengths or the compressed string of pycocotools (runs
+    as 5-bit groups offset by 48, from the third run on stored as the difference to the
+    run two before); runs alternate 0s and 1s, starting with 0s, in column-major order.
+    Written here so that the preparation needs no compiled COCO API.
+    """
+    height, width = segmentation["size"]
+    counts = segmentation["counts"]
+    if isinstance(counts, (str, bytes)):
+        counts = decode_rle_string(counts.decode() if isinstance(counts, bytes) else counts)
+    flat = np.zeros(height * width, dtype=bool)
+    position = 0
+    for index, run in enumerate(counts):
+        if index % 2:
+            flat[position : position + run] = True
+        position += run
+    return flat.reshape(width, height).T
+
+
+def decode_rle_string(text: str) -> list[int]:
+    counts: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            group = ord(text[position]) - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift  # sign extension
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def read_context_json(json_path: Path) -> list[tuple[dict, list[dict]]]:
+    """PASCAL Context's ``trainval_merged.json``: (image record, its segment annotations)."""
+    try:
+        data = json.loads(Path(json_path).read_text())
+        segments: dict[int, list[dict]] = {image["image_id"]: [] for image in data["images"]}
+        for annotation in data["annos_segmentation"]:
+            segments[annotation["image_id"]].append(annotation)
+    except (OSError, ValueError, KeyError) as error:
+        raise DatasetError(f"{json_path}: not PASCAL Context's trainval_merged.json ({error})") from None
+    return [(image, segments[image["image_id"]]) for image in data["images"]]
+
+
+def context_json_label(image: dict, segments: list[dict], table: np.ndarray) -> np.ndarray:
+    """One image's segments (459-class ``category_id`` + run-length mask) -> 60 classes."""
+    label_map = np.zeros((image["height"], image["width"]), dtype=np.int64)
+    for segment in segments:
+        label_map[decode_rle(segment["segmentation"])] = segment["category_id"]
+    return table[label_map]
 
 
 def coco_stuff10k_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
@@ -190,29 +251,49 @@ def prepare_voc_aug(voc_root: Path, sbd_root: Path, workers: int = 1) -> dict[st
 
 
 def prepare_pascal_context(voc2010_root: Path, context_root: Path, workers: int = 1) -> dict[str, int]:
-    """PASCAL Context's 459-class ``trainval/*.mat`` -> 60-class PNGs and train / val lists.
+    """PASCAL Context's 459-class annotation -> 60-class PNGs and train / val lists.
 
-    Writes ``VOC2010/SegmentationClassContext/<id>.png`` (0 = background, 1-59 = the
-    59 classes; the 59-class convention ignores 0 at load time) and
+    Reads ``trainval/<id>.mat`` (``LabelMap``) or, when that folder is absent,
+    ``trainval_merged.json`` (the Detail API's file, run-length masks), from
+    ``context_root``. Writes ``VOC2010/SegmentationClassContext/<id>.png`` (0 = background,
+    1-59 = the 59 classes; the 59-class convention ignores 0 at load time) and
     ``VOC2010/ImageSets/SegmentationContext/{train,val}.txt``: VOC 2010's main train and
-    val lists, restricted to images with an annotation. ``labels.txt`` in
+    val lists restricted to annotated images (the JSON's own phases). ``labels.txt`` in
     ``context_root``, when present, is checked against the class ids used.
     """
     voc2010_root, context_root = Path(voc2010_root), Path(context_root)
     _require_dir(voc2010_root / "JPEGImages", "PASCAL VOC 2010 images")
-    annotations = _require_dir(context_root / "trainval", "PASCAL Context annotations (trainval/*.mat)")
     if (context_root / "labels.txt").is_file():
         check_context_label_names(context_root / "labels.txt")
-    annotated = {path.stem for path in annotations.glob("*.mat")}
     table = context_lookup_table()
     output = voc2010_root / "SegmentationClassContext"
-    counts = {}
+    annotations = context_root / "trainval"
+    json_path = context_root / "trainval_merged.json"
+    if not annotations.is_dir() and json_path.is_file():
+        entries = sorted(read_context_json(json_path), key=lambda entry: entry[0]["file_name"])
+        ids, jobs = {}, {}
+        for split in ("train", "val"):
+            chosen = [(image, segments) for image, segments in entries if image["phase"] == split]
+            ids[split] = [Path(image["file_name"]).stem for image, _ in chosen]
+            jobs[split] = [
+                (context_json_label, (image, segments, table), output / f"{Path(image['file_name']).stem}.png")
+                for image, segments in chosen
+            ]
+    else:
+        _require_dir(annotations, "PASCAL Context annotations (trainval/*.mat or trainval_merged.json)")
+        annotated = {path.stem for path in annotations.glob("*.mat")}
+        ids = {
+            split: [i for i in _read_ids(voc2010_root / "ImageSets" / "Main" / f"{split}.txt") if i in annotated]
+            for split in ("train", "val")
+        }
+        jobs = {
+            split: [(context_label, (annotations / f"{i}.mat", table), output / f"{i}.png") for i in split_ids]
+            for split, split_ids in ids.items()
+        }
     for split in ("train", "val"):
-        ids = [i for i in _read_ids(voc2010_root / "ImageSets" / "Main" / f"{split}.txt") if i in annotated]
-        jobs = [(context_label, (annotations / f"{i}.mat", table), output / f"{i}.png") for i in ids]
-        convert_labels(jobs, f"SegmentationClassContext ({split})", workers)
-        write_split(voc2010_root / "ImageSets" / "SegmentationContext" / f"{split}.txt", ids)
-        counts[split] = len(ids)
+        convert_labels(jobs[split], f"SegmentationClassContext ({split})", workers)
+        write_split(voc2010_root / "ImageSets" / "SegmentationContext" / f"{split}.txt", ids[split])
+    counts = {split: len(split_ids) for split, split_ids in ids.items()}
     check_counts("pascal_context", counts)
     return counts
 
