@@ -129,7 +129,7 @@ def set_batch_norm_eval(model):
             module.eval()
 
 
-def ddp_worker(rank, world_size, rendezvous, images, labels, results):
+def ddp_worker(rank, world_size, rendezvous, images, labels, results, accumulation=1):
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
         cfg = compose_config(["model.dropout=0"])
@@ -141,8 +141,9 @@ def ddp_worker(rank, world_size, rendezvous, images, labels, results):
         share = images.shape[1] // world_size
         for step in range(3):
             part = slice(rank * share, (rank + 1) * share)
-            batch = {"image": images[step, part], "label": labels[step, part]}
-            train_step(network, [batch], optimizer, torch.device("cpu"), 255, "valid")
+            chunks = zip(images[step, part].chunk(accumulation), labels[step, part].chunk(accumulation), strict=True)
+            micro_batches = [{"image": image, "label": label} for image, label in chunks]
+            train_step(network, micro_batches, optimizer, torch.device("cpu"), 255, "valid")
         torch.save(model.state_dict(), results / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -206,3 +207,16 @@ def test_distributed_evaluation_counts_every_image_once(tmp_path):
         assert shared["images"] == 5  # 3 + 2 images, none padded in twice
         assert torch.equal(shared["confusion"], single.confusion)
     assert single.confusion.sum() == 5 * 9 * 11
+
+
+def test_two_processes_with_gradient_accumulation_stay_identical(tmp_path):
+    torch.manual_seed(0)
+    images = torch.randn(3, 4, 3, 32, 32)
+    labels = torch.randint(0, 5, (3, 4, 32, 32))
+    mp.spawn(ddp_worker, args=(2, tmp_path / "rendezvous", images, labels, tmp_path, 2), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    initial = build_model(compose_config(["model.dropout=0"]).model, 5).state_dict()
+    assert not torch.equal(rank0["head.classifier.weight"], initial["head.classifier.weight"])
+    for name, tensor in rank0.items():
+        assert torch.equal(rank1[name], tensor), name

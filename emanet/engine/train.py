@@ -105,12 +105,7 @@ def train_step(
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
-    # static_graph: the EMA unit's input conv never receives a gradient (the release's
-    # EM runs without one), the same parameters every step, which a static graph allows
-    # without find_unused_parameters' per-step graph search.
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
-    )
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def checkpoint_state(model, optimizer, scheduler, amp: AmpSettings, iteration: int, cfg: DictConfig) -> dict:

@@ -112,6 +112,9 @@ class EMAUnit(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        # Its output only feeds the EM iterations, which run without gradient (as in the
+        # release), so it never receives one; saying so lets DDP skip it.
+        self.conv_in.requires_grad_(False)
 
     @property
     def stages(self) -> int:
