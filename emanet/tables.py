@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from emanet.engine.checkpoint import atomic_write
+from emanet.engine.evaluator import is_multi_scale
 
 # PASCAL VOC val mIoU (%), ResNet-50: rows T used in training, columns T at evaluation.
 PAPER_ITERATION_TABLE = {
@@ -203,8 +204,7 @@ def single_and_multi_scale(metrics: dict | None) -> tuple[float | None, float | 
     if metrics is None:
         return None, None
     settings = metrics["eval"]
-    multi = settings["flip"] or settings["scales"] != [1.0]
-    if multi:
+    if is_multi_scale(settings["scales"], settings["flip"]):
         return metrics.get("single_scale", {}).get("mIoU"), metrics["mIoU"]
     return metrics["mIoU"], None
 

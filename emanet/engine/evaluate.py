@@ -18,7 +18,7 @@ from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.engine.checkpoint import atomic_write, load_checkpoint, load_model_weights, write_json
 from emanet.engine.distributed import World, init_distributed, shutdown_distributed
-from emanet.engine.evaluator import Inference, evaluate, predict, summarize
+from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
@@ -59,7 +59,7 @@ def evaluate_on_val(
     warn_skipped(dataset)
     metrics = summarize(result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, em_iterations)
     metrics["eval"]["output_stride"] = eval_stride
-    protocol = "multi-scale + flip" if cfg.eval.flip or list(cfg.eval.scales) != [1.0] else "single scale"
+    protocol = "multi-scale + flip" if is_multi_scale(cfg.eval.scales, cfg.eval.flip) else "single scale"
     if world.is_main:
         log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={em_iterations}, OS{eval_stride})"))
         if "single_scale" in metrics:
@@ -139,7 +139,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
 
 def one_line_summary(metrics: dict, run_dir: Path) -> str:
     settings = metrics["eval"]
-    protocol = "MS+flip" if settings["flip"] or settings["scales"] != [1.0] else "SS"
+    protocol = "MS+flip" if is_multi_scale(settings["scales"], settings["flip"]) else "SS"
     parts = [f"{metrics['experiment']}: mIoU {metrics['mIoU']:.2f} ({protocol}"]
     parts.append(f", T={settings['em_iterations']})")
     if "single_scale" in metrics:

@@ -122,6 +122,11 @@ def predict(
     return probabilities / (len(scales) * (2 if flip else 1)), single_scale_logits
 
 
+def is_multi_scale(scales: Sequence[float], flip: bool) -> bool:
+    """Whether a protocol is more than the single unflipped pass at scale 1.0."""
+    return bool(flip) or list(scales) != [1.0]
+
+
 @dataclass
 class EvaluationResult:
     confusion: torch.Tensor
@@ -150,7 +155,7 @@ def evaluate(
     called with each batch and its predicted classes (B, H, W).
     """
     model.eval()
-    report_single_scale = flip or list(scales) != [1.0]
+    report_single_scale = is_multi_scale(scales, flip)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     single_confusion = torch.zeros_like(confusion) if report_single_scale else None
     num_images = 0
