@@ -125,15 +125,20 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     )
     if world.is_main:
         writer.close()
-        metrics = {
-            "experiment": cfg.name,
-            "checkpoint": str(Path(cfg.checkpoint).resolve()),
-            "iteration": checkpoint.get("iteration"),
-            **metrics,
-        }
-        write_json(metrics, run_dir / "metrics.json")
-        log.info("%s", one_line_summary(metrics, run_dir))
+        metrics = write_run_metrics(
+            run_dir, {"experiment": cfg.name, "checkpoint": str(Path(cfg.checkpoint).resolve()),
+                      "iteration": checkpoint.get("iteration")}, metrics,
+        )
     shutdown_distributed()
+    return metrics
+
+
+def write_run_metrics(run_dir: Path, run: dict, metrics: dict) -> dict:
+    """Write ``run`` (experiment, checkpoint, iteration...) followed by ``metrics`` to the run's
+    metrics.json, log the one-line summary, and return the combined dict."""
+    metrics = {**run, **metrics}
+    write_json(metrics, run_dir / "metrics.json")
+    log.info("%s", one_line_summary(metrics, run_dir))
     return metrics
 
 

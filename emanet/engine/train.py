@@ -28,7 +28,6 @@ from emanet.engine.checkpoint import (
     restore_rng_states,
     rng_states,
     save_training_checkpoint,
-    write_json,
 )
 from emanet.engine.distributed import (
     SeededSampler,
@@ -39,7 +38,7 @@ from emanet.engine.distributed import (
     prepare_batch_norm,
     shutdown_distributed,
 )
-from emanet.engine.evaluate import evaluate_on_val, one_line_summary
+from emanet.engine.evaluate import evaluate_on_val, write_run_metrics
 from emanet.engine.optim import build_optimizer, build_poly_scheduler
 from emanet.engine.runtime import build_train_loader, configure_runtime
 from emanet.errors import ConfigError, TrainingDivergedError
@@ -245,15 +244,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     metrics = evaluate_on_val(model, cfg, device, writer, total, world, output_dir=run_dir)
     if world.is_main:
         writer.close()
-        metrics = {
+        run = {
             "experiment": cfg.name,
             "checkpoint": str((checkpoint_dir / "last.pt").resolve()),
             "iteration": total,
             "train_seconds": round(train_seconds, 1),
-            **metrics,
         }
-        write_json(metrics, run_dir / "metrics.json")
-        log.info("%s", one_line_summary(metrics, run_dir))
+        metrics = write_run_metrics(run_dir, run, metrics)
     shutdown_distributed()
     return metrics
 
