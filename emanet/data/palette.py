@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from emanet.engine.checkpoint import atomic_write
 
 
 def color_map(num_colors: int = 256) -> np.ndarray:
@@ -38,9 +40,7 @@ def save_label_png(label: np.ndarray, path: str | Path) -> None:
     path = Path(path)
     image = Image.fromarray(np.asarray(label, dtype=np.uint8))
     image.putpalette(color_map().flatten().tolist())  # turns the "L" image into "P"
-    temp = path.with_name(f".{path.name}.tmp")
-    image.save(temp, format="PNG")
-    os.replace(temp, path)
+    atomic_write(path, partial(image.save, format="PNG"))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

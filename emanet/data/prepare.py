@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from emanet.data.classes import COCO_STUFF_UNUSED_IDS, CONTEXT59_CLASSES, CONTEXT_SOURCE_IDS
 from emanet.data.palette import read_label_png, save_label_png
+from emanet.engine.checkpoint import atomic_write
 from emanet.errors import DatasetError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,8 @@ def _load_mat(path: Path, key: str):
 
 def write_split(path: Path, ids: Iterable[str]) -> None:
     """Write a split list atomically, one id per line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text("".join(f"{sample_id}\n" for sample_id in ids))
-    os.replace(temp, path)
+    text = "".join(f"{sample_id}\n" for sample_id in ids)
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 
 def _convert_one(job: tuple[Callable[..., np.ndarray], tuple, Path]) -> None:
@@ -367,7 +366,5 @@ def prepare_coco_stuff164k(root: Path, workers: int = 1) -> dict[str, int]:
 def _copy_if_missing(source: Path, destination: Path) -> None:
     if destination.exists() or not source.exists():
         return
-    temp = destination.with_name(f".{destination.name}.tmp")
-    shutil.copyfile(source, temp)
-    os.replace(temp, destination)
+    atomic_write(destination, partial(shutil.copyfile, source))
 
