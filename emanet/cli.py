@@ -7,12 +7,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from emanet.errors import EmanetError, one_line
 
 log = logging.getLogger("emanet")
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config ``train.py`` / ``evaluate.py`` would run with these overrides, for scripts
+    that call the engine directly (``config_name``: "train" or "evaluate")."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name, overrides)
 
 
 def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:

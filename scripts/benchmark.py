@@ -40,7 +40,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from emanet.benchmark_records import REPO, Column, append_record, rebuild_table, rows_table
+from emanet.benchmark_records import Column, append_record, rebuild_table, rows_table
+from emanet.cli import compose_config
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
@@ -156,13 +157,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        return compose("train", overrides)
-
-
 # -------------------------------------------------------------------------------- unit
 
 
@@ -251,7 +245,7 @@ def train_benchmark(args: argparse.Namespace) -> None:
                      "schedule.batch_size=16"]
     else:
         overrides = ["experiment=demo", "dataset.crop_size=129", "schedule.batch_size=8"]
-    cfg = compose_config([*overrides, *args.overrides])
+    cfg = compose_config("train", [*overrides, *args.overrides])
     batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
     rows = []
     for variant in args.variants:
@@ -310,7 +304,7 @@ def eval_benchmark(args: argparse.Namespace) -> None:
     device = default_device()
     overrides = ["experiment=voc_emanet512", "model.backbone.pretrained=null"] if device.type == "cuda" \
         else ["experiment=demo"]
-    cfg = compose_config([*overrides, *args.overrides])
+    cfg = compose_config("train", [*overrides, *args.overrides])
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).eval()
     images = torch.randn(1, 3, 375, 500, device=device)

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
+from emanet.cli import compose_config
 from emanet.models.segmentor import build_model
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # method name -> (model config, overrides, head modules counted, paper FLOPs G, memory M, params M)
 ROWS = {
@@ -43,8 +40,7 @@ ROWS = {
 
 
 def build(model: str, overrides: list[str]) -> torch.nn.Module:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("train", ["experiment=voc_emanet512", f"model={model}", *overrides])
+    cfg = compose_config("train", ["experiment=voc_emanet512", f"model={model}", *overrides])
     return build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
 
 

@@ -14,20 +14,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from emanet.cli import compose_config
 from emanet.engine.checkpoint import save_checkpoint
 from emanet.errors import CheckpointError
 from emanet.models.release import read_release_checkpoint
 from emanet.models.segmentor import build_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 def import_checkpoint(source: str | Path, destination: str | Path, experiment: str, overrides=()) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        cfg = compose("train", [f"experiment={experiment}", *overrides])
+    cfg = compose_config("train", [f"experiment={experiment}", *overrides])
     state, step = read_release_checkpoint(source)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
     try:

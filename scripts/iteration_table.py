@@ -22,13 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
+from emanet.cli import compose_config
 from emanet.engine.evaluate import evaluate_checkpoint
 from emanet.tables import iteration_rows, read_metrics, write_iteration_table
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = str(REPO / "configs")
 log = logging.getLogger("iteration_table")
 
 
@@ -52,11 +50,10 @@ def evaluate_missing(root: Path, t_train: int, max_stages: int, overrides: list[
         if read_metrics(out) is not None:
             continue
         out.mkdir(parents=True, exist_ok=True)
-        with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-            cfg = compose("evaluate", [
-                *overrides, f"eval={eval_protocol}", f"checkpoint={checkpoint}",
-                f"model.ema.train_stages={t_train}", f"model.ema.eval_stages={t_eval}", "runtime.progress=false",
-            ])
+        cfg = compose_config("evaluate", [
+            *overrides, f"eval={eval_protocol}", f"checkpoint={checkpoint}",
+            f"model.ema.train_stages={t_train}", f"model.ema.eval_stages={t_eval}", "runtime.progress=false",
+        ])
         evaluate_checkpoint(cfg, out)
 
 
@@ -70,8 +67,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train.py overrides (experiment=..., schedule...)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        cfg = compose("train", args.overrides)
+    cfg = compose_config("train", args.overrides)
     if cfg.model.head != "ema":
         raise SystemExit(f"error: the iteration table needs the EMA head, experiment {cfg.name} has {cfg.model.head}")
     root = (args.root or REPO / "runs" / "iteration_table" / cfg.name).resolve()

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from PIL import Image, ImageDraw
 
+from emanet.cli import compose_config
 from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
@@ -28,8 +28,6 @@ from emanet.engine.visualize import denormalize
 from emanet.models.ema import em_iterations
 from emanet.models.segmentor import build_model
 from emanet.tables import colour_scale
-
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 @torch.no_grad()
@@ -77,8 +75,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("bases.png"))
     parser.add_argument("overrides", nargs="*", help="evaluate.py overrides: checkpoint=PATH, experiment=...")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        cfg = compose("evaluate", args.overrides)
+    cfg = compose_config("evaluate", args.overrides)
     if cfg.model.head != "ema":
         raise SystemExit(f"error: model.head is {cfg.model.head!r}; only the EMA head has bases")
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
