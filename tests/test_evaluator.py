@@ -10,7 +10,8 @@ from torch import nn
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
-from emanet.engine.evaluator import Inference, predict, window_starts
+from emanet.engine.amp import AmpSettings
+from emanet.engine.evaluator import Inference, evaluate, predict, window_starts
 from emanet.engine.runtime import size_grouped_batches
 from emanet.errors import ConfigError
 
@@ -46,6 +47,55 @@ def test_multi_scale_flip_matches_a_direct_reference():
         torch.testing.assert_close(probabilities[b : b + 1], total / 6)
     with torch.no_grad():
         torch.testing.assert_close(single, model(images))
+
+
+class RecordingNetwork(nn.Module):
+    """small_network() that records the memory format of its inputs and its output dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.network = small_network()
+        self.channels_last_inputs, self.output_dtypes = [], []
+
+    def forward(self, x):
+        self.channels_last_inputs.append(x.is_contiguous(memory_format=torch.channels_last))
+        logits = self.network(x)
+        self.output_dtypes.append(logits.dtype)
+        return logits
+
+
+@pytest.mark.parametrize("inference", [Inference("whole"), Inference("slide", crop_size=16, stride=12)])
+def test_bfloat16_channels_last_evaluation_runs_the_network_so_and_matches_float32(inference):
+    model = RecordingNetwork()
+    torch.manual_seed(3)
+    batches = [{"image": torch.randn(2, 3, 21, 30), "label": torch.randint(0, 5, (2, 21, 30)), "id": ["a", "b"]}]
+    predictions = {}
+    for name, amp in [("float32", AmpSettings()), ("bfloat16", AmpSettings(torch.bfloat16, channels_last=True))]:
+        model.channels_last_inputs.clear(), model.output_dtypes.clear()
+        result = evaluate(
+            model, batches, 5, [0.75, 1.0], True, torch.device("cpu"), progress=False, inference=inference,
+            on_prediction=lambda batch, prediction, name=name: predictions.__setitem__(name, prediction), amp=amp,
+        )
+        assert int(result.confusion.sum()) == 2 * 21 * 30
+        expected_dtype = torch.float32 if name == "float32" else torch.bfloat16
+        assert len(model.output_dtypes) == 4 and set(model.output_dtypes) == {expected_dtype}
+        assert set(model.channels_last_inputs) == {name == "bfloat16"}
+    # bfloat16 keeps 8 significant bits: only pixels whose two best classes were nearly
+    # tied may change class.
+    agreement = (predictions["float32"] == predictions["bfloat16"]).float().mean().item()
+    assert agreement > 0.97
+
+
+def test_probabilities_are_float32_under_bfloat16_autocast():
+    model = small_network()
+    torch.manual_seed(4)
+    images = torch.randn(1, 3, 21, 30)
+    reference, _ = predict(model, images, [0.5, 1.0], flip=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probabilities, single = predict(model, images, [0.5, 1.0], flip=True)
+    assert probabilities.dtype == torch.float32 and single.dtype == torch.float32
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(1, 21, 30))
+    torch.testing.assert_close(probabilities, reference, atol=2e-2, rtol=0)
 
 
 def test_window_starts_cover_the_image_and_end_flush():

@@ -19,6 +19,7 @@ from emanet.data.palette import colorize
 from emanet.data.segmentation import SegmentationDataset
 from emanet.engine.evaluate import evaluate_checkpoint
 from emanet.engine.train import train
+from emanet.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = str(REPO / "configs")
@@ -66,6 +67,7 @@ def test_demo_run_writes_every_promised_file(demo_run):
     assert set(saved["per_class_IoU"]) == {"background", "disc", "ring", "square", "cross"}
     assert saved["eval"] == {
         "scales": [0.75, 1.0], "flip": True, "em_iterations": 3, "num_images": 3, "output_stride": 8,
+        "precision": "float32",
     }
     assert 0.0 <= saved["mIoU"] <= 100.0 and 0.0 <= saved["aAcc"] <= 100.0
     assert set(saved["single_scale"]) >= {"mIoU", "aAcc", "per_class_IoU"}
@@ -132,6 +134,23 @@ def test_saved_predictions_are_the_evaluated_ones_and_batching_changes_nothing(d
     union = confusion.sum(0) + confusion.sum(1) - intersection
     present = union > 0
     assert 100 * np.mean(intersection[present] / union[present]) == pytest.approx(evaluated["mIoU"], abs=1e-6)
+
+
+def test_bfloat16_evaluation_is_recorded_and_close_to_float32(demo_run, tmp_path):
+    _, run_dir, metrics, data_root = demo_run
+    checkpoint = f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}"
+    cfg = compose_config("evaluate", [*TINY, f"data_root={data_root}", checkpoint, "runtime.amp=bf16",
+                                      "runtime.channels_last=true"])
+    assert cfg.eval.amp == "bf16" and cfg.eval.channels_last  # evaluation follows training's settings
+    evaluated = evaluate_checkpoint(cfg, tmp_path)
+    assert evaluated["eval"]["precision"] == "bfloat16"
+    assert evaluated["mIoU"] == pytest.approx(metrics["mIoU"], abs=1.0)
+
+    cfg = compose_config("evaluate", [*TINY, f"data_root={data_root}", checkpoint, "eval.amp=fp8"])
+    (tmp_path / "fp8").mkdir()
+    with pytest.raises(ConfigError, match=r"eval.amp must be one of \['bf16', 'fp16', 'off'\], got 'fp8'"):
+        evaluate_checkpoint(cfg, tmp_path / "fp8")
+    assert not any((tmp_path / "fp8").iterdir())  # refused before anything was written
 
 
 def test_eval_stages_override_is_used_and_recorded(demo_run, tmp_path, monkeypatch):

@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import emanet.engine.train as train_module
+from emanet.engine.amp import AmpSettings
 from emanet.engine.distributed import per_rank_batch
 from emanet.engine.optim import build_optimizer
 from emanet.engine.train import train, train_step, wrap_ddp
@@ -90,6 +92,37 @@ def test_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(d
         train(compose_config([*TINY, f"data_root={data_root}"]), tmp_path)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["iter_0000001.pt", "iter_0000002.pt", "last.pt"]
+
+
+def test_a_bad_evaluation_precision_is_refused_before_training(data_root, tmp_path):
+    with pytest.raises(ConfigError, match=r"eval.amp must be one of .*, got 'half'"):
+        train(compose_config([*TINY, f"data_root={data_root}", "eval.amp=half"]), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("amp", [AmpSettings(torch.bfloat16, channels_last=True),
+                                 AmpSettings(torch.float16, scaler=torch.amp.GradScaler("cpu"))])
+def test_mixed_precision_step_is_close_to_the_float32_step(amp):
+    cfg = compose_config(["model.dropout=0"])
+    torch.manual_seed(0)
+    batch = [{"image": torch.randn(2, 3, 32, 32), "label": torch.randint(0, 5, (2, 32, 32))}]
+    results = []
+    for settings in (AmpSettings(), amp):
+        torch.manual_seed(1)
+        model = build_model(cfg.model, 5)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        optimizer = build_optimizer(model, cfg.optim)
+        loss = train_step(model, batch, optimizer, torch.device("cpu"), 255, "valid", settings)
+        update = {name: p.detach() - before[name] for name, p in model.named_parameters()}
+        results.append((loss, update))
+    (loss32, update32), (loss_mixed, update_mixed) = results
+    assert loss_mixed == pytest.approx(loss32, rel=2e-2)
+    classifier = "head.classifier.weight"
+    assert update32[classifier].abs().max() > 0
+    cosine = F.cosine_similarity(update32[classifier].flatten(), update_mixed[classifier].flatten(), dim=0)
+    assert cosine > 0.99
 
 
 def test_gradient_accumulation_gives_the_same_step_as_the_whole_batch():

@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
+from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import atomic_write, load_checkpoint, load_model_weights, write_json
 from emanet.engine.distributed import World, init_distributed, shutdown_distributed
 from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
@@ -28,37 +29,43 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_on_val(
-    model: nn.Module, cfg: DictConfig, device: torch.device, writer: SummaryWriter | None = None,
+    model: nn.Module, cfg: DictConfig, device: torch.device, amp: AmpSettings, writer: SummaryWriter | None = None,
     step: int = 0, world: World | None = None, output_dir: Path | None = None,
 ) -> dict:
     """Evaluate with the ``eval`` protocol, log the tables, and return the metrics dict.
 
     With ``model.backbone.eval_output_stride`` set, the backbone is switched to that output
     stride for the evaluation and back afterwards (the paper trains its ablations at OS16
-    and evaluates them at OS8). With ``eval.save_predictions`` / ``eval.save_overlays``
-    the predictions are written under ``output_dir``.
+    and evaluates them at OS8). The network runs with ``amp`` (from ``eval.amp`` and
+    ``eval.channels_last``) and cuDNN autotuning as ``eval.cudnn_benchmark`` says, for the
+    evaluation only. With ``eval.save_predictions`` / ``eval.save_overlays`` the
+    predictions are written under ``output_dir``.
     """
     world = world or World(device=device)
+    training_cudnn_benchmark = torch.backends.cudnn.benchmark
     loader = build_eval_loader(cfg, world, pin_memory=device.type == "cuda")
     dataset = loader.dataset
     em_iterations = OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None
     train_stride = model.backbone.output_stride
     eval_stride = cfg.model.backbone.get("eval_output_stride") or train_stride
     model.backbone.set_output_stride(eval_stride)
+    torch.backends.cudnn.benchmark = cfg.eval.cudnn_benchmark
     try:
         result = evaluate(
             model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
             cfg.dataset.ignore_index, progress=cfg.runtime.progress and world.is_main, total=len(loader),
             inference=Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride),
-            on_prediction=prediction_writer(cfg, output_dir),
+            on_prediction=prediction_writer(cfg, output_dir), amp=amp,
         )
         if writer is not None:
             log_prediction_images(model, dataset, cfg, device, writer, step)
     finally:
         model.backbone.set_output_stride(train_stride)
+        torch.backends.cudnn.benchmark = training_cudnn_benchmark
     warn_skipped(dataset)
     metrics = summarize(result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, em_iterations)
     metrics["eval"]["output_stride"] = eval_stride
+    metrics["eval"]["precision"] = str(amp.dtype or torch.float32).removeprefix("torch.")
     protocol = "multi-scale + flip" if is_multi_scale(cfg.eval.scales, cfg.eval.flip) else "single scale"
     if world.is_main:
         log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={em_iterations}, OS{eval_stride})"))
@@ -112,16 +119,17 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     Under torchrun every process evaluates its share of the images; rank 0 writes.
     """
     world = init_distributed(configure_runtime(cfg))
+    amp = AmpSettings.from_config(cfg.eval, world.device, key="eval")
     checkpoint = load_checkpoint(cfg.checkpoint)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
     load_model_weights(model, checkpoint, cfg.checkpoint)
-    model.to(world.device)
+    model.to(world.device, memory_format=torch.channels_last if amp.channels_last else torch.preserve_format)
     writer = None
     if world.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     metrics = evaluate_on_val(
-        model, cfg, world.device, writer, checkpoint.get("iteration", 0), world, output_dir=run_dir
+        model, cfg, world.device, amp, writer, checkpoint.get("iteration", 0), world, output_dir=run_dir
     )
     if world.is_main:
         writer.close()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from emanet.engine.amp import AmpSettings
 from emanet.engine.distributed import all_reduce_sum
 from emanet.engine.metrics import confusion_matrix, metrics_from_confusion
 from emanet.errors import ConfigError
@@ -60,7 +61,7 @@ class Inference:
         # All windows in one forward pass: far faster than one at a time, and the same
         # result, since every layer treats the images of a batch independently at evaluation.
         windows = torch.cat([padded[..., top : top + crop, left : left + crop] for top, left in corners])
-        logits = model(windows).unflatten(0, (len(corners), images.shape[0]))  # (windows, B, classes, crop, crop)
+        logits = model(windows).float().unflatten(0, (len(corners), images.shape[0]))  # (windows, B, C, crop, crop)
         summed = logits.new_zeros((*logits.shape[1:3], padded_height, padded_width))
         counts = logits.new_zeros((1, 1, padded_height, padded_width))
         for (top, left), window_logits in zip(corners, logits, strict=True):
@@ -83,7 +84,8 @@ def logits_at_scale(
     """Logits (B, classes, H, W) for images (B, 3, H, W) rescaled by ``scale``.
 
     The image is resized like the training pipeline resizes (bilinear, half-pixel centres)
-    and the logits are resized back to the original size the same way.
+    and the logits are resized back to the original size the same way, in float32 whatever
+    precision the network ran in.
     """
     height, width = images.shape[-2:]
     inputs = images
@@ -92,7 +94,7 @@ def logits_at_scale(
         inputs = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     if flip:
         inputs = inputs.flip(-1)
-    logits = inference(model, inputs)
+    logits = inference(model, inputs).float()
     if flip:
         logits = logits.flip(-1)
     if logits.shape[-2:] != (height, width):
@@ -117,7 +119,7 @@ def predict(
             logits = logits_at_scale(model, images, scale, flipped, inference)
             if scale == 1.0 and not flipped:
                 single_scale_logits = logits
-            probs = logits.float().softmax(dim=1)
+            probs = logits.softmax(dim=1)
             probabilities = probs if probabilities is None else probabilities + probs
     return probabilities / (len(scales) * (2 if flip else 1)), single_scale_logits
 
@@ -147,12 +149,14 @@ def evaluate(
     total: int | None = None,
     inference: Inference = Inference(),
     on_prediction: Callable[[dict, torch.Tensor], None] | None = None,
+    amp: AmpSettings = AmpSettings(),
 ) -> EvaluationResult:
     """Accumulate confusion matrices over ``batches`` of ``{"image", "label", "id"}``.
 
     The single-scale confusion matrix is filled as well whenever the protocol includes
     the unflipped scale-1.0 pass but is more than that pass alone. ``on_prediction`` is
-    called with each batch and its predicted classes (B, H, W).
+    called with each batch and its predicted classes (B, H, W). The network runs under
+    ``amp``'s autocast and memory format; probabilities are averaged in float32.
     """
     model.eval()
     report_single_scale = is_multi_scale(scales, flip)
@@ -162,9 +166,10 @@ def evaluate(
     for batch in tqdm(batches, total=total, desc="eval", disable=not progress, leave=False):
         if batch is None:  # its image was left out (dataset.skip_bad)
             continue
-        images = batch["image"].to(device, non_blocking=True)
+        images = amp.memory_format(batch["image"].to(device, non_blocking=True))
         labels = batch["label"]
-        probabilities, single_logits = predict(model, images, scales, flip, inference)
+        with amp.autocast(device):
+            probabilities, single_logits = predict(model, images, scales, flip, inference)
         prediction = probabilities.argmax(1).cpu()
         confusion += confusion_matrix(prediction, labels, num_classes, ignore_index)
         if on_prediction is not None:

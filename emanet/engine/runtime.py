@@ -28,10 +28,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_runtime(cfg: DictConfig) -> torch.device:
-    """Seed every RNG, set thread count, and return the device to run on."""
+    """Seed every RNG, set thread count and cuDNN autotuning, and return the device to run on."""
     seed_everything(cfg.seed)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
     return resolve_device(cfg.runtime.device)
 
 

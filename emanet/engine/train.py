@@ -84,8 +84,7 @@ def train_step(
     for number, batch in enumerate(micro_batches):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        if amp.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = amp.memory_format(images)
         # DDP all-reduces gradients on the last micro-batch only.
         sync = number == len(micro_batches) - 1 or not isinstance(model, DistributedDataParallel)
         with (nullcontext() if sync else model.no_sync()), amp.autocast(device):
@@ -161,6 +160,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     world = init_distributed(configure_runtime(cfg))
     device = world.device
     amp = AmpSettings.from_config(cfg.runtime, device)
+    eval_amp = AmpSettings.from_config(cfg.eval, device, key="eval")  # checked now, not after training
     schedule, data_cfg = cfg.schedule, cfg.dataset
     micro_batch = per_rank_batch(schedule.batch_size, world.size, schedule.accumulation_steps)
     if world.is_main:
@@ -235,13 +235,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             if world.is_main:
                 last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
         if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
-            evaluate_on_val(model, cfg, device, writer, done, world)
+            evaluate_on_val(model, cfg, device, eval_amp, writer, done, world)
             model.train()
     progress.close()
     train_seconds = time.perf_counter() - began
     warn_skipped(train_set)
 
-    metrics = evaluate_on_val(model, cfg, device, writer, total, world, output_dir=run_dir)
+    metrics = evaluate_on_val(model, cfg, device, eval_amp, writer, total, world, output_dir=run_dir)
     if world.is_main:
         writer.close()
         run = {
