@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from emanet.engine.checkpoint import atomic_write
+
 REPO = Path(__file__).resolve().parents[1]
 JSONL = REPO / "docs" / "benchmarks.jsonl"
 MARKDOWN = REPO / "docs" / "benchmarks.md"
@@ -30,6 +32,9 @@ def machine_description() -> dict:
 
 
 def append_record(benchmark: str, command: str, result: dict) -> dict:
+    """Append one measurement to docs/benchmarks.jsonl (only if docs/benchmarks.md has a
+    table for it, so that no record goes unshown)."""
+    split_at_table(benchmark)
     record = {
         "benchmark": benchmark,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -50,15 +55,21 @@ def records(benchmark: str) -> list[dict]:
     return [record for record in lines if record.get("benchmark") == benchmark]
 
 
-def rebuild_table(benchmark: str, table: Callable[[list[dict]], str]) -> None:
-    """Replace the text between ``<!-- BENCHMARK-table:begin/end -->`` in docs/benchmarks.md."""
+def split_at_table(benchmark: str) -> tuple[str, str]:
+    """docs/benchmarks.md up to ``<!-- BENCHMARK-table:begin -->`` and from its ``end`` marker on."""
     begin, end = f"<!-- {benchmark}-table:begin -->", f"<!-- {benchmark}-table:end -->"
     text = MARKDOWN.read_text()
-    if begin not in text:
-        raise SystemExit(f"{MARKDOWN} has no {begin} ... {end} section for this table")
+    if begin not in text or end not in text.split(begin, 1)[1]:
+        raise SystemExit(f"{MARKDOWN} has no {begin} ... {end} section; add one where the table should go")
     head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    MARKDOWN.write_text(f"{head}{begin}\n{table(records(benchmark))}\n{end}{tail}")
+    return head + begin, end + rest.split(end, 1)[1]
+
+
+def rebuild_table(benchmark: str, table: Callable[[list[dict]], str]) -> None:
+    """Replace the benchmark's table in docs/benchmarks.md with ``table(records)``."""
+    head, tail = split_at_table(benchmark)
+    text = f"{head}\n{table(records(benchmark))}\n{tail}"
+    atomic_write(MARKDOWN, lambda temp: Path(temp).write_text(text))
 
 
 def machine_cell(record: dict) -> str:

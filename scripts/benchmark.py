@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -46,7 +47,8 @@ from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import train_transform
-from emanet.engine.evaluator import predict
+from emanet.engine.amp import AmpSettings
+from emanet.engine.evaluator import Inference, evaluate
 from emanet.engine.optim import build_optimizer
 from emanet.models.baseline_heads import NonLocalBlock
 from emanet.models.ema import EMAUnit
@@ -91,7 +93,8 @@ def time_single_process(dataset: SegmentationDataset, passes: int = 2) -> float:
 
 def time_loader(dataset: SegmentationDataset, workers: int, batch_size: int = 16, passes: int = 2) -> float:
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True, drop_last=True
+        dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, num_workers=workers,
+        persistent_workers=True, drop_last=True,
     )
     iter(loader).__next__()  # start the workers before timing
     start, images = time.perf_counter(), 0
@@ -155,6 +158,24 @@ def timed(function, device: torch.device, repeats: int, warmup: int = 1) -> floa
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# The paper's model at full size, or the demo network, which a CPU runs in seconds.
+PRESETS = {
+    "full": ["experiment=voc_emanet512", "model.backbone.pretrained=null"],
+    "small": ["experiment=demo", "eval.mode=whole"],
+}
+
+
+def benchmark_config(args: argparse.Namespace, device: torch.device, sizes: dict[str, list[str]]) -> DictConfig:
+    """The train.py config of ``args.preset`` (default: full on a GPU, small on a CPU) with the
+    preset's ``sizes`` and the user's overrides on top."""
+    preset = args.preset or ("full" if device.type == "cuda" else "small")
+    return compose_config("train", [*PRESETS[preset], *sizes[preset], *args.overrides])
+
+
+def model_name(cfg: DictConfig) -> str:
+    return f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}"
 
 
 # -------------------------------------------------------------------------------- unit
@@ -222,12 +243,20 @@ def unit_benchmark(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------- train
 
-GPU_BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}  # dense tensor-core peaks
+# Dense bfloat16 tensor-core peaks from NVIDIA's datasheets; the first name contained in
+# torch.cuda.get_device_name() counts, so the specific variants come first.
+GPU_BF16_PEAK_TFLOPS = {
+    "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0,
+}
 VARIANTS = {
     "fp32": {"amp": None, "channels_last": False, "compile": False},
     "bf16_cl": {"amp": torch.bfloat16, "channels_last": True, "compile": False},
     "bf16_cl_compile": {"amp": torch.bfloat16, "channels_last": True, "compile": True},
 }
+
+
+def bf16_peak_tflops(gpu_name: str) -> float | None:
+    return next((peak for name, peak in GPU_BF16_PEAK_TFLOPS.items() if name in gpu_name), None)
 
 
 def train_step_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -239,13 +268,11 @@ def train_step_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 
 def train_benchmark(args: argparse.Namespace) -> None:
-    device = default_device()
-    if device.type == "cuda":
-        overrides = ["experiment=voc_emanet512", "model.backbone.pretrained=null", "dataset.crop_size=513",
-                     "schedule.batch_size=16"]
-    else:
-        overrides = ["experiment=demo", "dataset.crop_size=129", "schedule.batch_size=8"]
-    cfg = compose_config("train", [*overrides, *args.overrides])
+    device = torch.device(args.device)
+    cfg = benchmark_config(args, device, {
+        "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
+        "small": ["dataset.crop_size=129", "schedule.batch_size=8"],
+    })
     batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
     rows = []
     for variant in args.variants:
@@ -277,14 +304,12 @@ def train_benchmark(args: argparse.Namespace) -> None:
             "tflops": round(flops / seconds / 1e12, 2),
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if on_gpu else None,
         }
-        gpu_name = torch.cuda.get_device_name(device) if on_gpu else ""
-        peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in gpu_name), None)
+        peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None
         row["fraction_of_bf16_peak"] = round(row["tflops"] / peak, 3) if peak else None
         rows.append(row)
         print(f"{variant:>16}: {row['images_per_second']:8.2f} images/s, {row['tflops']:7.2f} TFLOP/s, "
               f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}")
-    settings = {"model": f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}",
-                "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1)}
+    settings = {"model": model_name(cfg), "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1)}
     record("train", {**settings, "rows": rows}, [
         ("model", lambda r, row: r["model"]),
         ("crop", lambda r, row: r["crop"]),
@@ -300,24 +325,60 @@ def train_benchmark(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- eval
 
 
+EVAL_VARIANTS = {
+    "fp32": AmpSettings(),
+    "bf16_cl": AmpSettings(torch.bfloat16, channels_last=True),
+}
+VOC_IMAGE_SIZES = [(375, 500), (500, 375), (333, 500), (500, 334)]  # (height, width), the commonest in VOC
+
+
+def voc_sized_batches(count: int, num_classes: int) -> list[dict]:
+    """``count`` single-image batches of random images and labels, cycling VOC's usual sizes."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for index in range(count):
+        height, width = VOC_IMAGE_SIZES[index % len(VOC_IMAGE_SIZES)]
+        batches.append({
+            "image": torch.randn(1, 3, height, width, generator=generator),
+            "label": torch.randint(0, num_classes, (1, height, width), generator=generator),
+            "id": [f"{index:06d}"],
+        })
+    return batches
+
+
 def eval_benchmark(args: argparse.Namespace) -> None:
-    device = default_device()
-    overrides = ["experiment=voc_emanet512", "model.backbone.pretrained=null"] if device.type == "cuda" \
-        else ["experiment=demo"]
-    cfg = compose_config("train", [*overrides, *args.overrides])
+    """Times the evaluator itself (host-to-device copy, every scale and flip, float32
+    probability averaging, argmax, confusion matrix) over VOC-sized images, after one
+    pass over each image size."""
+    device = torch.device(args.device)
+    cfg = benchmark_config(args, device, {"full": [], "small": []})
+    torch.backends.cudnn.benchmark = cfg.eval.cudnn_benchmark
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).eval()
-    images = torch.randn(1, 3, 375, 500, device=device)
+    batches = voc_sized_batches(args.images, cfg.dataset.num_classes)
+    inference = Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride)
+    protocols = {"single scale": ([1.0], False), "MS+flip": (list(cfg.eval.scales), True)}
     rows = []
-    for protocol, scales, flip in [("single scale", [1.0], False),
-                                   ("MS+flip", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], True)]:
-        seconds = timed(lambda scales=scales, flip=flip: predict(model, images, scales, flip), device, args.images)
-        rows.append({"protocol": protocol, "images_per_second": round(1 / seconds, 2)})
-        print(f"{protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
-              f"(1,449 VOC val images in {1449 * seconds / 60:.1f} min)")
-    model_name = f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}"
-    record("eval", {"model": model_name, "image_size": "500x375", "rows": rows}, [
+    for variant in args.variants:
+        amp = EVAL_VARIANTS[variant]
+        model.to(memory_format=torch.channels_last if amp.channels_last else torch.contiguous_format)
+        for protocol, (scales, flip) in protocols.items():
+
+            def run(batches, scales=scales, flip=flip, amp=amp):
+                evaluate(model, batches, cfg.dataset.num_classes, scales, flip, device, progress=False,
+                         inference=inference, amp=amp)
+
+            run(batches[: len(VOC_IMAGE_SIZES)])  # warm-up: every size once
+            seconds = timed(lambda run=run: run(batches), device, repeats=1, warmup=0)
+            rows.append({"variant": variant, "protocol": protocol, "scales": scales, "flip": flip,
+                         "images_per_second": round(len(batches) / seconds, 2)})
+            print(f"{variant:>8} {protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
+                  f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)")
+    record("eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": len(batches),
+                    "mode": cfg.eval.mode, "rows": rows}, [
         ("model", lambda r, row: r["model"]),
+        ("mode", lambda r, row: r.get("mode", "whole")),
+        ("variant", lambda r, row: row.get("variant", "fp32")),
         ("protocol", lambda r, row: row["protocol"]),
         ("images/s", lambda r, row: row["images_per_second"]),
         ("1,449 images (min)", lambda r, row: f"{1449 / row['images_per_second'] / 60:.1f}"),
@@ -335,11 +396,17 @@ def main() -> None:
     train = benchmarks.add_parser("train", help="training-step throughput")
     train.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     train.add_argument("--repeats", type=int, default=5)
-    train.add_argument("overrides", nargs="*", help="train.py overrides")
+    evaluation = benchmarks.add_parser("eval", help="single-scale and MS+flip evaluation speed")
+    evaluation.add_argument("--variants", nargs="*", default=list(EVAL_VARIANTS), choices=list(EVAL_VARIANTS))
+    evaluation.add_argument("--images", type=int, default=8, help="VOC-sized images to evaluate")
+    for parser_of_config in (train, evaluation):
+        parser_of_config.add_argument("--device", default=str(default_device()))
+        parser_of_config.add_argument(
+            "--preset", choices=list(PRESETS),
+            help="full: EMANet(512) R101 OS8 (the default on a GPU); small: the demo network (on a CPU)",
+        )
+        parser_of_config.add_argument("overrides", nargs="*", help="train.py overrides")
     train.set_defaults(run=train_benchmark)
-    evaluation = benchmarks.add_parser("eval", help="single-scale and MS+flip inference speed")
-    evaluation.add_argument("--images", type=int, default=5, help="timed repetitions")
-    evaluation.add_argument("overrides", nargs="*", help="train.py overrides")
     evaluation.set_defaults(run=eval_benchmark)
     data = benchmarks.add_parser("data", help="training data pipeline throughput")
     data.add_argument("--images", type=int, default=200, help="how many 500x375 JPEGs to write and read")

@@ -149,15 +149,17 @@ def evaluate(
     total: int | None = None,
     inference: Inference = Inference(),
     on_prediction: Callable[[dict, torch.Tensor], None] | None = None,
-    amp: AmpSettings = AmpSettings(),
+    amp: AmpSettings | None = None,
 ) -> EvaluationResult:
     """Accumulate confusion matrices over ``batches`` of ``{"image", "label", "id"}``.
 
     The single-scale confusion matrix is filled as well whenever the protocol includes
     the unflipped scale-1.0 pass but is more than that pass alone. ``on_prediction`` is
     called with each batch and its predicted classes (B, H, W). The network runs under
-    ``amp``'s autocast and memory format; probabilities are averaged in float32.
+    ``amp``'s autocast and memory format (float32 without); probabilities are averaged in
+    float32.
     """
+    amp = amp or AmpSettings()
     model.eval()
     report_single_scale = is_multi_scale(scales, flip)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -1,0 +1,132 @@
+"""scripts/benchmark.py at toy sizes: every subcommand runs, records its JSON line and rebuilds its table.
+
+Speeds are not asserted here (they belong to docs/benchmarks.md); the structure of the
+records, the FLOP count and the configurations the GPU run will use are.
+"""
+
+import json
+import sys
+
+import pytest
+import torch
+from tests_paths import REPO
+from torch.utils.flop_counter import FlopCounterMode
+
+import emanet.benchmark_records as records
+from emanet.cli import compose_config
+from emanet.models.segmentor import build_model
+
+sys.path.insert(0, str(REPO / "scripts"))
+import benchmark  # noqa: E402
+
+BENCHMARKS = ("unit", "train", "eval", "data")
+
+
+@pytest.fixture
+def docs(tmp_path, monkeypatch):
+    markdown = tmp_path / "benchmarks.md"
+    sections = [f"## {name}\n<!-- {name}-table:begin -->\nold\n<!-- {name}-table:end -->\n" for name in BENCHMARKS]
+    markdown.write_text("# Benchmarks\n" + "".join(sections) + "tail\n")
+    monkeypatch.setattr(records, "JSONL", tmp_path / "benchmarks.jsonl")
+    monkeypatch.setattr(records, "MARKDOWN", markdown)
+    return tmp_path
+
+
+def run_benchmark(monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", *argv])
+    benchmark.main()
+    lines = records.JSONL.read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def table_lines(name):
+    text = records.MARKDOWN.read_text()
+    section = text.split(f"<!-- {name}-table:begin -->\n", 1)[1].split(f"\n<!-- {name}-table:end -->", 1)[0]
+    return section.splitlines()
+
+
+def test_unit_benchmark_records_every_module_at_every_size(docs, monkeypatch):
+    record = run_benchmark(monkeypatch, "unit", "--sizes", "9", "17", "--channels", "16", "--repeats", "1")
+    assert record["benchmark"] == "unit" and record["channels"] == 16
+    assert record["command"] == "python scripts/benchmark.py unit --sizes 9 17 --channels 16 --repeats 1"
+    assert [(row["size"], row["module"]) for row in record["rows"]] == [
+        (size, module) for size in (9, 17) for module in ("EMA unit", "non-local", "3x3 conv")
+    ]
+    memory = {(row["size"], row["module"]): row["memory_mib"] for row in record["rows"]}
+    assert memory[(17, "non-local")] > memory[(9, "non-local")]
+    lines = table_lines("unit")
+    assert len(lines) == 2 + 6  # header, rule, a line per row; the old content is gone
+    assert {line.count("|") for line in lines} == {2 + 7 + 1}  # date, machine, seven columns
+    assert "| 1.00x |" in lines[4]  # the 3x3 conv against itself
+    assert records.MARKDOWN.read_text().endswith("tail\n")
+
+
+def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, monkeypatch):
+    record = run_benchmark(
+        monkeypatch, "train", "--device", "cpu", "--preset", "full", "--variants", "fp32", "bf16_cl",
+        "--repeats", "1", "dataset.crop_size=33", "schedule.batch_size=2",
+    )
+    assert record["model"] == "voc_emanet512 R101 OS8"
+    assert (record["crop"], record["batch"]) == (33, 2)
+    assert [row["variant"] for row in record["rows"]] == ["fp32", "bf16_cl"]
+    assert all(row["images_per_second"] > 0 and row["fraction_of_bf16_peak"] is None for row in record["rows"])
+
+    # One step's FLOPs: a forward pass and a backward pass of about twice its cost.
+    cfg = compose_config("train", ["experiment=voc_emanet512", "model.backbone.pretrained=null"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 21, load_pretrained=False).train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, 3, 33, 33))
+    ratio = record["gflops_per_step"] * 1e9 / counter.get_total_flops()
+    assert 2.5 < ratio < 3.05
+    assert len(table_lines("train")) == 2 + 2
+
+
+def test_train_step_flops_counts_forward_and_backward_of_a_convolution():
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    images, labels = torch.randn(2, 4, 5, 5, requires_grad=True), torch.randint(0, 6, (2, 5, 5))
+    flops = benchmark.train_step_flops(conv, images, labels)
+    multiply_adds = 2 * 6 * 5 * 5 * 4 * 3 * 3  # per pass: batch x out x H x W x in x k x k
+    # forward, gradient of the input, gradient of the weight; 2 FLOPs per multiply-add
+    assert flops == 3 * 2 * multiply_adds
+    assert conv.weight.grad is None  # the counting pass leaves no gradients behind
+
+
+def test_bf16_peak_is_looked_up_by_the_most_specific_gpu_name():
+    assert benchmark.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert benchmark.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert benchmark.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert benchmark.bf16_peak_tflops("NVIDIA GeForce RTX 4090") is None
+
+
+def test_eval_benchmark_times_both_protocols_for_each_precision(docs, monkeypatch):
+    record = run_benchmark(
+        monkeypatch, "eval", "--device", "cpu", "--preset", "small", "--images", "4", "eval.scales=[0.5,1.0]",
+    )
+    assert record["model"] == "demo R18 OS8" and record["mode"] == "whole" and record["images"] == 4
+    assert [(row["variant"], row["protocol"]) for row in record["rows"]] == [
+        ("fp32", "single scale"), ("fp32", "MS+flip"), ("bf16_cl", "single scale"), ("bf16_cl", "MS+flip"),
+    ]
+    assert record["rows"][1]["scales"] == [0.5, 1.0] and record["rows"][1]["flip"] is True
+    assert len(table_lines("eval")) == 2 + 4
+
+
+def test_voc_sized_batches_cycle_voc_sizes_with_valid_labels():
+    batches = benchmark.voc_sized_batches(5, num_classes=21)
+    assert [tuple(b["image"].shape[-2:]) for b in batches] == [*benchmark.VOC_IMAGE_SIZES, (375, 500)]
+    assert all(b["label"].shape == (1, *b["image"].shape[-2:]) for b in batches)
+    assert max(int(b["label"].max()) for b in batches) == 20
+
+
+def test_data_benchmark_reads_the_written_images(docs, monkeypatch):
+    record = run_benchmark(monkeypatch, "data", "--images", "3", "--workers", "1")
+    assert [row["workers"] for row in record["rows"]] == ["main process", 1]
+    assert all(row["images_per_second"] > 0 for row in record["rows"])
+    assert len(table_lines("data")) == 2 + 2
+
+
+def test_a_missing_table_section_is_reported(docs, monkeypatch):
+    records.MARKDOWN.write_text("# Benchmarks\n")
+    with pytest.raises(SystemExit, match="has no <!-- unit-table:begin --> ... <!-- unit-table:end --> section"):
+        run_benchmark(monkeypatch, "unit", "--sizes", "5", "--channels", "8", "--repeats", "1")
+    assert not records.JSONL.exists()  # refused before a record was written
