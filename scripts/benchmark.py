@@ -1,20 +1,31 @@
 """Speed and memory benchmarks; each prints a table and records a JSON line in docs/benchmarks.jsonl.
 
     python scripts/benchmark.py unit  [--sizes 33 65 97 129] [--channels 512]
-    python scripts/benchmark.py train [--variants fp32 bf16_cl bf16_cl_compile] [overrides...]
-    python scripts/benchmark.py eval  [--images 8] [overrides...]
+    python scripts/benchmark.py train [--variants fp32 bf16_cl bf16_cl_compile] [--preset full|small] [overrides...]
+    python scripts/benchmark.py eval  [--variants fp32 bf16_cl] [--images 8] [--preset full|small] [overrides...]
     python scripts/benchmark.py data  [--images 200] [--workers 1 2]
+    python scripts/benchmark.py targets [overrides...]
+    python scripts/benchmark.py tables
 
 ``unit``: forward and forward+backward time of the EMA unit, the non-local block and a
 3x3 convolution of the same width C on C x S x S feature maps, with the memory each keeps
 for backward (peak GPU memory on a GPU), and how each grows with N = S^2.
 
-``train``: training-step throughput (images/s) and peak memory for a config: on a GPU
-EMANet(512), ResNet-101, OS8, 513 crops, batch 16 (voc_emanet512 without pretrained
-weights); on a CPU the demo network. With the FLOPs of one step (torch.utils.flop_counter)
+``train``: training-step throughput (images/s) and peak memory for a config: preset
+``full`` (the default on a GPU) is EMANet(512), ResNet-101, OS8, 513 crops, batch 16
+(voc_emanet512 without pretrained weights); ``small`` (the default on a CPU) the demo
+network at 129 crops, batch 8. With the FLOPs of one step (torch.utils.flop_counter)
 it reports the achieved TFLOP/s and, on a known GPU, the fraction of its bf16 peak.
 
-``eval``: images/s of single-scale and multi-scale + flip inference on 500x375 images.
+``eval``: images/s of the evaluator, single scale and multi-scale + flip, over images of
+VOC's usual sizes, in float32 and in bfloat16 with channels_last (``eval.amp``); same
+presets as ``train``.
+
+``targets``: the TFLOP/s that the GPU targets (150 training images/s, MS+flip over VOC
+val in 3 minutes) require of EMANet(512) R101, from FLOPs counted on the meta device.
+
+``tables``: rebuild every table of docs/benchmarks.md from docs/benchmarks.jsonl, e.g.
+after adding lines measured on another machine.
 
 ``data``: images/s of the VOC training pipeline (Pillow JPEG decode, label PNG decode,
 the release's augmentation to a 513 crop, ImageNet normalisation, tensor conversion) on
@@ -120,21 +131,17 @@ def data_benchmark(args: argparse.Namespace) -> None:
             rows.append({"workers": workers, "images_per_second": round(time_loader(dataset, workers), 1)})
     for row in rows:
         print(f"{row['workers']!s:>14}: {row['images_per_second']:7.1f} images/s")
-    record("data", {"images": args.images, "image_size": "500x375", "crop": 513, "rows": rows}, [
-        ("workers", lambda r, row: row["workers"]),
-        ("images/s", lambda r, row: row["images_per_second"]),
-        ("command", lambda r, row: f"`{r['command']}`"),
-    ])
+    record("data", {"images": args.images, "image_size": "500x375", "crop": 513, "rows": rows})
 
 
 # ------------------------------------------------------------------------------- helpers
 
 
-def record(benchmark: str, result: dict, columns: list[Column]) -> None:
+def record(benchmark: str, result: dict) -> None:
     """Append ``result`` (with a list of ``rows``) to docs/benchmarks.jsonl and rebuild the
     benchmark's table in docs/benchmarks.md: one line per row of every record."""
     append_record(benchmark, "python scripts/benchmark.py " + " ".join(sys.argv[1:]), result)
-    rebuild_table(benchmark, lambda records: rows_table(records, columns))
+    rebuild_table(benchmark, lambda records: rows_table(records, TABLE_COLUMNS[benchmark]))
 
 
 def synchronize(device: torch.device) -> None:
@@ -226,19 +233,7 @@ def unit_benchmark(args: argparse.Namespace) -> None:
         print(f"{size:>4}: EMA / 3x3 conv {ema / conv:.2f}x, non-local / EMA {non_local / ema:.1f}x")
     memory_note = "peak GPU memory" if device.type == "cuda" else "activations kept for backward"
 
-    def versus_conv(r: dict, row: dict) -> str:
-        conv = next(c for c in r["rows"] if c["module"] == "3x3 conv" and c["size"] == row["size"])
-        return f"{row['forward_backward_ms'] / conv['forward_backward_ms']:.2f}x"
-
-    record("unit", {"channels": args.channels, "memory": memory_note, "rows": rows}, [
-        ("C", lambda r, row: r["channels"]),
-        ("S (N = S^2)", lambda r, row: row["size"]),
-        ("module", lambda r, row: row["module"]),
-        ("forward (ms)", lambda r, row: row["forward_ms"]),
-        ("fwd+bwd (ms)", lambda r, row: row["forward_backward_ms"]),
-        ("fwd+bwd vs 3x3 conv", versus_conv),
-        ("memory (MiB)", lambda r, row: row["memory_mib"]),
-    ])
+    record("unit", {"channels": args.channels, "memory": memory_note, "rows": rows})
 
 
 # ------------------------------------------------------------------------------- train
@@ -310,16 +305,7 @@ def train_benchmark(args: argparse.Namespace) -> None:
         print(f"{variant:>16}: {row['images_per_second']:8.2f} images/s, {row['tflops']:7.2f} TFLOP/s, "
               f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}")
     settings = {"model": model_name(cfg), "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1)}
-    record("train", {**settings, "rows": rows}, [
-        ("model", lambda r, row: r["model"]),
-        ("crop", lambda r, row: r["crop"]),
-        ("batch", lambda r, row: r["batch"]),
-        ("variant", lambda r, row: row["variant"]),
-        ("images/s", lambda r, row: row["images_per_second"]),
-        ("TFLOP/s", lambda r, row: row["tflops"]),
-        ("fraction of bf16 peak", lambda r, row: row["fraction_of_bf16_peak"] or "-"),
-        ("peak memory (GiB)", lambda r, row: row["peak_memory_gib"] or "-"),
-    ])
+    record("train", {**settings, "rows": rows})
 
 
 # -------------------------------------------------------------------------------- eval
@@ -375,14 +361,126 @@ def eval_benchmark(args: argparse.Namespace) -> None:
             print(f"{variant:>8} {protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
                   f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)")
     record("eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": len(batches),
-                    "mode": cfg.eval.mode, "rows": rows}, [
-        ("model", lambda r, row: r["model"]),
-        ("mode", lambda r, row: r.get("mode", "whole")),
-        ("variant", lambda r, row: row.get("variant", "fp32")),
-        ("protocol", lambda r, row: row["protocol"]),
-        ("images/s", lambda r, row: row["images_per_second"]),
-        ("1,449 images (min)", lambda r, row: f"{1449 / row['images_per_second'] / 60:.1f}"),
-    ])
+                    "mode": cfg.eval.mode, "rows": rows})
+
+
+# ----------------------------------------------------------------------------- targets
+
+TRAIN_TARGET_IMAGES_PER_SECOND = 150  # the paper's 30k x 16-image VOC schedule in under an hour
+EVAL_TARGET_IMAGES_PER_SECOND = 1449 / 180  # VOC val, multi-scale + flip, in under 3 minutes
+
+
+def forward_flops(model: nn.Module, images: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(images)
+    return float(counter.get_total_flops())
+
+
+def targets_benchmark(args: argparse.Namespace) -> None:
+    """What the GPU targets ask of the hardware: FLOPs per image of EMANet(512) R101 (counted
+    on the meta device, so on any machine in seconds) times the target rate, as TFLOP/s and
+    as a fraction of each known GPU's bf16 peak."""
+    cfg = compose_config("train", [*PRESETS["full"], *args.overrides])
+    crop, classes = cfg.dataset.crop_size, cfg.dataset.num_classes
+    with torch.device("meta"):
+        model = build_model(cfg.model, classes, load_pretrained=False).train()
+        train_flops = train_step_flops(model, torch.randn(1, 3, crop, crop), torch.randint(0, classes, (1, crop, crop)))
+        model.eval()
+        passes = 2 if cfg.eval.flip else 1
+        eval_flops = sum(
+            passes * forward_flops(model, torch.randn(1, 3, round(375 * scale), round(500 * scale)))
+            for scale in cfg.eval.scales
+        )
+    rows = [
+        {"workload": f"training, {crop}x{crop} crop, forward+backward", "tflop_per_image": train_flops / 1e12,
+         "target_images_per_second": TRAIN_TARGET_IMAGES_PER_SECOND},
+        {"workload": f"evaluation, 500x375, {passes * len(cfg.eval.scales)} passes (MS+flip)",
+         "tflop_per_image": eval_flops / 1e12, "target_images_per_second": EVAL_TARGET_IMAGES_PER_SECOND},
+    ]
+    for row in rows:
+        row["tflops_needed"] = row["tflop_per_image"] * row["target_images_per_second"]
+        row["fraction_of_bf16_peak"] = {gpu: round(row["tflops_needed"] / peak, 3)
+                                        for gpu, peak in GPU_BF16_PEAK_TFLOPS.items()}
+        row["tflop_per_image"] = round(row["tflop_per_image"], 3)
+        row["target_images_per_second"] = round(row["target_images_per_second"], 2)
+        row["tflops_needed"] = round(row["tflops_needed"], 1)
+        print(f"{row['workload']}: {row['tflop_per_image']} TFLOP per image x {row['target_images_per_second']} "
+              f"images/s = {row['tflops_needed']} TFLOP/s ({row['fraction_of_bf16_peak']['H100']:.1%} of an "
+              "H100's bf16 peak)")
+    record("targets", {"model": model_name(cfg), "rows": rows})
+
+
+# -------------------------------------------------------------------------------- tables
+# The columns of each benchmark's table in docs/benchmarks.md: a header and a function of
+# the record and one of its rows.
+
+DATA_COLUMNS: list[Column] = [
+    ("workers", lambda r, row: row["workers"]),
+    ("images/s", lambda r, row: row["images_per_second"]),
+    ("command", lambda r, row: f"`{r['command']}`"),
+]
+
+
+def versus_conv(r: dict, row: dict) -> str:
+    conv = next(c for c in r["rows"] if c["module"] == "3x3 conv" and c["size"] == row["size"])
+    return f"{row['forward_backward_ms'] / conv['forward_backward_ms']:.2f}x"
+
+
+UNIT_COLUMNS: list[Column] = [
+    ("C", lambda r, row: r["channels"]),
+    ("S (N = S^2)", lambda r, row: row["size"]),
+    ("module", lambda r, row: row["module"]),
+    ("forward (ms)", lambda r, row: row["forward_ms"]),
+    ("fwd+bwd (ms)", lambda r, row: row["forward_backward_ms"]),
+    ("fwd+bwd vs 3x3 conv", versus_conv),
+    ("memory (MiB)", lambda r, row: row["memory_mib"]),
+]
+
+
+TRAIN_COLUMNS: list[Column] = [
+    ("model", lambda r, row: r["model"]),
+    ("crop", lambda r, row: r["crop"]),
+    ("batch", lambda r, row: r["batch"]),
+    ("variant", lambda r, row: row["variant"]),
+    ("images/s", lambda r, row: row["images_per_second"]),
+    ("TFLOP/s", lambda r, row: row["tflops"]),
+    ("fraction of bf16 peak", lambda r, row: row["fraction_of_bf16_peak"] or "-"),
+    ("peak memory (GiB)", lambda r, row: row["peak_memory_gib"] or "-"),
+]
+
+
+EVAL_COLUMNS: list[Column] = [
+    ("model", lambda r, row: r["model"]),
+    ("images", lambda r, row: r["image_size"]),
+    ("mode", lambda r, row: r.get("mode", "whole")),
+    ("variant", lambda r, row: row.get("variant", "fp32")),
+    ("protocol", lambda r, row: row["protocol"]),
+    ("images/s", lambda r, row: row["images_per_second"]),
+    ("1,449 images (min)", lambda r, row: f"{1449 / row['images_per_second'] / 60:.1f}"),
+]
+
+
+TARGETS_COLUMNS: list[Column] = [
+    ("model", lambda r, row: r["model"]),
+    ("workload", lambda r, row: row["workload"]),
+    ("TFLOP per image", lambda r, row: row["tflop_per_image"]),
+    ("target images/s", lambda r, row: row["target_images_per_second"]),
+    ("TFLOP/s needed", lambda r, row: row["tflops_needed"]),
+    *[(f"of {gpu} bf16 peak", lambda r, row, gpu=gpu: f"{row['fraction_of_bf16_peak'][gpu]:.1%}")
+      for gpu in ("H100", "A100", "L40S")],
+]
+
+TABLE_COLUMNS = {
+    "data": DATA_COLUMNS, "unit": UNIT_COLUMNS, "train": TRAIN_COLUMNS, "eval": EVAL_COLUMNS,
+    "targets": TARGETS_COLUMNS,
+}
+
+
+def tables_benchmark(args: argparse.Namespace) -> None:
+    """Rebuild every table from docs/benchmarks.jsonl (after adding lines measured elsewhere)."""
+    for benchmark, columns in TABLE_COLUMNS.items():
+        rebuild_table(benchmark, lambda records, columns=columns: rows_table(records, columns))
+        print(f"rebuilt the {benchmark} table")
 
 
 def main() -> None:
@@ -412,6 +510,11 @@ def main() -> None:
     data.add_argument("--images", type=int, default=200, help="how many 500x375 JPEGs to write and read")
     data.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
     data.set_defaults(run=data_benchmark)
+    targets = benchmarks.add_parser("targets", help="TFLOP/s that the GPU targets require (meta device)")
+    targets.add_argument("overrides", nargs="*", help="train.py overrides")
+    targets.set_defaults(run=targets_benchmark)
+    tables = benchmarks.add_parser("tables", help="rebuild the tables of docs/benchmarks.md from the JSON lines")
+    tables.set_defaults(run=tables_benchmark)
     args = parser.parse_args()
     args.run(args)
 

@@ -19,7 +19,7 @@ from emanet.models.segmentor import build_model
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
 
-BENCHMARKS = ("unit", "train", "eval", "data")
+BENCHMARKS = ("unit", "train", "eval", "data", "targets")
 
 
 @pytest.fixture
@@ -92,6 +92,27 @@ def test_train_step_flops_counts_forward_and_backward_of_a_convolution():
     assert conv.weight.grad is None  # the counting pass leaves no gradients behind
 
 
+def test_targets_turn_images_per_second_into_tflops_and_fractions_of_peak(docs, monkeypatch):
+    record = run_benchmark(monkeypatch, "targets")
+    assert record["model"] == "voc_emanet512 R101 OS8"
+    train, evaluation = record["rows"]
+    assert train["target_images_per_second"] == 150 and evaluation["target_images_per_second"] == 8.05
+    assert evaluation["workload"] == "evaluation, 500x375, 12 passes (MS+flip)"
+    for row in record["rows"]:
+        needed = row["tflop_per_image"] * row["target_images_per_second"]
+        assert row["tflops_needed"] == pytest.approx(needed, rel=2e-3)
+        assert row["fraction_of_bf16_peak"]["H100"] == pytest.approx(row["tflops_needed"] / 989.4, abs=1e-3)
+    # A training image costs about three forward passes at 513 x 513; the MS+flip image
+    # (12 passes at up to 1.75x a smaller image) about twelve.
+    cfg = compose_config("train", ["experiment=voc_emanet512", "model.backbone.pretrained=null"])
+    with torch.device("meta"):
+        model = build_model(cfg.model, 21, load_pretrained=False).eval()
+        forward_513 = benchmark.forward_flops(model, torch.randn(1, 3, 513, 513)) / 1e12
+    assert 2.9 < train["tflop_per_image"] / forward_513 < 3.05
+    assert 11 < evaluation["tflop_per_image"] / forward_513 < 13
+    assert len(table_lines("targets")) == 2 + 2
+
+
 def test_bf16_peak_is_looked_up_by_the_most_specific_gpu_name():
     assert benchmark.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert benchmark.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
@@ -123,6 +144,24 @@ def test_data_benchmark_reads_the_written_images(docs, monkeypatch):
     assert [row["workers"] for row in record["rows"]] == ["main process", 1]
     assert all(row["images_per_second"] > 0 for row in record["rows"])
     assert len(table_lines("data")) == 2 + 2
+
+
+def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs, monkeypatch):
+    measured_on_a_gpu = {
+        "benchmark": "train", "date": "2026-12-01T10:00:00+00:00", "command": "python scripts/benchmark.py train",
+        "machine": {"gpu": "NVIDIA H100 80GB HBM3", "cpu_count": 16, "torch": "2.14.1"},
+        "model": "voc_emanet512 R101 OS8", "crop": 513, "batch": 16, "gflops_per_step": 22672.0,
+        "rows": [{"variant": "bf16_cl", "images_per_second": 160.0, "tflops": 226.7,
+                  "fraction_of_bf16_peak": 0.229, "peak_memory_gib": 31.5}],
+    }
+    records.JSONL.write_text(json.dumps(measured_on_a_gpu) + "\n")
+    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "tables"])
+    benchmark.main()
+    assert table_lines("train")[2] == (
+        "| 2026-12-01 | NVIDIA H100 80GB HBM3, torch 2.14.1 | voc_emanet512 R101 OS8 | 513 | 16 | bf16_cl "
+        "| 160.0 | 226.7 | 0.229 | 31.5 |"
+    )
+    assert len(table_lines("unit")) == 2  # no unit records: header and rule only
 
 
 def test_a_missing_table_section_is_reported(docs, monkeypatch):
