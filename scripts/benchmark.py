@@ -376,6 +376,15 @@ def forward_flops(model: nn.Module, images: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+def target_row(workload: str, flops_per_image: float, images_per_second: float) -> dict:
+    needed = flops_per_image * images_per_second / 1e12
+    return {
+        "workload": workload, "tflop_per_image": round(flops_per_image / 1e12, 3),
+        "target_images_per_second": round(images_per_second, 2), "tflops_needed": round(needed, 1),
+        "fraction_of_bf16_peak": {gpu: round(needed / peak, 3) for gpu, peak in GPU_BF16_PEAK_TFLOPS.items()},
+    }
+
+
 def targets_benchmark(args: argparse.Namespace) -> None:
     """What the GPU targets ask of the hardware: FLOPs per image of EMANet(512) R101 (counted
     on the meta device, so on any machine in seconds) times the target rate, as TFLOP/s and
@@ -392,18 +401,11 @@ def targets_benchmark(args: argparse.Namespace) -> None:
             for scale in cfg.eval.scales
         )
     rows = [
-        {"workload": f"training, {crop}x{crop} crop, forward+backward", "tflop_per_image": train_flops / 1e12,
-         "target_images_per_second": TRAIN_TARGET_IMAGES_PER_SECOND},
-        {"workload": f"evaluation, 500x375, {passes * len(cfg.eval.scales)} passes (MS+flip)",
-         "tflop_per_image": eval_flops / 1e12, "target_images_per_second": EVAL_TARGET_IMAGES_PER_SECOND},
+        target_row(f"training, {crop}x{crop} crop, forward+backward", train_flops, TRAIN_TARGET_IMAGES_PER_SECOND),
+        target_row(f"evaluation, 500x375, {passes * len(cfg.eval.scales)} passes (MS+flip)", eval_flops,
+                   EVAL_TARGET_IMAGES_PER_SECOND),
     ]
     for row in rows:
-        row["tflops_needed"] = row["tflop_per_image"] * row["target_images_per_second"]
-        row["fraction_of_bf16_peak"] = {gpu: round(row["tflops_needed"] / peak, 3)
-                                        for gpu, peak in GPU_BF16_PEAK_TFLOPS.items()}
-        row["tflop_per_image"] = round(row["tflop_per_image"], 3)
-        row["target_images_per_second"] = round(row["target_images_per_second"], 2)
-        row["tflops_needed"] = round(row["tflops_needed"], 1)
         print(f"{row['workload']}: {row['tflop_per_image']} TFLOP per image x {row['target_images_per_second']} "
               f"images/s = {row['tflops_needed']} TFLOP/s ({row['fraction_of_bf16_peak']['H100']:.1%} of an "
               "H100's bf16 peak)")
