@@ -61,6 +61,7 @@ from emanet.data.transforms import train_transform
 from emanet.engine.amp import AmpSettings
 from emanet.engine.evaluator import Inference, evaluate
 from emanet.engine.optim import build_optimizer
+from emanet.engine.train import train_step
 from emanet.models.baseline_heads import NonLocalBlock
 from emanet.models.ema import EMAUnit
 from emanet.models.segmentor import build_model
@@ -243,10 +244,11 @@ def unit_benchmark(args: argparse.Namespace) -> None:
 GPU_BF16_PEAK_TFLOPS = {
     "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0,
 }
-VARIANTS = {
-    "fp32": {"amp": None, "channels_last": False, "compile": False},
-    "bf16_cl": {"amp": torch.bfloat16, "channels_last": True, "compile": False},
-    "bf16_cl_compile": {"amp": torch.bfloat16, "channels_last": True, "compile": True},
+# runtime.amp + runtime.channels_last, and whether to torch.compile (runtime.compile).
+TRAIN_VARIANTS = {
+    "fp32": (AmpSettings(), False),
+    "bf16_cl": (AmpSettings(torch.bfloat16, channels_last=True), False),
+    "bf16_cl_compile": (AmpSettings(torch.bfloat16, channels_last=True), True),
 }
 
 
@@ -262,46 +264,59 @@ def train_step_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return float(counter.get_total_flops())
 
 
+def meta_model(cfg: DictConfig) -> nn.Module:
+    """The configured model on PyTorch's meta device: shapes without storage, for counting FLOPs."""
+    with torch.device("meta"):
+        return build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+
+
+def time_train_step(
+    cfg: DictConfig, device: torch.device, amp: AmpSettings, compile_network: bool, repeats: int
+) -> tuple[float, float | None]:
+    """Median seconds of the trainer's step (emanet.engine.train.train_step: forward, loss,
+    finiteness check, backward, SGD update) on one random batch, and the peak GPU memory (GiB)."""
+    batch, crop, classes = cfg.schedule.batch_size, cfg.dataset.crop_size, cfg.dataset.num_classes
+    torch.manual_seed(0)
+    model = build_model(cfg.model, classes, load_pretrained=False).to(device).train()
+    if amp.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, crop, crop, device=device)
+    micro_batches = [{"image": images, "label": torch.randint(0, classes, (batch, crop, crop), device=device)}]
+    optimizer = build_optimizer(model, cfg.optim)
+    network = torch.compile(model) if compile_network else model
+
+    def step():
+        train_step(network, micro_batches, optimizer, device, cfg.dataset.ignore_index, cfg.loss.normalization, amp)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(step, device, repeats, warmup=3 if compile_network else 1)
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return seconds, memory
+
+
 def train_benchmark(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     cfg = benchmark_config(args, device, {
         "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
         "small": ["dataset.crop_size=129", "schedule.batch_size=8"],
     })
-    batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
+    batch, crop, classes = cfg.schedule.batch_size, cfg.dataset.crop_size, cfg.dataset.num_classes
+    with torch.device("meta"):
+        flops = train_step_flops(
+            meta_model(cfg).train(), torch.randn(batch, 3, crop, crop), torch.randint(0, classes, (batch, crop, crop))
+        )
+    peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rows = []
     for variant in args.variants:
-        settings = VARIANTS[variant]
-        torch.manual_seed(0)
-        model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).train()
-        images = torch.randn(batch, 3, crop, crop, device=device)
-        labels = torch.randint(0, cfg.dataset.num_classes, (batch, crop, crop), device=device)
-        flops = train_step_flops(model, images, labels)
-        if settings["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-            images = images.contiguous(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, cfg.optim)
-        network = torch.compile(model) if settings["compile"] else model
-
-        def step(network=network, optimizer=optimizer, images=images, labels=labels, settings=settings):
-            with torch.autocast(device.type, dtype=settings["amp"], enabled=settings["amp"] is not None):
-                loss = F.cross_entropy(network(images), labels, ignore_index=255)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed(step, device, args.repeats, warmup=3 if settings["compile"] else 1)
-        on_gpu = device.type == "cuda"
-        row = {
-            "variant": variant, "images_per_second": round(batch / seconds, 2),
-            "tflops": round(flops / seconds / 1e12, 2),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if on_gpu else None,
-        }
-        peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if on_gpu else None
-        row["fraction_of_bf16_peak"] = round(row["tflops"] / peak, 3) if peak else None
-        rows.append(row)
+        seconds, memory = time_train_step(cfg, device, *TRAIN_VARIANTS[variant], args.repeats)
+        tflops = flops / seconds / 1e12
+        rows.append({
+            "variant": variant, "images_per_second": round(batch / seconds, 2), "tflops": round(tflops, 2),
+            "peak_memory_gib": round(memory, 2) if memory is not None else None,
+            "fraction_of_bf16_peak": round(tflops / peak, 3) if peak else None,
+        })
+        row = rows[-1]
         print(f"{variant:>16}: {row['images_per_second']:8.2f} images/s, {row['tflops']:7.2f} TFLOP/s, "
               f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}")
     settings = {"model": model_name(cfg), "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1)}
@@ -311,10 +326,7 @@ def train_benchmark(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- eval
 
 
-EVAL_VARIANTS = {
-    "fp32": AmpSettings(),
-    "bf16_cl": AmpSettings(torch.bfloat16, channels_last=True),
-}
+EVAL_VARIANTS = {name: amp for name, (amp, compile_network) in TRAIN_VARIANTS.items() if not compile_network}
 VOC_IMAGE_SIZES = [(375, 500), (500, 375), (333, 500), (500, 334)]  # (height, width), the commonest in VOC
 
 
@@ -391,8 +403,8 @@ def targets_benchmark(args: argparse.Namespace) -> None:
     as a fraction of each known GPU's bf16 peak."""
     cfg = compose_config("train", [*PRESETS["full"], *args.overrides])
     crop, classes = cfg.dataset.crop_size, cfg.dataset.num_classes
+    model = meta_model(cfg).train()
     with torch.device("meta"):
-        model = build_model(cfg.model, classes, load_pretrained=False).train()
         train_flops = train_step_flops(model, torch.randn(1, 3, crop, crop), torch.randint(0, classes, (1, crop, crop)))
         model.eval()
         passes = 2 if cfg.eval.flip else 1
@@ -494,7 +506,7 @@ def main() -> None:
     unit.add_argument("--repeats", type=int, default=3)
     unit.set_defaults(run=unit_benchmark)
     train = benchmarks.add_parser("train", help="training-step throughput")
-    train.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    train.add_argument("--variants", nargs="*", default=list(TRAIN_VARIANTS), choices=list(TRAIN_VARIANTS))
     train.add_argument("--repeats", type=int, default=5)
     evaluation = benchmarks.add_parser("eval", help="single-scale and MS+flip evaluation speed")
     evaluation.add_argument("--variants", nargs="*", default=list(EVAL_VARIANTS), choices=list(EVAL_VARIANTS))

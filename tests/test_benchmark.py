@@ -62,6 +62,9 @@ def test_unit_benchmark_records_every_module_at_every_size(docs, monkeypatch):
 
 
 def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, monkeypatch):
+    steps = []
+    trainer_step = benchmark.train_step
+    monkeypatch.setattr(benchmark, "train_step", lambda *args: steps.append(args[-1].dtype) or trainer_step(*args))
     record = run_benchmark(
         monkeypatch, "train", "--device", "cpu", "--preset", "full", "--variants", "fp32", "bf16_cl",
         "--repeats", "1", "dataset.crop_size=33", "schedule.batch_size=2",
@@ -70,6 +73,8 @@ def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, 
     assert (record["crop"], record["batch"]) == (33, 2)
     assert [row["variant"] for row in record["rows"]] == ["fp32", "bf16_cl"]
     assert all(row["images_per_second"] > 0 and row["fraction_of_bf16_peak"] is None for row in record["rows"])
+    # The trainer's own step is timed: a warm-up and one timed step per variant.
+    assert steps == [None, None, torch.bfloat16, torch.bfloat16]
 
     # One step's FLOPs: a forward pass and a backward pass of about twice its cost.
     cfg = compose_config("train", ["experiment=voc_emanet512", "model.backbone.pretrained=null"])
