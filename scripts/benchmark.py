@@ -270,6 +270,15 @@ def meta_model(cfg: DictConfig) -> nn.Module:
         return build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
 
 
+def config_train_step_flops(cfg: DictConfig, batch: int) -> float:
+    """FLOPs of one training step of the configured model on ``batch`` crops, counted on the
+    meta device (no memory, no data)."""
+    crop, classes = cfg.dataset.crop_size, cfg.dataset.num_classes
+    with torch.device("meta"):
+        images, labels = torch.randn(batch, 3, crop, crop), torch.randint(0, classes, (batch, crop, crop))
+        return train_step_flops(meta_model(cfg).train(), images, labels)
+
+
 def time_train_step(
     cfg: DictConfig, device: torch.device, amp: AmpSettings, compile_network: bool, repeats: int
 ) -> tuple[float, float | None]:
@@ -301,11 +310,8 @@ def train_benchmark(args: argparse.Namespace) -> None:
         "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
         "small": ["dataset.crop_size=129", "schedule.batch_size=8"],
     })
-    batch, crop, classes = cfg.schedule.batch_size, cfg.dataset.crop_size, cfg.dataset.num_classes
-    with torch.device("meta"):
-        flops = train_step_flops(
-            meta_model(cfg).train(), torch.randn(batch, 3, crop, crop), torch.randint(0, classes, (batch, crop, crop))
-        )
+    batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
+    flops = config_train_step_flops(cfg, batch)
     peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rows = []
     for variant in args.variants:
@@ -402,11 +408,10 @@ def targets_benchmark(args: argparse.Namespace) -> None:
     on the meta device, so on any machine in seconds) times the target rate, as TFLOP/s and
     as a fraction of each known GPU's bf16 peak."""
     cfg = compose_config("train", [*PRESETS["full"], *args.overrides])
-    crop, classes = cfg.dataset.crop_size, cfg.dataset.num_classes
-    model = meta_model(cfg).train()
+    crop = cfg.dataset.crop_size
+    train_flops = config_train_step_flops(cfg, batch=1)
+    model = meta_model(cfg).eval()
     with torch.device("meta"):
-        train_flops = train_step_flops(model, torch.randn(1, 3, crop, crop), torch.randint(0, classes, (1, crop, crop)))
-        model.eval()
         passes = 2 if cfg.eval.flip else 1
         eval_flops = sum(
             passes * forward_flops(model, torch.randn(1, 3, round(375 * scale), round(500 * scale)))
