@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torchvision
 
 from emanet.engine.checkpoint import atomic_write
 
@@ -24,10 +25,19 @@ def machine_description() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
         "threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
-        description["gpu"] = torch.cuda.get_device_name()
+        description |= {
+            "gpu": torch.cuda.get_device_name(),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            # What "float32" means on tensor-core GPUs: PyTorch lets cuDNN convolutions use
+            # TF32 by default, matrix products only when asked.
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        }
     return description
 
 

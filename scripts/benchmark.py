@@ -310,6 +310,7 @@ def train_benchmark(args: argparse.Namespace) -> None:
         "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
         "small": ["dataset.crop_size=129", "schedule.batch_size=8"],
     })
+    torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark  # as the trainer has it
     batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
     flops = config_train_step_flops(cfg, batch)
     peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
@@ -325,7 +326,10 @@ def train_benchmark(args: argparse.Namespace) -> None:
         row = rows[-1]
         print(f"{variant:>16}: {row['images_per_second']:8.2f} images/s, {row['tflops']:7.2f} TFLOP/s, "
               f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}")
-    settings = {"model": model_name(cfg), "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1)}
+    settings = {
+        "model": model_name(cfg), "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1),
+        "cudnn_benchmark": cfg.runtime.cudnn_benchmark,
+    }
     record("train", {**settings, "rows": rows})
 
 
@@ -379,7 +383,7 @@ def eval_benchmark(args: argparse.Namespace) -> None:
             print(f"{variant:>8} {protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
                   f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)")
     record("eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": len(batches),
-                    "mode": cfg.eval.mode, "rows": rows})
+                    "mode": cfg.eval.mode, "cudnn_benchmark": cfg.eval.cudnn_benchmark, "rows": rows})
 
 
 # ----------------------------------------------------------------------------- targets

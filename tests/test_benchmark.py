@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import torchvision
 from tests_paths import REPO
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -65,12 +66,15 @@ def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, 
     steps = []
     trainer_step = benchmark.train_step
     monkeypatch.setattr(benchmark, "train_step", lambda *args: steps.append(args[-1].dtype) or trainer_step(*args))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # restored after the test
     record = run_benchmark(
         monkeypatch, "train", "--device", "cpu", "--preset", "full", "--variants", "fp32", "bf16_cl",
-        "--repeats", "1", "dataset.crop_size=33", "schedule.batch_size=2",
+        "--repeats", "1", "dataset.crop_size=33", "schedule.batch_size=2", "runtime.cudnn_benchmark=false",
     )
     assert record["model"] == "voc_emanet512 R101 OS8"
     assert (record["crop"], record["batch"]) == (33, 2)
+    # cuDNN autotuning follows runtime.cudnn_benchmark, as in the trainer, and is recorded.
+    assert record["cudnn_benchmark"] is False and torch.backends.cudnn.benchmark is False
     assert [row["variant"] for row in record["rows"]] == ["fp32", "bf16_cl"]
     assert all(row["images_per_second"] > 0 and row["fraction_of_bf16_peak"] is None for row in record["rows"])
     # The trainer's own step is timed: a warm-up and one timed step per variant.
@@ -174,3 +178,16 @@ def test_a_missing_table_section_is_reported(docs, monkeypatch):
     with pytest.raises(SystemExit, match="has no <!-- unit-table:begin --> ... <!-- unit-table:end --> section"):
         run_benchmark(monkeypatch, "unit", "--sizes", "5", "--channels", "8", "--repeats", "1")
     assert not records.JSONL.exists()  # refused before a record was written
+
+
+def test_machine_description_names_versions_and_the_float32_settings_of_a_gpu(monkeypatch):
+    cpu = records.machine_description()
+    assert (cpu["torch"], cpu["torchvision"]) == (torch.__version__, torchvision.__version__)
+    assert "gpu" not in cpu and "cudnn_allow_tf32" not in cpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)  # asks the (absent) GPU otherwise
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # restored after the test
+    gpu = records.machine_description()
+    assert gpu["gpu"] == "NVIDIA H100 80GB HBM3" and (gpu["cuda"], gpu["cudnn"]) == (torch.version.cuda, 91000)
+    assert gpu["cudnn_allow_tf32"] is False and gpu["float32_matmul_precision"] == "highest"
