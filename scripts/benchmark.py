@@ -59,7 +59,8 @@ from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import train_transform
 from emanet.engine.amp import AmpSettings
-from emanet.engine.evaluator import Inference, evaluate
+from emanet.engine.evaluate import eval_inference
+from emanet.engine.evaluator import evaluate
 from emanet.engine.optim import build_optimizer
 from emanet.engine.train import train_step
 from emanet.models.baseline_heads import NonLocalBlock
@@ -364,7 +365,7 @@ def eval_benchmark(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).eval()
     batches = voc_sized_batches(args.images, cfg.dataset.num_classes)
-    inference = Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride)
+    inference = eval_inference(cfg)
     protocols = {"single scale": ([1.0], False), "MS+flip": (list(cfg.eval.scales), True)}
     rows = []
     for variant in args.variants:

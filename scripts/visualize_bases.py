@@ -23,10 +23,9 @@ from emanet.cli import compose_config
 from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
-from emanet.engine.checkpoint import load_checkpoint, load_model_weights
+from emanet.engine.evaluate import load_trained_model
 from emanet.engine.visualize import denormalize
 from emanet.models.ema import em_iterations
-from emanet.models.segmentor import build_model
 from emanet.tables import colour_scale
 
 
@@ -78,8 +77,7 @@ def main() -> None:
     cfg = compose_config("evaluate", args.overrides)
     if cfg.model.head != "ema":
         raise SystemExit(f"error: model.head is {cfg.model.head!r}; only the EMA head has bases")
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
-    load_model_weights(model, load_checkpoint(cfg.checkpoint), cfg.checkpoint)
+    model, _ = load_trained_model(cfg, torch.device("cpu"))
     transform = eval_transform(cfg.dataset.mean, cfg.dataset.std)
     if args.image:
         tensor = transform(image=read_image(args.image))["image"]

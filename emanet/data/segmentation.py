@@ -34,13 +34,20 @@ VOC_LAYOUT = {
 }
 
 
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)  # what Pillow raises on a bad file
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to RGB (H, W, 3) uint8 with Pillow.
 
-    Training and evaluation both decode through here, so they see identical pixels.
+    Training, evaluation and prediction all decode through here, so they see identical
+    pixels. A file that cannot be decoded raises DatasetError naming it.
     """
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except DECODE_ERRORS as error:
+        raise DatasetError(f"{path}: cannot decode the image ({error})") from None
 
 
 def ignore_background(label: np.ndarray) -> np.ndarray:
@@ -160,13 +167,10 @@ class SegmentationDataset(Dataset):
         differ, or the label holds a value that is neither a class nor the ignore index.
         """
         image_path, label_path = self.image_path(index), self.label_path(index)
-        try:
-            image = read_image(image_path)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-            raise DatasetError(f"{image_path}: cannot decode the image ({error})") from None
+        image = read_image(image_path)
         try:
             label = read_label_png(label_path)
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        except DECODE_ERRORS as error:
             raise DatasetError(f"{label_path}: cannot decode the label PNG ({error})") from None
         if image.shape[:2] != label.shape:
             raise DatasetError(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
-from emanet.models.segmentor import build_model
+from emanet.models.segmentor import SegmentationModel, build_model
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +43,17 @@ def evaluate_on_val(
     predictions are written under ``output_dir``.
     """
     world = world or World(device=device)
-    training_cudnn_benchmark = torch.backends.cudnn.benchmark
     loader = build_eval_loader(cfg, world, pin_memory=device.type == "cuda")
     dataset = loader.dataset
-    em_iterations = OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None
-    train_stride = model.backbone.output_stride
-    eval_stride = cfg.model.backbone.get("eval_output_stride") or train_stride
-    model.backbone.set_output_stride(eval_stride)
-    torch.backends.cudnn.benchmark = cfg.eval.cudnn_benchmark
-    try:
+    em_iterations = eval_em_iterations(cfg)
+    with evaluation_settings(model, cfg) as eval_stride:
         result = evaluate(
             model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
             cfg.dataset.ignore_index, progress=cfg.runtime.progress and world.is_main, total=len(loader),
-            inference=Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride),
-            on_prediction=prediction_writer(cfg, output_dir), amp=amp,
+            inference=eval_inference(cfg), on_prediction=prediction_writer(cfg, output_dir), amp=amp,
         )
         if writer is not None:
             log_prediction_images(model, dataset, cfg, device, writer, step)
-    finally:
-        model.backbone.set_output_stride(train_stride)
-        torch.backends.cudnn.benchmark = training_cudnn_benchmark
     warn_skipped(dataset)
     metrics = summarize(result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, em_iterations)
     metrics["eval"]["output_stride"] = eval_stride
@@ -76,6 +68,31 @@ def evaluate_on_val(
         if "single_scale" in metrics:
             writer.add_scalar("val/mIoU_single_scale", metrics["single_scale"]["mIoU"], step)
     return metrics
+
+
+@contextmanager
+def evaluation_settings(model: SegmentationModel, cfg: DictConfig) -> Iterator[int]:
+    """For the duration: the backbone at ``model.backbone.eval_output_stride`` (if set) and
+    cuDNN autotuning as ``eval.cudnn_benchmark`` says; yields the output stride used."""
+    train_stride = model.backbone.output_stride
+    eval_stride = cfg.model.backbone.get("eval_output_stride") or train_stride
+    training_cudnn_benchmark = torch.backends.cudnn.benchmark
+    model.backbone.set_output_stride(eval_stride)
+    torch.backends.cudnn.benchmark = cfg.eval.cudnn_benchmark
+    try:
+        yield eval_stride
+    finally:
+        model.backbone.set_output_stride(train_stride)
+        torch.backends.cudnn.benchmark = training_cudnn_benchmark
+
+
+def eval_inference(cfg: DictConfig) -> Inference:
+    return Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride)
+
+
+def eval_em_iterations(cfg: DictConfig) -> int | None:
+    """T at evaluation for the EMA head, None for the others."""
+    return OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None
 
 
 @torch.no_grad()
@@ -120,10 +137,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     """
     world = init_distributed(configure_runtime(cfg))
     amp = AmpSettings.from_config(cfg.eval, world.device, key="eval")
-    checkpoint = load_checkpoint(cfg.checkpoint)
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
-    load_model_weights(model, checkpoint, cfg.checkpoint)
-    model.to(world.device, memory_format=torch.channels_last if amp.channels_last else torch.preserve_format)
+    model, checkpoint = load_trained_model(cfg, world.device, amp)
     writer = None
     if world.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -139,6 +153,19 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
         )
     shutdown_distributed()
     return metrics
+
+
+def load_trained_model(
+    cfg: DictConfig, device: torch.device, amp: AmpSettings | None = None
+) -> tuple[SegmentationModel, dict]:
+    """The configured model with the weights of ``cfg.checkpoint``, on ``device`` in ``amp``'s
+    memory format, and the checkpoint (for its iteration)."""
+    checkpoint = load_checkpoint(cfg.checkpoint)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    load_model_weights(model, checkpoint, cfg.checkpoint)
+    channels_last = amp is not None and amp.channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    return model, checkpoint
 
 
 def write_run_metrics(run_dir: Path, run: dict, metrics: dict) -> dict:

@@ -124,6 +124,24 @@ def predict(
     return probabilities / (len(scales) * (2 if flip else 1)), single_scale_logits
 
 
+@torch.no_grad()
+def predict_classes(
+    model: nn.Module, images: torch.Tensor, device: torch.device, scales: Sequence[float], flip: bool,
+    inference: Inference = Inference(), amp: AmpSettings | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Predicted classes (B, H, W) on the CPU for normalised images (B, 3, H, W), with the
+    network under ``amp``'s autocast and memory format; and the single-scale classes
+    (scale 1.0, unflipped) when the protocol includes that pass but is more than it."""
+    amp = amp or AmpSettings()
+    images = amp.memory_format(images.to(device, non_blocking=True))
+    with amp.autocast(device):
+        probabilities, single_logits = predict(model, images, scales, flip, inference)
+    single_scale = None
+    if single_logits is not None and is_multi_scale(scales, flip):
+        single_scale = single_logits.argmax(1).cpu()
+    return probabilities.argmax(1).cpu(), single_scale
+
+
 def is_multi_scale(scales: Sequence[float], flip: bool) -> bool:
     """Whether a protocol is more than the single unflipped pass at scale 1.0."""
     return bool(flip) or list(scales) != [1.0]
@@ -159,7 +177,6 @@ def evaluate(
     ``amp``'s autocast and memory format (float32 without); probabilities are averaged in
     float32.
     """
-    amp = amp or AmpSettings()
     model.eval()
     report_single_scale = is_multi_scale(scales, flip)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -168,19 +185,14 @@ def evaluate(
     for batch in tqdm(batches, total=total, desc="eval", disable=not progress, leave=False):
         if batch is None:  # its image was left out (dataset.skip_bad)
             continue
-        images = amp.memory_format(batch["image"].to(device, non_blocking=True))
         labels = batch["label"]
-        with amp.autocast(device):
-            probabilities, single_logits = predict(model, images, scales, flip, inference)
-        prediction = probabilities.argmax(1).cpu()
+        prediction, single_scale = predict_classes(model, batch["image"], device, scales, flip, inference, amp)
         confusion += confusion_matrix(prediction, labels, num_classes, ignore_index)
         if on_prediction is not None:
             on_prediction(batch, prediction)
-        if single_confusion is not None and single_logits is not None:
-            single_confusion += confusion_matrix(
-                single_logits.argmax(1).cpu(), labels, num_classes, ignore_index
-            )
-        num_images += images.shape[0]
+        if single_confusion is not None and single_scale is not None:
+            single_confusion += confusion_matrix(single_scale, labels, num_classes, ignore_index)
+        num_images += prediction.shape[0]
     # Each process evaluated its own shard of the split.
     all_reduce_sum(confusion)
     if single_confusion is not None:
