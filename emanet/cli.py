@@ -10,6 +10,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from emanet.errors import EmanetError, one_line
 
@@ -28,14 +29,17 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
 def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
     """Run ``job(cfg, run_dir)`` in Hydra's run directory.
 
-    Problems the user can fix (missing data, bad config values, a checkpoint that does
-    not fit) end the program with one line naming the cause, not a traceback.
+    Problems the user can fix (missing data, bad config values, a required key left
+    unset, a checkpoint that does not fit) end the program with one line naming the
+    cause, not a traceback.
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         return job(cfg, run_dir)
     except EmanetError as error:
         message = one_line(error)
-        log.error("%s", message)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    except MissingMandatoryValue as error:  # a ??? key of the config, e.g. checkpoint
+        message = f"{error.full_key} is not set: pass {error.full_key}=... on the command line"
+    log.error("%s", message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

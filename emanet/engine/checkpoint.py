@@ -63,11 +63,19 @@ def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], path: str |
     except RuntimeError as error:
         trained_with = checkpoint.get("config", {}).get("name")
         hint = f"; it was trained with experiment={trained_with}" if trained_with else ""
-        first_line = str(error).splitlines()[0]
         raise CheckpointError(
-            f"{path} does not fit the configured model ({first_line}){hint}: "
+            f"{path} does not fit the configured model ({state_dict_mismatch(error)}){hint}: "
             "pass the experiment the checkpoint was trained with"
         ) from error
+
+
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """The first problem that ``load_state_dict`` lists (after its "Error(s) in loading"
+    heading), and how many more there are."""
+    lines = str(error).splitlines()
+    problems = [line.strip() for line in lines[1:] if line.strip()] or lines[:1]
+    more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return problems[0].rstrip(".") + more
 
 
 def rng_states() -> dict[str, Any]:

@@ -45,7 +45,6 @@ def evaluate_on_val(
     world = world or World(device=device)
     loader = build_eval_loader(cfg, world, pin_memory=device.type == "cuda")
     dataset = loader.dataset
-    em_iterations = eval_em_iterations(cfg)
     with evaluation_settings(model, cfg) as eval_stride:
         result = evaluate(
             model, loader, dataset.num_classes, cfg.eval.scales, cfg.eval.flip, device,
@@ -55,12 +54,11 @@ def evaluate_on_val(
         if writer is not None:
             log_prediction_images(model, dataset, cfg, device, writer, step)
     warn_skipped(dataset)
-    metrics = summarize(result, dataset.class_names, cfg.eval.scales, cfg.eval.flip, em_iterations)
-    metrics["eval"]["output_stride"] = eval_stride
-    metrics["eval"]["precision"] = str(amp.dtype or torch.float32).removeprefix("torch.")
+    metrics = summarize(result, dataset.class_names, protocol_record(cfg, amp, eval_stride))
     protocol = "multi-scale + flip" if is_multi_scale(cfg.eval.scales, cfg.eval.flip) else "single scale"
     if world.is_main:
-        log.info("\n%s", format_table(metrics, f"{dataset.split} ({protocol}, T={em_iterations}, OS{eval_stride})"))
+        title = f"{dataset.split} ({protocol}, T={metrics['eval']['em_iterations']}, OS{eval_stride})"
+        log.info("\n%s", format_table(metrics, title))
         if "single_scale" in metrics:
             log.info("\n%s", format_table(metrics["single_scale"], f"{dataset.split} (single scale)"))
     if writer is not None:
@@ -90,9 +88,15 @@ def eval_inference(cfg: DictConfig) -> Inference:
     return Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride)
 
 
-def eval_em_iterations(cfg: DictConfig) -> int | None:
-    """T at evaluation for the EMA head, None for the others."""
-    return OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None
+def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> dict:
+    """How the ``eval`` protocol ran, for metrics.json and predictions.json."""
+    return {
+        "scales": [float(scale) for scale in cfg.eval.scales],
+        "flip": bool(cfg.eval.flip),
+        "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None,
+        "output_stride": output_stride,
+        "precision": str(amp.dtype or torch.float32).removeprefix("torch."),
+    }
 
 
 @torch.no_grad()

@@ -203,18 +203,11 @@ def evaluate(
     return EvaluationResult(confusion, single_confusion, num_images)
 
 
-def summarize(
-    result: EvaluationResult, class_names: Sequence[str], scales: Sequence[float], flip: bool,
-    em_iterations: int | None,
-) -> dict:
-    """The metrics.json payload for one evaluation."""
+def summarize(result: EvaluationResult, class_names: Sequence[str], protocol: dict) -> dict:
+    """The metrics.json payload for one evaluation; ``protocol`` (how it ran) goes under
+    ``eval`` with the number of images."""
     summary = metrics_from_confusion(result.confusion, class_names)
-    summary["eval"] = {
-        "scales": [float(s) for s in scales],
-        "flip": bool(flip),
-        "em_iterations": em_iterations,
-        "num_images": result.num_images,
-    }
+    summary["eval"] = {**protocol, "num_images": result.num_images}
     if result.single_scale_confusion is not None:
         summary["single_scale"] = metrics_from_confusion(result.single_scale_confusion, class_names)
     return summary

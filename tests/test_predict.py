@@ -1,0 +1,124 @@
+"""scripts/predict.py: segmenting image files with a checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tests_paths import REPO
+
+from emanet.cli import compose_config
+from emanet.data.segmentation import read_image
+from emanet.data.transforms import eval_transform
+from emanet.engine.checkpoint import save_checkpoint
+from emanet.engine.evaluate import eval_inference
+from emanet.engine.evaluator import predict
+from emanet.engine.predict import find_images, predict_files
+from emanet.errors import CheckpointError, ConfigError, DatasetError
+from emanet.models.segmentor import build_model
+
+QUIET = ["runtime.num_workers=0", "runtime.progress=false", "eval.scales=[0.75,1.0]"]
+
+
+def write_photo(path, height, width, seed):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A demo-sized model with random weights, in this project's checkpoint format."""
+    cfg = compose_config("train", [])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    path = tmp_path / "model.pt"
+    save_checkpoint({"model": model.state_dict(), "iteration": 7, "config": {"name": "demo"}}, path)
+    return path, model
+
+
+def test_every_image_found_is_segmented_as_the_evaluator_segments_it(tmp_path, checkpoint):
+    path, model = checkpoint
+    photos = tmp_path / "photos"
+    write_photo(photos / "a.png", 70, 90, seed=1)
+    write_photo(photos / "sub" / "b.jpg", 64, 80, seed=2)
+    (photos / "notes.txt").write_text("not an image")
+    write_photo(tmp_path / "c.bmp", 66, 66, seed=3)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose_config("predict", [f"checkpoint={path}", f"input=[{photos},{tmp_path / 'c.bmp'}]", *QUIET])
+
+    summary = predict_files(cfg, run_dir)
+
+    sources = {"a": photos / "a.png", "sub/b": photos / "sub" / "b.jpg", "c": tmp_path / "c.bmp"}
+    assert summary["images"] == {sample_id: str(file) for sample_id, file in sources.items()}
+    assert json.loads((run_dir / "predictions.json").read_text()) == summary
+    assert summary["iteration"] == 7 and summary["classes"][0] == "background"
+    assert summary["eval"] == {
+        "scales": [0.75, 1.0], "flip": True, "em_iterations": 3, "output_stride": 8, "precision": "float32",
+    }
+    assert (run_dir / "config.yaml").is_file()
+    model.eval()
+    transform = eval_transform(cfg.dataset.mean, cfg.dataset.std)
+    classes_seen = set()
+    for sample_id, file in sources.items():
+        image = transform(image=read_image(file))["image"]
+        probabilities, _ = predict(model, image[None], [0.75, 1.0], True, eval_inference(cfg))
+        expected = probabilities.argmax(1)[0].numpy()
+        with Image.open(run_dir / "predictions" / f"{sample_id}.png") as png:
+            assert png.mode == "P"
+            np.testing.assert_array_equal(np.array(png), expected)
+        with Image.open(run_dir / "overlays" / f"{sample_id}.jpg") as overlay:
+            assert overlay.size == (image.shape[2], image.shape[1])
+        classes_seen |= set(np.unique(expected).tolist())
+    assert len(classes_seen) > 1  # the comparison is not between constant maps
+
+
+def test_inputs_that_cannot_be_segmented_are_refused_by_name(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=f"input={tmp_path / 'missing'}: no such file or folder"):
+        find_images([str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match=f"input={tmp_path / 'empty'}: .* holds no image files"):
+        find_images([str(tmp_path / "empty")])
+    write_photo(tmp_path / "x" / "a.jpg", 8, 8, seed=0)
+    write_photo(tmp_path / "y" / "a.png", 8, 8, seed=0)
+    with pytest.raises(ConfigError, match="would both be written as a.png"):
+        find_images([str(tmp_path / "x"), str(tmp_path / "y" / "a.png")])
+
+
+def test_an_undecodable_image_is_named(tmp_path, checkpoint):
+    path, _ = checkpoint
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    cfg = compose_config("predict", [f"checkpoint={path}", f"input={tmp_path / 'broken.jpg'}", *QUIET])
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'broken.jpg'}: cannot decode the image"):
+        predict_files(cfg, tmp_path)
+
+
+def test_a_checkpoint_of_another_model_is_refused_with_the_tensor_that_differs(tmp_path):
+    cfg = compose_config("train", ["dataset.num_classes=6"])
+    other = build_model(cfg.model, 6, load_pretrained=False)
+    save_checkpoint({"model": other.state_dict(), "config": {"name": "other"}}, tmp_path / "other.pt")
+    write_photo(tmp_path / "a.png", 8, 8, seed=0)
+    cfg = compose_config("predict", [f"checkpoint={tmp_path / 'other.pt'}", f"input={tmp_path / 'a.png'}", *QUIET])
+    message = (
+        r"size mismatch for head\.classifier\.weight: copying a param with shape torch\.Size\(\[6, 64, 1, 1\]\) "
+        r"from checkpoint, the shape in current model is torch\.Size\(\[5, 64, 1, 1\]\); and 1 more\); "
+        "it was trained with experiment=other"
+    )
+    with pytest.raises(CheckpointError, match=message):
+        predict_files(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("script, key", [("scripts/predict.py", "input"), ("evaluate.py", "checkpoint")])
+def test_a_required_key_left_unset_is_named_without_a_traceback(tmp_path, script, key):
+    result = subprocess.run(
+        [sys.executable, script, f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"error: {key} is not set: pass {key}=... on the command line"
+    assert "Traceback" not in result.stderr
