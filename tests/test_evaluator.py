@@ -55,9 +55,10 @@ class RecordingNetwork(nn.Module):
     def __init__(self):
         super().__init__()
         self.network = small_network()
-        self.channels_last_inputs, self.output_dtypes = [], []
+        self.channels_last_inputs, self.output_dtypes, self.batch_sizes = [], [], []
 
     def forward(self, x):
+        self.batch_sizes.append(x.shape[0])
         self.channels_last_inputs.append(x.is_contiguous(memory_format=torch.channels_last))
         logits = self.network(x)
         self.output_dtypes.append(logits.dtype)
@@ -71,14 +72,18 @@ def test_bfloat16_channels_last_evaluation_runs_the_network_so_and_matches_float
     batches = [{"image": torch.randn(2, 3, 21, 30), "label": torch.randint(0, 5, (2, 21, 30)), "id": ["a", "b"]}]
     predictions = {}
     for name, amp in [("float32", AmpSettings()), ("bfloat16", AmpSettings(torch.bfloat16, channels_last=True))]:
-        model.channels_last_inputs.clear(), model.output_dtypes.clear()
+        model.channels_last_inputs.clear(), model.output_dtypes.clear(), model.batch_sizes.clear()
         result = evaluate(
             model, batches, 5, [0.75, 1.0], True, torch.device("cpu"), progress=False, inference=inference,
             on_prediction=lambda batch, prediction, name=name: predictions.__setitem__(name, prediction), amp=amp,
         )
         assert int(result.confusion.sum()) == 2 * 21 * 30
         expected_dtype = torch.float32 if name == "float32" else torch.bfloat16
-        assert len(model.output_dtypes) == 4 and set(model.output_dtypes) == {expected_dtype}
+        # One pass per scale: 2 images and their mirrors, times the windows when sliding
+        # (16 x 22 at scale 0.75: 1 x 2 windows of 16; 21 x 30: 2 x 3).
+        windows = [1, 1] if inference.mode == "whole" else [2, 6]
+        assert model.batch_sizes == [2 * 2 * count for count in windows]
+        assert set(model.output_dtypes) == {expected_dtype}
         assert set(model.channels_last_inputs) == {name == "bfloat16"}
     # bfloat16 keeps 8 significant bits: only pixels whose two best classes were nearly
     # tied may change class.

@@ -81,7 +81,8 @@ def window_starts(length: int, crop: int, stride: int) -> list[int]:
 def logits_at_scale(
     model: nn.Module, images: torch.Tensor, scale: float, flip: bool, inference: Inference = Inference()
 ) -> torch.Tensor:
-    """Logits (B, classes, H, W) for images (B, 3, H, W) rescaled by ``scale``.
+    """Logits for images (B, 3, H, W) rescaled by ``scale``: (B, classes, H, W), followed
+    with ``flip`` by those of the mirrored images, mirrored back: (2B, classes, H, W).
 
     The image is resized like the training pipeline resizes (bilinear, half-pixel centres)
     and the logits are resized back to the original size the same way, in float32 whatever
@@ -93,10 +94,13 @@ def logits_at_scale(
         size = (int(round(height * scale)), int(round(width * scale)))
         inputs = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
     if flip:
-        inputs = inputs.flip(-1)
+        # The images and their mirrors in one pass: half the passes (and kernel launches)
+        # for the same result, since at evaluation the images of a batch do not interact.
+        inputs = torch.cat([inputs, inputs.flip(-1)])
     logits = inference(model, inputs).float()
     if flip:
-        logits = logits.flip(-1)
+        unflipped, mirrored = logits.chunk(2)
+        logits = torch.cat([unflipped, mirrored.flip(-1)])
     if logits.shape[-2:] != (height, width):
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
     return logits
@@ -112,15 +116,15 @@ def predict(
         probabilities (B, classes, H, W), and the single-scale logits (scale 1.0, no flip)
         when that pass is part of the average (so single-scale results come for free).
     """
+    batch = images.shape[0]
     probabilities = None
     single_scale_logits = None
     for scale in scales:
-        for flipped in (False, True) if flip else (False,):
-            logits = logits_at_scale(model, images, scale, flipped, inference)
-            if scale == 1.0 and not flipped:
-                single_scale_logits = logits
-            probs = logits.softmax(dim=1)
-            probabilities = probs if probabilities is None else probabilities + probs
+        logits = logits_at_scale(model, images, scale, flip, inference)  # (views x B, classes, H, W)
+        if scale == 1.0:
+            single_scale_logits = logits[:batch]
+        probs = logits.softmax(dim=1).unflatten(0, (-1, batch)).sum(dim=0)  # (B, classes, H, W)
+        probabilities = probs if probabilities is None else probabilities + probs
     return probabilities / (len(scales) * (2 if flip else 1)), single_scale_logits
 
 
