@@ -80,9 +80,9 @@ def test_bfloat16_channels_last_evaluation_runs_the_network_so_and_matches_float
         assert int(result.confusion.sum()) == 2 * 21 * 30
         expected_dtype = torch.float32 if name == "float32" else torch.bfloat16
         # One pass per scale: 2 images and their mirrors, times the windows when sliding
-        # (16 x 22 at scale 0.75: 1 x 2 windows of 16; 21 x 30: 2 x 3).
-        windows = [1, 1] if inference.mode == "whole" else [2, 6]
-        assert model.batch_sizes == [2 * 2 * count for count in windows]
+        # (16 x 22 at scale 0.75: 1 x 2 windows of 16; 21 x 30: 2 x 3 windows, in passes
+        # of at most 12 crops).
+        assert model.batch_sizes == ([4, 4] if inference.mode == "whole" else [4 * 2, 4 * 3, 4 * 3])
         assert set(model.output_dtypes) == {expected_dtype}
         assert set(model.channels_last_inputs) == {name == "bfloat16"}
     # bfloat16 keeps 8 significant bits: only pixels whose two best classes were nearly
@@ -119,6 +119,22 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_network():
             torch.testing.assert_close(Inference("slide", crop, stride)(model, images), whole)
     with pytest.raises(ConfigError, match="eval.stride=40 must be in 1..eval.crop_size=32"):
         Inference("slide", 32, 40)
+
+
+def test_sliding_window_passes_hold_at_most_crops_per_pass_and_give_the_same_logits():
+    model = RecordingNetwork()  # 3x3 convolutions: the overlaps matter
+    torch.manual_seed(5)
+    images = torch.randn(2, 3, 40, 70)  # windows of 32 every 20 pixels: 2 x 3 per image
+    results = {}
+    with torch.no_grad():
+        for crops_per_pass, passes in [(12, [12]), (5, [4, 4, 4]), (1, [2] * 6)]:
+            model.batch_sizes.clear()
+            results[crops_per_pass] = Inference("slide", 32, 20, crops_per_pass)(model, images)
+            assert model.batch_sizes == passes  # never fewer than one window of each image
+    torch.testing.assert_close(results[5], results[12])
+    torch.testing.assert_close(results[1], results[12])
+    with pytest.raises(ConfigError, match="eval.crops_per_pass must be at least 1, got 0"):
+        Inference("slide", 32, 20, crops_per_pass=0)
 
 
 def test_release_mode_pads_to_one_mod_eight_and_crops_back():

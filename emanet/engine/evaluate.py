@@ -85,7 +85,7 @@ def evaluation_settings(model: SegmentationModel, cfg: DictConfig) -> Iterator[i
 
 
 def eval_inference(cfg: DictConfig) -> Inference:
-    return Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride)
+    return Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.crops_per_pass)
 
 
 def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> dict:

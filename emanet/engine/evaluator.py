@@ -22,7 +22,9 @@ class Inference:
 
     * ``whole``: the network sees the whole image.
     * ``slide``: ``crop_size`` windows every ``stride`` pixels (the image padded up to a
-      window where smaller), logits averaged where windows overlap.
+      window where smaller), logits averaged where windows overlap; the network sees
+      ``crops_per_pass`` window crops at a time (at least one window of every image in
+      the batch), which bounds the memory whatever the image size.
     * ``release``: the authors' single-scale convention: the image padded on the
       bottom/right to H, W = 1 (mod 8), so that the output-stride-8 grid and the
       align_corners=True upsampling line up with the pixels, and the logits cropped back.
@@ -32,12 +34,15 @@ class Inference:
     mode: str = "whole"
     crop_size: int = 513
     stride: int = 341
+    crops_per_pass: int = 12
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide", "release"):
             raise ConfigError(f"eval.mode must be 'whole', 'slide' or 'release', got {self.mode!r}")
         if self.mode == "slide" and not 0 < self.stride <= self.crop_size:
             raise ConfigError(f"eval.stride={self.stride} must be in 1..eval.crop_size={self.crop_size}")
+        if self.crops_per_pass < 1:
+            raise ConfigError(f"eval.crops_per_pass must be at least 1, got {self.crops_per_pass}")
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if self.mode == "whole":
@@ -58,15 +63,21 @@ class Inference:
             for top in window_starts(padded_height, crop, self.stride)
             for left in window_starts(padded_width, crop, self.stride)
         ]
-        # All windows in one forward pass: far faster than one at a time, and the same
-        # result, since every layer treats the images of a batch independently at evaluation.
-        windows = torch.cat([padded[..., top : top + crop, left : left + crop] for top, left in corners])
-        logits = model(windows).float().unflatten(0, (len(corners), images.shape[0]))  # (windows, B, C, crop, crop)
-        summed = logits.new_zeros((*logits.shape[1:3], padded_height, padded_width))
-        counts = logits.new_zeros((1, 1, padded_height, padded_width))
-        for (top, left), window_logits in zip(corners, logits, strict=True):
-            summed[..., top : top + crop, left : left + crop] += window_logits
-            counts[..., top : top + crop, left : left + crop] += 1
+        # Many windows per forward pass: far faster than one at a time, and the same result,
+        # since at evaluation the images of a batch do not interact.
+        batch = images.shape[0]
+        per_pass = max(self.crops_per_pass // batch, 1)
+        summed = counts = None
+        for first in range(0, len(corners), per_pass):
+            group = corners[first : first + per_pass]
+            windows = torch.cat([padded[..., top : top + crop, left : left + crop] for top, left in group])
+            logits = model(windows).float().unflatten(0, (len(group), batch))  # (windows, B, classes, crop, crop)
+            if summed is None:
+                summed = logits.new_zeros((*logits.shape[1:3], padded_height, padded_width))
+                counts = logits.new_zeros((1, 1, padded_height, padded_width))
+            for (top, left), window_logits in zip(group, logits, strict=True):
+                summed[..., top : top + crop, left : left + crop] += window_logits
+                counts[..., top : top + crop, left : left + crop] += 1
         return (summed / counts)[..., :height, :width]
 
 
