@@ -94,6 +94,27 @@ def test_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(d
     assert names == ["iter_0000001.pt", "iter_0000002.pt", "last.pt"]
 
 
+def test_a_non_finite_micro_batch_leaves_the_weights_and_momentum_untouched(monkeypatch):
+    cfg = compose_config(["model.dropout=0"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 5, load_pretrained=False).train()
+    optimizer = build_optimizer(model, cfg.optim)
+    batch = {"image": torch.randn(2, 3, 32, 32), "label": torch.randint(0, 5, (2, 32, 32))}
+    train_step(model, [batch], optimizer, torch.device("cpu"), 255, "valid")  # momentum buffers exist now
+    before = {name: tensor.clone() for name, tensor in model.named_parameters()}
+    momentum = {id(p): optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters() if p.requires_grad}
+    real_loss = train_module.segmentation_loss
+    losses = iter([1.0, float("inf")])  # the second of two micro-batches explodes
+    monkeypatch.setattr(train_module, "segmentation_loss", lambda *args: real_loss(*args) * next(losses))
+    with pytest.raises(TrainingDivergedError, match=r"loss became inf at iteration 8; stopped before updating"):
+        train_step(model, [batch, batch], optimizer, torch.device("cpu"), 255, "valid", iteration=7)
+    for name, tensor in model.named_parameters():  # (buffers, BN statistics and bases, move in forward)
+        assert torch.equal(tensor, before[name]), name
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            assert torch.equal(optimizer.state[parameter]["momentum_buffer"], momentum[id(parameter)])
+
+
 def test_a_bad_evaluation_precision_is_refused_before_training(data_root, tmp_path):
     with pytest.raises(ConfigError, match=r"eval.amp must be one of .*, got 'half'"):
         train(compose_config([*TINY, f"data_root={data_root}", "eval.amp=half"]), tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -89,17 +90,20 @@ def train_step(
         sync = number == len(micro_batches) - 1 or not isinstance(model, DistributedDataParallel)
         with (nullcontext() if sync else model.no_sync()), amp.autocast(device):
             loss = segmentation_loss(model(images), labels, ignore_index, normalization) / len(micro_batches)
-        if not torch.isfinite(all_reduce_mean(loss.detach().clone())):
-            where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
-            raise TrainingDivergedError(
-                f"loss became {loss.item() * len(micro_batches)} at iteration {iteration + 1}; stopped "
-                f"before updating the weights ({where}); lower optim.lr or try runtime.amp=off"
-            )
         amp.scaler.scale(loss).backward()
         total += loss.detach()
+    # Checked once, after the backward passes and before the update: the step's only wait
+    # for the GPU, where a check between forward and backward would stall every pass.
+    mean_loss = all_reduce_mean(total).item()
+    if not math.isfinite(mean_loss):
+        where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+        raise TrainingDivergedError(
+            f"loss became {mean_loss} at iteration {iteration + 1}; stopped before updating the weights "
+            f"({where}); lower optim.lr or try runtime.amp=off"
+        )
     amp.scaler.step(optimizer)
     amp.scaler.update()
-    return all_reduce_mean(total).item()
+    return mean_loss
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
