@@ -98,6 +98,17 @@ def test_an_undecodable_image_is_named(tmp_path, checkpoint):
         predict_files(cfg, tmp_path)
 
 
+def test_a_run_that_would_write_nothing_is_refused(tmp_path, checkpoint):
+    path, _ = checkpoint
+    write_photo(tmp_path / "a.png", 8, 8, seed=0)
+    cfg = compose_config("predict", [
+        f"checkpoint={path}", f"input={tmp_path / 'a.png'}", "eval.save_predictions=false",
+        "eval.save_overlays=false", *QUIET,
+    ])
+    with pytest.raises(ConfigError, match="eval.save_predictions and eval.save_overlays are both false"):
+        predict_files(cfg, tmp_path / "run")
+
+
 def test_a_checkpoint_of_another_model_is_refused_with_the_tensor_that_differs(tmp_path):
     cfg = compose_config("train", ["dataset.num_classes=6"])
     other = build_model(cfg.model, 6, load_pretrained=False)
