@@ -59,9 +59,10 @@ from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import train_transform
 from emanet.engine.amp import AmpSettings
-from emanet.engine.evaluate import eval_inference
+from emanet.engine.evaluate import eval_inference, evaluation_settings
 from emanet.engine.evaluator import evaluate
 from emanet.engine.optim import build_optimizer
+from emanet.engine.runtime import configure_runtime
 from emanet.engine.train import train_step
 from emanet.models.baseline_heads import NonLocalBlock
 from emanet.models.ema import EMAUnit
@@ -311,7 +312,7 @@ def train_benchmark(args: argparse.Namespace) -> None:
         "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
         "small": ["dataset.crop_size=129", "schedule.batch_size=8"],
     })
-    torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark  # as the trainer has it
+    configure_runtime(cfg)  # seed, threads and cuDNN autotuning as the trainer has them
     batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
     flops = config_train_step_flops(cfg, batch)
     peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
@@ -361,28 +362,28 @@ def eval_benchmark(args: argparse.Namespace) -> None:
     pass over each image size."""
     device = torch.device(args.device)
     cfg = benchmark_config(args, device, {"full": [], "small": []})
-    torch.backends.cudnn.benchmark = cfg.eval.cudnn_benchmark
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).eval()
     batches = voc_sized_batches(args.images, cfg.dataset.num_classes)
     inference = eval_inference(cfg)
     protocols = {"single scale": ([1.0], False), "MS+flip": (list(cfg.eval.scales), True)}
     rows = []
-    for variant in args.variants:
-        amp = EVAL_VARIANTS[variant]
-        model.to(memory_format=torch.channels_last if amp.channels_last else torch.contiguous_format)
-        for protocol, (scales, flip) in protocols.items():
+    with evaluation_settings(model, cfg):  # eval output stride and cuDNN autotuning, as evaluate.py
+        for variant in args.variants:
+            amp = EVAL_VARIANTS[variant]
+            model.to(memory_format=torch.channels_last if amp.channels_last else torch.contiguous_format)
+            for protocol, (scales, flip) in protocols.items():
 
-            def run(batches, scales=scales, flip=flip, amp=amp):
-                evaluate(model, batches, cfg.dataset.num_classes, scales, flip, device, progress=False,
-                         inference=inference, amp=amp)
+                def run(batches, scales=scales, flip=flip, amp=amp):
+                    evaluate(model, batches, cfg.dataset.num_classes, scales, flip, device, progress=False,
+                             inference=inference, amp=amp)
 
-            run(batches[: len(VOC_IMAGE_SIZES)])  # warm-up: every size once
-            seconds = timed(lambda run=run: run(batches), device, repeats=1, warmup=0)
-            rows.append({"variant": variant, "protocol": protocol, "scales": scales, "flip": flip,
-                         "images_per_second": round(len(batches) / seconds, 2)})
-            print(f"{variant:>8} {protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
-                  f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)")
+                run(batches[: len(VOC_IMAGE_SIZES)])  # warm-up: every size once
+                seconds = timed(lambda run=run: run(batches), device, repeats=1, warmup=0)
+                rows.append({"variant": variant, "protocol": protocol, "scales": scales, "flip": flip,
+                             "images_per_second": round(len(batches) / seconds, 2)})
+                print(f"{variant:>8} {protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
+                      f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)")
     record("eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": len(batches),
                     "mode": cfg.eval.mode, "cudnn_benchmark": cfg.eval.cudnn_benchmark, "rows": rows})
 
