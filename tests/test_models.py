@@ -155,3 +155,67 @@ def test_every_depth_stem_and_stride_at_full_width(depth, stem, output_stride):
     assert block_dilations(net.layer4) == {8: [2, 8, 16], 16: [1, 4, 8]}[output_stride][: len(grid)]
     layer3 = block_dilations(net.layer3)
     assert layer3 == ([1] + [2] * (len(layer3) - 1) if output_stride == 8 else [1] * len(layer3))
+
+
+def psa_reference(branch, x):
+    """PSANet's point-wise attention written from its definition, one target position at a time.
+
+    Target p = (ph, pw) weighs source q = (qh, qw) by entry q - p of p's own (2s-1)^2 map
+    (collect) or by entry p - q of q's map (distribute); the weights are a softmax over
+    the sources, and the output at p is the weighted sum of the source features.
+    """
+    import torch.nn.functional as F
+
+    s = branch.size
+    features = F.interpolate(branch.reduce(x), size=(s, s), mode="bilinear", align_corners=True)
+    maps = branch.attention(features)  # (B, (2s-1)^2, s, s)
+    b, c = features.shape[:2]
+    weights = torch.empty(b, s * s, s * s)  # [source q, target p]
+    out = torch.empty(b, c, s, s)
+    for ph in range(s):
+        for pw in range(s):
+            logits = torch.empty(b, s * s)
+            for qh in range(s):
+                for qw in range(s):
+                    if branch.mode == "collect":
+                        entry, (h, w) = (qh - ph + s - 1) * (2 * s - 1) + (qw - pw + s - 1), (ph, pw)
+                    else:
+                        entry, (h, w) = (ph - qh + s - 1) * (2 * s - 1) + (pw - qw + s - 1), (qh, qw)
+                    logits[:, qh * s + qw] = maps[:, entry, h, w]
+            weights[:, :, ph * s + pw] = torch.softmax(logits, dim=1)
+            out[:, :, ph, pw] = torch.einsum("bq,bcq->bc", weights[:, :, ph * s + pw], features.flatten(2))
+    return features, weights, out
+
+
+@pytest.mark.parametrize("mode", ["collect", "distribute"])
+def test_psa_attention_is_a_softmax_over_source_positions(mode):
+    from emanet.models.baseline_heads import PointWiseSpatialAttention
+
+    torch.manual_seed(0)
+    branch = PointWiseSpatialAttention(6, 4, size=3, mode=mode).eval()
+    for module in branch.modules():  # non-trivial BatchNorm statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 6, 5, 4)  # not the 3x3 grid: the branch resizes
+    with torch.no_grad():
+        features, ref_weights, ref_out = psa_reference(branch, x)
+        weights = branch.attention_weights(features)
+        out = branch(x)
+    assert weights.shape == (2, 9, 9)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(2, 9))  # each target's weights sum to 1
+    assert (weights > 0).all()
+    torch.testing.assert_close(weights, ref_weights)
+    torch.testing.assert_close(out, ref_out)
+
+
+def test_psa_collect_and_distribute_weigh_differently():
+    from emanet.models.baseline_heads import PointWiseSpatialAttention
+
+    torch.manual_seed(0)
+    collect = PointWiseSpatialAttention(6, 4, size=3, mode="collect").eval()
+    distribute = PointWiseSpatialAttention(6, 4, size=3, mode="distribute").eval()
+    distribute.load_state_dict(collect.state_dict())
+    features = torch.randn(1, 4, 3, 3)
+    with torch.no_grad():
+        assert not torch.allclose(collect.attention_weights(features), distribute.attention_weights(features))

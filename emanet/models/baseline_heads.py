@@ -157,6 +157,14 @@ class PointWiseSpatialAttention(nn.Module):
 
     Features are reduced at full resolution, then attention runs on a fixed ``size`` x
     ``size`` grid (PSANet's shrink step), where each position predicts a (2s-1) x (2s-1) map.
+    The grid is fixed because the width of those maps, (2s-1)^2 output channels of the
+    attention conv, is fixed when the head is built: resizing every feature map to s x s
+    (bilinear, as the release shrinks its features) lets one head serve any input size
+    (whole images, multi-scale evaluation) and keeps the N^2 attention small.
+
+    As in the PSANet release's default (``psa_softmax=True``, normalisation factor 1), the
+    attention each target position gives the source positions is a softmax over the
+    sources, in both branches.
     """
 
     def __init__(
@@ -174,16 +182,28 @@ class PointWiseSpatialAttention(nn.Module):
         )
         self.register_buffer("index", point_wise_attention_index(size, size), persistent=False)
 
+    def attention_weights(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, N_source, N_target) weights from features on the s x s grid; each column sums to 1.
+
+        ``collect``: target p weighs source q by entry q - p of p's own map. ``distribute``:
+        by entry p - q of q's map (what q sends to p). Either way the softmax runs over the
+        sources q (dim 1), as the release's ``softmax(psa_mask(y), dim=1)``.
+        """
+        b = features.shape[0]
+        maps = self.attention(features).flatten(2)  # (B, (2s-1)^2, N)
+        logits = torch.gather(maps, 1, self.index.unsqueeze(0).expand(b, -1, -1))  # (B, N_q, N_p)
+        if self.mode == "distribute":
+            logits = logits.transpose(1, 2)  # [a, b]: entry b - a of a's map, source a, target b
+        return torch.softmax(logits, dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.reduce(x)  # (B, C, h, w)
+        # the fixed s x s grid that the (2s-1)^2 maps are sized for (see the class docstring)
         features = F.interpolate(features, size=(self.size, self.size), mode="bilinear", align_corners=True)
         b, c, s, _ = features.shape
-        maps = self.attention(features).flatten(2)  # (B, (2s-1)^2, N)
-        attention = torch.gather(maps, 1, self.index.unsqueeze(0).expand(b, -1, -1))  # (B, N_q, N_p)
-        if self.mode == "distribute":
-            attention = attention.transpose(1, 2)
-        # out[:, :, p] = sum_q attention[q, p] * features[:, :, q] / N, as in the PSANet paper
-        return torch.bmm(features.flatten(2), attention).reshape(b, c, s, s) / (s * s)  # (B, C, s, s)
+        attention = self.attention_weights(features)  # (B, N_q, N_p)
+        # out[:, :, p] = sum_q attention[q, p] * features[:, :, q]
+        return torch.bmm(features.flatten(2), attention).reshape(b, c, s, s)  # (B, C, s, s)
 
 
 class PSAHead(nn.Module):
