@@ -14,12 +14,16 @@ paper's 43.06 G and 9.997 M for EMANet(512).
 * Memory is the size of the activations a training-mode forward pass keeps for the
   backward pass (float32, per image), measured with autograd's saved-tensor hooks on the
   meta device, each storage counted once: what a network costs per image in training.
+  For a head it is what the counted modules keep, less what the backbone keeps already
+  (the layer4 output, which the head's first conv keeps again): the same layers as the
+  FLOPs and params columns, so what only the classifier keeps is left out there too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -57,8 +61,15 @@ def count_macs(model_name: str, overrides: list[str], size: int) -> dict[str, fl
     return {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
 
 
-def saved_activation_bytes(module: torch.nn.Module, images: torch.Tensor) -> int:
+def saved_activation_bytes(
+    module: torch.nn.Module, images: torch.Tensor, counted: Sequence[torch.nn.Module] | None = None,
+    excluded: Sequence[torch.nn.Module] = (),
+) -> int:
     """Bytes per image of distinct storages autograd keeps for backward in a training-mode forward.
+
+    With ``counted``, only the storages saved while one of those submodules runs are
+    counted, less any storage also saved while a module of ``excluded`` runs (the head's
+    input, which the backbone keeps already). Without it, every saved storage is counted.
 
     Runs on the meta device: shapes and storages without data, so a 513x513 ResNet-101
     costs no memory. Storages are told apart by their C++ handle (meta storages all
@@ -66,19 +77,40 @@ def saved_activation_bytes(module: torch.nn.Module, images: torch.Tensor) -> int
     pass runs on two copies of the image (BatchNorm after global pooling needs more than
     one value per channel in training) and the total is halved.
     """
-    storages: dict[int, tuple[torch.UntypedStorage, int]] = {}
+    storages: dict[int, tuple[torch.UntypedStorage, int, set[str]]] = {}
     weights = {p.untyped_storage()._cdata for p in module.parameters()}
+    active: list[str] = []  # the labels of the marked submodules now running
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         if storage._cdata not in weights:
-            storages[storage._cdata] = (storage, storage.nbytes())
+            storages.setdefault(storage._cdata, (storage, storage.nbytes(), set()))[2].update(active)
         return tensor
 
+    def enter(label: str):
+        def hook(*_) -> None:  # returns None: the module's input is left as it is
+            active.append(label)
+
+        return hook
+
+    def leave(*_) -> None:  # returns None: the module's output is left as it is
+        active.pop()
+
+    handles = []
+    for label, parts in (("counted", counted or ()), ("excluded", excluded)):
+        for part in parts:
+            handles += [part.register_forward_pre_hook(enter(label)), part.register_forward_hook(leave)]
     module.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        module(images.expand(2, -1, -1, -1).contiguous())
-    return sum(nbytes for _, nbytes in storages.values()) // 2
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            module(images.expand(2, -1, -1, -1).contiguous())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(
+        nbytes for _, nbytes, labels in storages.values()
+        if counted is None or ("counted" in labels and "excluded" not in labels)
+    ) // 2
 
 
 def head_params(model: torch.nn.Module, counted: tuple[str, ...]) -> int:
@@ -93,7 +125,6 @@ def head_params(model: torch.nn.Module, counted: tuple[str, ...]) -> int:
 def measure(size: int, with_memory: bool = True) -> list[dict]:
     images = torch.empty(1, 3, size, size, device="meta")
     rows = []
-    backbone_memory = 0
     for method, (model_name, overrides, counted, paper_flops, paper_memory, paper_params) in ROWS.items():
         macs = count_macs(model_name, overrides, size)
         with torch.device("meta"):
@@ -115,10 +146,10 @@ def measure(size: int, with_memory: bool = True) -> list[dict]:
         }
         if with_memory:
             if counted is None:
-                backbone_memory = saved_activation_bytes(model.backbone, images)
-                memory = backbone_memory
+                memory = saved_activation_bytes(model.backbone, images)
             else:
-                memory = saved_activation_bytes(model, images) - backbone_memory
+                parts = [getattr(model.head, name) for name in counted]
+                memory = saved_activation_bytes(model, images, parts, excluded=[model.backbone])
             row["memory_m"] = round(memory / 2**20, 1)
         rows.append(row)
     return rows

@@ -1,4 +1,4 @@
-"""Table 1's FLOPs and parameter columns against the paper (counted on the meta device)."""
+"""Table 1's FLOPs, parameter and memory columns (counted on the meta device)."""
 
 import json
 import subprocess
@@ -82,3 +82,37 @@ def test_memory_on_meta_equals_what_real_tensors_keep():
     with torch.device("meta"):
         meta_model = ResNet(18, output_stride=8, multi_grid=(1, 2), width=16)
     assert saved_activation_bytes(meta_model, images.to("meta")) == real
+
+
+def test_saved_activation_memory_counts_only_the_counted_modules():
+    from complexity import saved_activation_bytes
+
+    with torch.device("meta"):
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.ReLU(),  # "backbone"
+            torch.nn.Conv2d(4, 5, 1, bias=False), torch.nn.ReLU(),  # counted
+            torch.nn.Dropout2d(0.1), torch.nn.Conv2d(5, 6, 1),  # not counted
+        )
+        images = torch.empty(1, 3, 8, 8)
+    # The counted conv keeps its input, which the "backbone" ReLU keeps already, and the
+    # counted ReLU keeps its output (5x8x8 floats); the dropout and the last conv are left out.
+    counted = saved_activation_bytes(net, images, [net[2], net[3]], excluded=[net[0], net[1]])
+    assert counted == 5 * 8 * 8 * 4
+    assert saved_activation_bytes(net, images, [net[2], net[3]]) == (4 + 5) * 8 * 8 * 4
+    # no hook is left behind: the whole network is counted again without arguments
+    assert saved_activation_bytes(net, images) > saved_activation_bytes(net, images, [net[2], net[3]])
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in net.modules())
+
+
+def test_head_memory_counts_the_counted_modules_not_the_classifier():
+    # FLOPs, params and memory count the same modules: for DeeplabV3 the ASPP, so the
+    # classifier's input (the ASPP's dropout output, 256 x 9 x 9 floats at 65x65 and
+    # output stride 8), which only the classifier keeps, is left out of the head's memory.
+    from complexity import build, saved_activation_bytes
+
+    images = torch.empty(1, 3, 65, 65, device="meta")
+    with torch.device("meta"):
+        model = build("deeplabv3", [])
+    whole_head = saved_activation_bytes(model, images) - saved_activation_bytes(model.backbone, images)
+    counted = saved_activation_bytes(model, images, [model.head.aspp], excluded=[model.backbone])
+    assert whole_head - counted == 256 * 9 * 9 * 4
