@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from emanet.engine.optim import build_optimizer, build_poly_scheduler, parameter_groups, poly_factor
-from emanet.engine.train import segmentation_loss
+from emanet.engine.train import loss_divisor, segmentation_loss
+from emanet.errors import ConfigError
 
 
 class Tiny(nn.Module):
@@ -65,42 +66,52 @@ def test_scheduler_sets_every_group_lr():
     for _ in range(40):
         optimizer.step()
         scheduler.step()
-    factor = (1 - 40 / 100) ** 0.9
+    factor = (1 - 41 / 100) ** 0.9  # iteration 40 is the release's step 41
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
     assert lrs["conv_weights"] == pytest.approx(0.01 * factor, rel=1e-12)
     assert lrs["biases"] == pytest.approx(0.02 * factor, rel=1e-12)
 
 
-def test_loss_normalisations():
+def release_lrs(base_lr, total, power, update_every):
+    """The lr of each step as the release's loop sets it: steps counted from 1, the lr
+    recomputed only on steps that are multiples of ``update_every``."""
+    lr, lrs = base_lr, []
+    for step in range(1, total + 1):
+        if step % update_every == 0:
+            lr = base_lr * (1 - step / total) ** power
+        lrs.append(lr)
+    return lrs
+
+
+@pytest.mark.parametrize("update_every", [1, 10])
+def test_scheduler_gives_the_release_lr_at_every_iteration(update_every):
+    cfg = OmegaConf.create({"lr": 0.009, "momentum": 0.9, "weight_decay": 1e-4, "bias_lr_mult": 2.0})
+    optimizer = build_optimizer(Tiny(), cfg)
+    scheduler = build_poly_scheduler(optimizer, total_iterations=100, power=0.9, update_every=update_every)
+    ours = []
+    for _ in range(100):
+        ours.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = release_lrs(0.009, 100, 0.9, update_every)
+    assert ours == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert ours[-1] == 0.0
+    if update_every == 10:
+        assert ours[:9] == [0.009] * 9 and ours[9] < 0.009
+
+
+def test_loss_divisor_and_loss():
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])  # (1, 2 classes, 1, 2)
     labels = torch.tensor([[[0, 255]]])
     pixel_loss = torch.log(1 + torch.exp(torch.tensor(-2.0)))  # CE of the one valid pixel
-    assert segmentation_loss(logits, labels, 255, "valid") == pytest.approx(float(pixel_loss))
-    assert segmentation_loss(logits, labels, 255, "all_pixels") == pytest.approx(float(pixel_loss) / 2)
-
-
-def test_every_parameter_of_emanet_r101_is_in_the_release_group():
-    from hydra import compose, initialize_config_dir
-    from tests_paths import CONFIGS
-
-    from emanet.models.segmentor import build_model
-
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        cfg = compose("train", ["experiment=voc_emanet512"])
-    with torch.device("meta"):
-        model = build_model(cfg.model, 21, load_pretrained=False)
-    groups = {name: {id(p) for p in params} for name, params in parameter_groups(model).items()}
-    expected = {"conv_weights": set(), "norm_weights": set(), "biases": set()}
-    for module in model.modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            if name == "bias":
-                expected["biases"].add(id(parameter))
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                expected["norm_weights"].add(id(parameter))
-            else:
-                assert isinstance(module, nn.Conv2d) and parameter.ndim == 4
-                expected["conv_weights"].add(id(parameter))
-    assert groups == expected
-    # deep stem 3 + 33 bottlenecks x 3 + 4 downsamples = 106 in ResNet-101; reduce, EMA out, fuse: 3
-    assert len(groups["norm_weights"]) == 109
-    assert sum(len(ids) for ids in groups.values()) == len(list(model.parameters()))
+    valid = loss_divisor([labels], 255, "valid")
+    all_pixels = loss_divisor([labels], 255, "all_pixels")
+    assert (float(valid), float(all_pixels)) == (1.0, 2.0)
+    assert segmentation_loss(logits, labels, 255, valid) == pytest.approx(float(pixel_loss))
+    assert segmentation_loss(logits, labels, 255, all_pixels) == pytest.approx(float(pixel_loss) / 2)
+    # Counted over every micro-batch of the step; a batch without labels gives a zero loss.
+    assert float(loss_divisor([labels, torch.zeros(1, 1, 3, dtype=torch.long)], 255, "valid")) == 4.0
+    unlabelled = torch.full((1, 1, 2), 255)
+    assert float(segmentation_loss(logits, unlabelled, 255, loss_divisor([unlabelled], 255, "valid"))) == 0.0
+    with pytest.raises(ConfigError, match=r"loss.normalization must be one of \('valid', 'all_pixels'\), got 'mean'"):
+        loss_divisor([labels], 255, "mean")

@@ -66,8 +66,10 @@ def build_poly_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR evaluates the closed form at every step (PolynomialLR's chained product
     # drifts from it in floating point and cannot express the every-N-iterations variant).
+    # The release counts steps from 1: iteration ``it`` (from 0) takes the lr of its step
+    # it + 1, so the last step runs at lr 0.
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: poly_factor(it, total_iterations, power, update_every)
+        optimizer, lambda it: poly_factor(it + 1, total_iterations, power, update_every)
     )
 
 
