@@ -27,10 +27,19 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(temp)
+        # mkstemp creates the file readable by its owner only; give it the permissions a
+        # plain open() would (0666 less the umask).
+        os.chmod(temp, 0o666 & ~current_umask())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
