@@ -78,6 +78,36 @@ def test_interrupted_run_resumes_bit_identically(full_run, data_root, tmp_path, 
     assert torch.equal(resumed["rng"][0]["torch"], uninterrupted["rng"][0]["torch"])
 
 
+def test_evaluations_during_training_do_not_change_what_a_resumed_run_computes(data_root, tmp_path):
+    # Iteration 4 is both checkpointed and evaluated: a run resumed from its checkpoint has
+    # not evaluated, so evaluating must leave the training RNG where it was.
+    overrides = [*TINY, f"data_root={data_root}", "schedule.eval_every=2"]
+    train(compose_config(overrides), tmp_path / "full")
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", tmp_path / "resumed" / "checkpoints")
+    train(compose_config(overrides), tmp_path / "resumed")
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("schedule.checkpoint_every=0", r"schedule.checkpoint_every must be at least 1, got 0"),
+        ("schedule.log_every=0", r"schedule.log_every must be at least 1, got 0"),
+        ("schedule.checkpoint_keep=0", r"schedule.checkpoint_keep must be at least 1, got 0"),
+        ("schedule.eval_every=-1", r"schedule.eval_every must be 0 \(only at the end\) or positive, got -1"),
+        ("loss.normalization=mean", r"loss.normalization must be one of \('valid', 'all_pixels'\), got 'mean'"),
+    ],
+)
+def test_bad_schedule_settings_are_refused_before_training(data_root, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        train(compose_config([*TINY, f"data_root={data_root}", override]), tmp_path)
+    assert not (tmp_path / "config.yaml").exists()
+
+
 def test_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(data_root, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = train_module.segmentation_loss
@@ -102,14 +132,16 @@ def test_a_non_finite_micro_batch_leaves_the_weights_and_momentum_untouched(monk
     batch = {"image": torch.randn(2, 3, 32, 32), "label": torch.randint(0, 5, (2, 32, 32))}
     train_step(model, [batch], optimizer, torch.device("cpu"), 255, "valid")  # momentum buffers exist now
     before = {name: tensor.clone() for name, tensor in model.named_parameters()}
+    bases = model.head.ema.mu.clone()
     momentum = {id(p): optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters() if p.requires_grad}
     real_loss = train_module.segmentation_loss
     losses = iter([1.0, float("inf")])  # the second of two micro-batches explodes
     monkeypatch.setattr(train_module, "segmentation_loss", lambda *args: real_loss(*args) * next(losses))
     with pytest.raises(TrainingDivergedError, match=r"loss became inf at iteration 8; stopped before updating"):
         train_step(model, [batch, batch], optimizer, torch.device("cpu"), 255, "valid", iteration=7)
-    for name, tensor in model.named_parameters():  # (buffers, BN statistics and bases, move in forward)
+    for name, tensor in model.named_parameters():
         assert torch.equal(tensor, before[name]), name
+    assert torch.equal(model.head.ema.mu, bases)  # (BN statistics move in forward, as in any step)
     for parameter in model.parameters():
         if parameter.requires_grad:
             assert torch.equal(optimizer.state[parameter]["momentum_buffer"], momentum[id(parameter)])
@@ -146,27 +178,46 @@ def test_mixed_precision_step_is_close_to_the_float32_step(amp):
     assert cosine > 0.99
 
 
-def test_gradient_accumulation_gives_the_same_step_as_the_whole_batch():
+@pytest.mark.parametrize("normalization", ["valid", "all_pixels"])
+def test_gradient_accumulation_gives_the_same_step_as_the_whole_batch(normalization):
     cfg = compose_config(["model.dropout=0"])
     torch.manual_seed(0)
     images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4, 32, 32))
+    labels[0, :24] = 255  # the micro-batches hold different numbers of labelled pixels
     results = []
     for split in (1, 2):
         torch.manual_seed(1)
         model = build_model(cfg.model, 5)
         set_batch_norm_eval(model)
+        initial_bases = model.head.ema.mu.clone()
         optimizer = build_optimizer(model, cfg.optim)
         chunks = [{"image": i, "label": lab} for i, lab in zip(images.chunk(split), labels.chunk(split), strict=True)]
-        loss = train_step(model, chunks, optimizer, torch.device("cpu"), 255, "valid")
+        loss = train_step(model, chunks, optimizer, torch.device("cpu"), 255, normalization)
         results.append((loss, model.state_dict()))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert not torch.equal(results[0][1]["head.ema.mu"], initial_bases)  # the bases moved, once
     for name, tensor in results[0][1].items():
-        if name == "head.ema.mu":
-            # The bases' moving average is updated once per forward pass, so per micro-batch:
-            # the one documented difference accumulation makes.
-            assert not torch.equal(results[1][1][name], tensor)
-        else:
-            torch.testing.assert_close(results[1][1][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(results[1][1][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bases_move_once_per_step_towards_the_mean_of_all_micro_batches():
+    from emanet.models.ema import EMAUnit, em_iterations, one_bases_update_per_step
+
+    torch.manual_seed(0)
+    unit = EMAUnit(8, num_bases=4).train()
+    stored = unit.mu.clone()
+    parts = [torch.randn(2, 8, 5, 5), torch.randn(2, 8, 5, 5)]
+    with one_bases_update_per_step(unit):
+        for part in parts:
+            unit(part)
+            assert torch.equal(unit.mu, stored)  # every micro-batch starts from the stored bases
+    features = unit.conv_in(torch.cat(parts)).flatten(2)
+    _, bases = em_iterations(features, stored.expand(4, -1, -1), stages=3)
+    torch.testing.assert_close(unit.mu, 0.9 * stored + 0.1 * bases.mean(0, keepdim=True))
+    with pytest.raises(RuntimeError), one_bases_update_per_step(unit):  # an interrupted step changes nothing
+        unit(parts[0])
+        raise RuntimeError
+    torch.testing.assert_close(unit.mu, 0.9 * stored + 0.1 * bases.mean(0, keepdim=True))
 
 
 def test_per_rank_batch_splits_the_global_batch():
@@ -274,3 +325,57 @@ def test_two_processes_with_gradient_accumulation_stay_identical(tmp_path):
     assert not torch.equal(rank0["head.classifier.weight"], initial["head.classifier.weight"])
     for name, tensor in rank0.items():
         assert torch.equal(rank1[name], tensor), name
+
+
+def test_compiled_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeypatch):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        cfg = compose_config(["model.dropout=0"])
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 5).train()
+        optimizer = build_optimizer(model, cfg.optim)
+        entered = []
+        real_no_sync = torch.nn.parallel.DistributedDataParallel.no_sync
+        monkeypatch.setattr(
+            torch.nn.parallel.DistributedDataParallel, "no_sync",
+            lambda self: entered.append(True) or real_no_sync(self),
+        )
+        network = torch.compile(wrap_ddp(model, torch.device("cpu")), backend="eager")
+        batch = {"image": torch.randn(2, 3, 32, 32), "label": torch.randint(0, 5, (2, 32, 32))}
+        bases = model.head.ema.mu.clone()
+        train_step(network, [batch, batch, batch], optimizer, torch.device("cpu"), 255, "valid")
+        assert len(entered) == 2
+        assert not torch.equal(model.head.ema.mu, bases)  # the bases' update survives compilation
+    finally:
+        dist.destroy_process_group()
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    from emanet.engine.checkpoint import save_checkpoint, write_json
+
+    previous = os.umask(0o022)
+    try:
+        write_json({"mIoU": 1.0}, tmp_path / "metrics.json")
+        save_checkpoint({"iteration": 1}, tmp_path / "iter.pt")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes == {"metrics.json": 0o644, "iter.pt": 0o644, "plain.txt": 0o644}
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary left
+
+
+def run_dir_worker(rank, world_size, rendezvous, results):
+    from emanet.engine.distributed import shared_run_dir
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        own = Path(f"runs/demo/2026-01-01_00-00-0{rank}")  # the processes started in different seconds
+        (results / f"dir{rank}.txt").write_text(str(shared_run_dir(own)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_writes_into_rank_0s_run_directory(tmp_path):
+    mp.spawn(run_dir_worker, args=(2, tmp_path / "rendezvous", tmp_path), nprocs=2, join=True)
+    assert [(tmp_path / f"dir{rank}.txt").read_text() for rank in (0, 1)] == ["runs/demo/2026-01-01_00-00-00"] * 2

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +44,19 @@ def init_distributed(device: torch.device) -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
+
+
+def shared_run_dir(run_dir: Path) -> Path:
+    """Rank 0's run directory, on every process.
+
+    Under torchrun each process resolves Hydra's timestamped ``hydra.run.dir`` itself, and
+    processes that start in different seconds would write into different directories.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return run_dir
+    shared = [str(run_dir)]
+    dist.broadcast_object_list(shared, src=0)
+    return Path(shared[0])
 
 
 def per_rank_batch(global_batch: int, world_size: int, accumulation_steps: int) -> int:

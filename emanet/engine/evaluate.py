@@ -19,7 +19,7 @@ from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import atomic_write, load_checkpoint, load_model_weights, write_json
-from emanet.engine.distributed import World, init_distributed, shutdown_distributed
+from emanet.engine.distributed import World, init_distributed, shared_run_dir, shutdown_distributed
 from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
@@ -140,6 +140,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     Under torchrun every process evaluates its share of the images; rank 0 writes.
     """
     world = init_distributed(configure_runtime(cfg))
+    run_dir = shared_run_dir(run_dir)
     amp = AmpSettings.from_config(cfg.eval, world.device, key="eval")
     model, checkpoint = load_trained_model(cfg, world.device, amp)
     writer = None

@@ -37,30 +37,44 @@ from emanet.engine.distributed import (
     init_distributed,
     per_rank_batch,
     prepare_batch_norm,
+    shared_run_dir,
     shutdown_distributed,
 )
 from emanet.engine.evaluate import evaluate_on_val, write_run_metrics
 from emanet.engine.optim import build_optimizer, build_poly_scheduler
 from emanet.engine.runtime import build_train_loader, configure_runtime
 from emanet.errors import ConfigError, TrainingDivergedError
+from emanet.models.ema import one_bases_update_per_step
 from emanet.models.segmentor import build_model
 
 log = logging.getLogger(__name__)
 
 
-def segmentation_loss(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, normalization: str
-) -> torch.Tensor:
-    """Per-pixel cross-entropy.
+LOSS_NORMALIZATIONS = ("valid", "all_pixels")
 
-    ``valid`` averages over labelled pixels; ``all_pixels`` divides the sum by every pixel
-    of the batch, ignored ones included, as the release does.
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, divisor: torch.Tensor):
+    """Per-pixel cross-entropy summed over the labelled pixels and divided by ``divisor``
+    (see :func:`loss_divisor`)."""
+    return F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum") / divisor
+
+
+def loss_divisor(labels: list[torch.Tensor], ignore_index: int, normalization: str) -> torch.Tensor:
+    """What each micro-batch's summed loss is divided by, so that a step on micro-batches
+    spread over processes equals a step on the mean loss of the whole global batch.
+
+    ``valid`` counts labelled pixels, ``all_pixels`` every pixel (ignored ones count zero
+    loss, as in the release), over all of this process's micro-batches, then averages the
+    count over processes: accumulation sums the micro-batches' gradients and DDP averages
+    the processes'. A global batch without a labelled pixel gives a zero loss.
     """
     if normalization == "valid":
-        return F.cross_entropy(logits, labels, ignore_index=ignore_index)
-    if normalization == "all_pixels":
-        return F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum") / labels.numel()
-    raise ConfigError(f"loss.normalization must be 'valid' or 'all_pixels', got {normalization!r}")
+        count = sum((label != ignore_index).sum() for label in labels)
+    elif normalization == "all_pixels":
+        count = torch.tensor(float(sum(label.numel() for label in labels)), device=labels[0].device)
+    else:
+        raise ConfigError(f"loss.normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}")
+    return all_reduce_mean(count.float()).clamp(min=1.0)
 
 
 def train_step(
@@ -76,33 +90,36 @@ def train_step(
 ) -> float:
     """One SGD step on a global batch given as micro-batches (gradient accumulation).
 
-    Returns the loss averaged over micro-batches and processes. A non-finite loss stops
-    training before the weights are touched.
+    The weights and the EMA bases get the update of one step on the whole global batch.
+    Returns the loss of the global batch. A non-finite loss stops training before the
+    weights or the bases are touched.
     """
     amp = amp or AmpSettings()
     optimizer.zero_grad(set_to_none=True)
+    labels = [batch["label"].to(device, non_blocking=True) for batch in micro_batches]
+    divisor = loss_divisor(labels, ignore_index, normalization)
+    # DDP all-reduces gradients on the last micro-batch only (torch.compile wraps it).
+    ddp = isinstance(getattr(model, "_orig_mod", model), DistributedDataParallel)
     total = torch.zeros((), device=device)
-    for number, batch in enumerate(micro_batches):
-        images = batch["image"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
-        images = amp.memory_format(images)
-        # DDP all-reduces gradients on the last micro-batch only.
-        sync = number == len(micro_batches) - 1 or not isinstance(model, DistributedDataParallel)
-        with (nullcontext() if sync else model.no_sync()), amp.autocast(device):
-            loss = segmentation_loss(model(images), labels, ignore_index, normalization) / len(micro_batches)
-        amp.scaler.scale(loss).backward()
-        total += loss.detach()
-    # Checked once, after the backward passes and before the update: the step's only wait
-    # for the GPU, where a check between forward and backward would stall every pass.
-    mean_loss = all_reduce_mean(total).item()
-    if not math.isfinite(mean_loss):
-        where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
-        raise TrainingDivergedError(
-            f"loss became {mean_loss} at iteration {iteration + 1}; stopped before updating the weights "
-            f"({where}); lower optim.lr or try runtime.amp=off"
-        )
-    amp.scaler.step(optimizer)
-    amp.scaler.update()
+    with one_bases_update_per_step(model):
+        for number, (batch, label) in enumerate(zip(micro_batches, labels, strict=True)):
+            images = amp.memory_format(batch["image"].to(device, non_blocking=True))
+            sync = not ddp or number == len(micro_batches) - 1
+            with (nullcontext() if sync else model.no_sync()), amp.autocast(device):
+                loss = segmentation_loss(model(images), label, ignore_index, divisor)
+            amp.scaler.scale(loss).backward()
+            total += loss.detach()
+        # Checked once, after the backward passes and before the update: the step's only
+        # wait for the GPU, where a check between forward and backward would stall every pass.
+        mean_loss = all_reduce_mean(total).item()
+        if not math.isfinite(mean_loss):
+            where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+            raise TrainingDivergedError(
+                f"loss became {mean_loss} at iteration {iteration + 1}; stopped before updating the weights "
+                f"({where}); lower optim.lr or try runtime.amp=off"
+            )
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
     return mean_loss
 
 
@@ -153,6 +170,18 @@ def resume(run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: 
     return state["iteration"], path
 
 
+def check_schedule(cfg: DictConfig) -> None:
+    """Refuse settings that would fail or mislead only later in a run."""
+    schedule = cfg.schedule
+    for key in ("iterations", "log_every", "checkpoint_every", "checkpoint_keep", "lr_update_every"):
+        if schedule[key] < 1:
+            raise ConfigError(f"schedule.{key} must be at least 1, got {schedule[key]}")
+    if schedule.eval_every < 0:
+        raise ConfigError(f"schedule.eval_every must be 0 (only at the end) or positive, got {schedule.eval_every}")
+    if cfg.loss.normalization not in LOSS_NORMALIZATIONS:
+        raise ConfigError(f"loss.normalization must be one of {LOSS_NORMALIZATIONS}, got {cfg.loss.normalization!r}")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train the configured model, evaluate it on the val split, and fill ``run_dir``.
 
@@ -161,13 +190,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     ``checkpoints/``, TensorBoard events under ``tensorboard/`` and ``metrics.json``;
     returns the metrics.
     """
+    check_schedule(cfg)
     world = init_distributed(configure_runtime(cfg))
+    run_dir = shared_run_dir(run_dir)
     device = world.device
     amp = AmpSettings.from_config(cfg.runtime, device)
     eval_amp = AmpSettings.from_config(cfg.eval, device, key="eval")  # checked now, not after training
     schedule, data_cfg = cfg.schedule, cfg.dataset
     micro_batch = per_rank_batch(schedule.batch_size, world.size, schedule.accumulation_steps)
     if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     train_set = build_dataset(
         data_cfg, data_cfg.train_split,
@@ -239,7 +271,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             if world.is_main:
                 last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
         if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
-            evaluate_on_val(model, cfg, device, eval_amp, writer, done, world)
+            # Evaluation must not draw from the training RNG (its data loader seeds itself
+            # from it): a run resumed after this iteration has not evaluated and would
+            # continue with other dropout masks.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                evaluate_on_val(model, cfg, device, eval_amp, writer, done, world)
             model.train()
     progress.close()
     train_seconds = time.perf_counter() - began

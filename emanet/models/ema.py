@@ -7,8 +7,9 @@ Semantics follow the authors' release:
 * T alternations of the E step ``Z = softmax(lambda * X^T mu)`` (over K) and the M step
   ``mu = X Z / sum_n Z`` followed by an L2 normalisation of each base, without gradient.
 * The reconstruction ``X~ = mu Z^T`` feeds ReLU -> 1x1 conv + BN -> residual -> ReLU.
-* In training, after each forward pass, ``mu <- m * mu + (1 - m) * mean(mu_T)`` where the
-  mean runs over the whole global batch (all processes of a distributed job).
+* In training, ``mu <- m * mu + (1 - m) * mean(mu_T)`` where the mean runs over the whole
+  global batch (all processes of a distributed job): after each forward pass, or once per
+  optimizer step over all its micro-batches inside :func:`one_bases_update_per_step`.
 
 Because Z and mu come out of the no-gradient iterations, the first 1x1 conv receives no
 gradient, exactly as in the release (other ports freeze it explicitly for the same effect).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -107,14 +108,17 @@ class EMAUnit(nn.Module):
         self.conv_out = nn.Sequential(
             nn.Conv2d(channels, channels, kernel_size=1, bias=False), norm_layer(channels)
         )
+        # Weights as the release initialises them; conv_in's bias keeps PyTorch's default
+        # (uniform) initialisation as in the release, and keeps it for good (no gradient).
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
         # Its output only feeds the EM iterations, which run without gradient (as in the
         # release), so it never receives one; saying so lets DDP skip it.
         self.conv_in.requires_grad_(False)
+        # Batch means of the bases collected inside one_bases_update_per_step (None outside).
+        # A plain attribute, not a buffer: DDP would overwrite buffers with rank 0's copy.
+        self._collected: list[torch.Tensor] | None = None
 
     @property
     def stages(self) -> int:
@@ -146,14 +150,18 @@ class EMAUnit(nn.Module):
                 self.stages, self.lambda_, self.normalize_bases,
             )
         if self.training and self.maintenance == "moving_average":
-            self._update_bases(mu)
+            batch_mean = mu.mean(dim=0, keepdim=True)  # (1, C, K)
+            if self._collected is None:
+                self._update_bases(batch_mean)
+            else:
+                self._collected.append(batch_mean)
         x = torch.bmm(mu, z.transpose(1, 2)).to(x.dtype).reshape(b, c, h, w)  # (B, C, H, W)
         x = self.conv_out(F.relu(x))
         return F.relu(x + identity)
 
     @torch.no_grad()
-    def _update_bases(self, mu: torch.Tensor) -> None:
-        batch_mean = mu.mean(dim=0, keepdim=True)  # (1, C, K)
+    def _update_bases(self, batch_mean: torch.Tensor) -> None:
+        # batch_mean: (1, C, K), this process's mean
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_mean)
             batch_mean /= dist.get_world_size()
@@ -165,3 +173,28 @@ class EMAUnit(nn.Module):
             f"eval_stages={self.eval_stages}, momentum={self.momentum}, lambda_={self.lambda_}, "
             f"normalize_bases={self.normalize_bases}, maintenance={self.maintenance!r}"
         )
+
+
+@contextlib.contextmanager
+def one_bases_update_per_step(model: nn.Module) -> Iterator[None]:
+    """Update the bases of every EMA unit in ``model`` once, when the block ends.
+
+    Inside the block each training forward pass only collects the batch mean of its bases;
+    on leaving it, each unit moves its bases once towards the mean over all the passes
+    (equal-sized micro-batches, so the mean of the global batch across processes too).
+    This is the release's update with gradient accumulation: every micro-batch starts from
+    the stored bases, and one update per step uses the whole global batch. If the block
+    raises (a non-finite loss), the bases stay as they were.
+    """
+    units = [module for module in model.modules() if isinstance(module, EMAUnit)]
+    for unit in units:
+        unit._collected = []
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        for unit in units:
+            collected, unit._collected = unit._collected, None
+            if finished and collected:
+                unit._update_bases(torch.stack(collected).mean(dim=0))
