@@ -210,11 +210,11 @@ def single_and_multi_scale(metrics: dict | None) -> tuple[float | None, float | 
 
 
 def ranking_markdown(title: str, paper: dict[str, float], runs: dict[str, dict]) -> str:
-    """Tables 3 and 4: the paper's list, our runs' MS+flip mIoU beside the EMANet rows."""
+    """Tables 3 and 4: the paper's list (multi-scale + flip), our runs' mIoU beside the
+    EMANet rows; a run evaluated single scale only is shown marked "(SS)"."""
     lines = [f"## {title}", "", "| Method | mIoU (paper) | mIoU (ours) | diff |", "|---|---|---|---|"]
     for method, value in paper.items():
-        ours = single_and_multi_scale(runs.get(method))[1] if method in runs else None
-        if ours is None and method in runs:
-            ours = runs[method]["mIoU"]
-        lines.append(f"| {method} | {value:.1f} | {cell(ours)} | {difference(ours, value)} |")
+        single, multi = single_and_multi_scale(runs.get(method))
+        ours, mark = (multi, "") if multi is not None else (single, " (SS)" if single is not None else "")
+        lines.append(f"| {method} | {value:.1f} | {cell(ours)}{mark} | {difference(ours, value)} |")
     return "\n".join(lines)

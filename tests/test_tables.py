@@ -70,6 +70,9 @@ def test_ranking_table_fills_the_emanet_row():
     text = ranking_markdown("Table 3", PAPER_TABLE3, {"EMANet (ResNet-101)": run})
     assert "| EMANet (ResNet-101) | 53.1 | 52.00 | -1.10 |" in text
     assert "| DANet (ResNet-101) | 52.6 | - | - |" in text
+    single_scale_only = {"mIoU": 50.5, "eval": {"scales": [1.0], "flip": False}}
+    text = ranking_markdown("Table 3", PAPER_TABLE3, {"EMANet (ResNet-101)": single_scale_only})
+    assert "| EMANet (ResNet-101) | 53.1 | 50.50 (SS) | -2.60 |" in text
 
 
 def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
