@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,3 +155,16 @@ def test_import_script_reports_a_foreign_file(tmp_path):
     )
     assert result.returncode == 2
     assert "is not a release checkpoint (a dict with 'net' and 'step')" in result.stderr
+
+
+def test_release_experiment_feeds_the_weights_the_release_input():
+    from emanet.cli import compose_config
+    from emanet.data.transforms import eval_transform
+
+    cfg = compose_config("evaluate", ["experiment=voc_release", "checkpoint=x"])
+    assert cfg.eval.mode == "release" and cfg.eval.scales == [1.0] and not cfg.eval.flip
+    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    ours = eval_transform(cfg.dataset.mean, cfg.dataset.std)(image=image)["image"]
+    mean = torch.tensor([0.485, 0.456, 0.406])
+    release = ((torch.from_numpy(image).float() / 255 - mean) / mean).permute(2, 0, 1)  # the release divides by the mean
+    torch.testing.assert_close(ours, release)
