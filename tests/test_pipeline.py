@@ -217,6 +217,10 @@ def test_voc_experiment_resolves_the_paper_recipe():
     assert cfg.model.ema.channels == 512 and cfg.model.ema.num_bases == 64
     assert cfg.schedule.iterations == 30000 and cfg.schedule.batch_size == 16
     assert cfg.optim.lr == 0.009
+    assert cfg.schedule.lr_update_every == 10 and cfg.loss.normalization == "all_pixels"
+    for baseline in ("voc_fcn", "voc_deeplabv3", "voc_r50_ablation", "context_emanet512", "cocostuff10k_emanet512"):
+        inherited = compose_config("train", [f"experiment={baseline}"])
+        assert (inherited.schedule.lr_update_every, inherited.loss.normalization) == (10, "all_pixels"), baseline
 
 
 def test_evaluate_reports_missing_checkpoint(tmp_path):
