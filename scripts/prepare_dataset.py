@@ -1,13 +1,14 @@
 """Prepare a benchmark from its original downloads (see data/README.md for each layout).
 
-    python scripts/prepare_dataset.py voc_aug [--voc DIR] [--sbd DIR]
-    python scripts/prepare_dataset.py pascal_context [--voc2010 DIR] [--context DIR]
-    python scripts/prepare_dataset.py coco_stuff10k [--root DIR]
-    python scripts/prepare_dataset.py coco_stuff164k [--root DIR]
+    python scripts/prepare_dataset.py voc_aug [--voc DIR] [--sbd DIR] [--workers N]
+    python scripts/prepare_dataset.py pascal_context [--voc2010 DIR] [--context DIR] [--workers N]
+    python scripts/prepare_dataset.py coco_stuff10k [--root DIR] [--workers N]
+    python scripts/prepare_dataset.py coco_stuff164k [--root DIR] [--workers N]
 
 Paths default to the places the dataset configs read from, under $EMANET_DATA_ROOT (or
-data/). Re-running skips the label files already written; the split sizes are printed
-beside the published ones.
+data/). --workers (conversion processes, default: all cores) may also come before the
+benchmark name. Re-running skips the label files already written; the split sizes are
+printed beside the published ones.
 """
 
 from __future__ import annotations
@@ -22,22 +23,33 @@ from emanet.data import prepare
 from emanet.errors import EmanetError
 
 
-def main() -> None:
-    data_root = Path(os.environ.get("EMANET_DATA_ROOT", "data"))
+def build_parser(data_root: Path) -> argparse.ArgumentParser:
+    workers_help = "conversion processes (default: all cores)"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="conversion processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help=workers_help)
+    # The same option after the benchmark name; SUPPRESS keeps a value given before the
+    # name (or the default) when it is not repeated there.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workers", type=int, default=argparse.SUPPRESS, metavar="N", help=workers_help)
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
-    voc = benchmarks.add_parser("voc_aug", help="PASCAL VOC 2012 + SBD -> SegmentationClassAug, trainaug")
+    voc = benchmarks.add_parser("voc_aug", parents=[common], help="VOC 2012 + SBD -> SegmentationClassAug, trainaug")
     voc.add_argument("--voc", type=Path, default=data_root / "VOCdevkit" / "VOC2012")
     voc.add_argument("--sbd", type=Path, default=data_root / "benchmark_RELEASE")
-    context = benchmarks.add_parser("pascal_context", help="PASCAL Context 459-class .mat -> 60-class PNGs")
+    context = benchmarks.add_parser(
+        "pascal_context", parents=[common], help="PASCAL Context 459-class .mat -> 60-class PNGs"
+    )
     context.add_argument("--voc2010", type=Path, default=data_root / "VOCdevkit" / "VOC2010")
     context.add_argument("--context", type=Path, default=None, help="folder with trainval/ (default: --voc2010)")
-    coco10k = benchmarks.add_parser("coco_stuff10k", help="COCO-Stuff 10k .mat -> 171-class PNGs")
+    coco10k = benchmarks.add_parser("coco_stuff10k", parents=[common], help="COCO-Stuff 10k .mat -> 171-class PNGs")
     coco10k.add_argument("--root", type=Path, default=data_root / "cocostuff-10k-v1.1")
-    coco164k = benchmarks.add_parser("coco_stuff164k", help="COCO-Stuff 164k maps -> 171-class PNGs")
+    coco164k = benchmarks.add_parser("coco_stuff164k", parents=[common], help="COCO-Stuff 164k maps -> 171-class PNGs")
     coco164k.add_argument("--root", type=Path, default=data_root / "coco_stuff164k")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    data_root = Path(os.environ.get("EMANET_DATA_ROOT", "data"))
+    args = build_parser(data_root).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.benchmark == "voc_aug":

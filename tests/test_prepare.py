@@ -1,6 +1,8 @@
 """Dataset preparation on miniature copies of the original downloads, in their real formats."""
 
 import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +10,9 @@ import pytest
 import scipy.io
 from hydra import compose, initialize_config_dir
 from PIL import Image
+from tests_paths import REPO
 
-from emanet.data import CLASS_NAMES, build_dataset
+from emanet.data import CLASS_NAMES, build_dataset, prepare
 from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60_CLASSES
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.data.prepare import (
@@ -21,7 +24,10 @@ from emanet.data.prepare import (
     prepare_voc_aug,
 )
 from emanet.data.segmentation import SegmentationDataset
-from emanet.errors import DatasetNotFoundError
+from emanet.errors import DatasetError, DatasetNotFoundError
+
+sys.path.insert(0, str(REPO / "scripts"))
+import prepare_dataset  # noqa: E402
 
 SIZE = (6, 8)
 
@@ -254,3 +260,95 @@ def test_pascal_context_from_trainval_merged_json(tmp_path):
     assert np.array_equal(read_label_png(labels / "2008_000007.png"), expected)
     assert np.array_equal(read_label_png(labels / "2008_000002.png"), np.where(mask, 37, 0))
     assert (voc2010 / "ImageSets" / "SegmentationContext" / "val.txt").read_text() == "2008_000007\n"
+
+
+def run_cli(monkeypatch, capsys, *argv):
+    """``python scripts/prepare_dataset.py ARGV``: its exit status (0 when it returns) and stderr."""
+    monkeypatch.setattr(sys, "argv", ["scripts/prepare_dataset.py", *argv])
+    try:
+        prepare_dataset.main()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def test_voc_aug_undecodable_or_missing_label_png_is_one_error_naming_the_file(voc_and_sbd, monkeypatch, capsys):
+    voc, sbd, _, _ = voc_and_sbd
+    bad = voc / "SegmentationClass" / "2007_b.png"
+    bad.write_bytes(b"\x89PNG garbage, not an image")
+    status, err = run_cli(monkeypatch, capsys, "--workers", "1", "voc_aug", "--voc", str(voc), "--sbd", str(sbd))
+    assert status == 2
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert error_lines == [
+        f"error: {bad}: cannot read the label PNG (cannot identify image file '{bad}'); "
+        "unpack it again from VOCtrainval_11-May-2012.tar and re-run"
+    ]
+    assert not (voc / "SegmentationClassAug" / "2007_b.png").exists()
+    bad.unlink()
+    missing = rf"^{re.escape(str(bad))}: cannot read the label PNG \(\[Errno 2\] No such file"
+    with pytest.raises(DatasetError, match=missing):
+        prepare_voc_aug(voc, sbd)
+
+
+def test_coco_stuff164k_undecodable_map_names_the_file_also_from_worker_processes(tmp_path):
+    root = tmp_path / "coco_stuff164k"
+    for split in ("train2017", "val2017"):
+        write_jpeg(root / "images" / split / "000000000009.jpg")
+        (root / "annotations" / split).mkdir(parents=True)
+        Image.fromarray(np.zeros(SIZE, dtype=np.uint8)).save(root / "annotations" / split / "000000000009.png")
+    bad = root / "annotations" / "train2017" / "000000000025.png"
+    bad.write_bytes(b"garbage")
+    for workers in (1, 2):
+        with pytest.raises(DatasetError) as raised:
+            prepare_coco_stuff164k(root, workers=workers)
+        assert str(raised.value) == (
+            f"{bad}: cannot read the label PNG (cannot identify image file '{bad}'); "
+            "unpack it again from stuffthingmaps_trainval2017.zip and re-run"
+        )
+
+
+def test_pascal_context_ids_above_459_are_rejected(tmp_path):
+    voc2010 = tmp_path / "VOC2010"
+    write_jpeg(voc2010 / "JPEGImages" / "2008_000002.jpg")
+    write_list(voc2010 / "ImageSets" / "Main" / "train.txt", ["2008_000002"])
+    write_list(voc2010 / "ImageSets" / "Main" / "val.txt", [])
+    (voc2010 / "trainval").mkdir()
+    mat = voc2010 / "trainval" / "2008_000002.mat"
+    source = np.full(SIZE, 459, dtype=np.uint16)  # 459 is the last class: kept (as background)
+    scipy.io.savemat(mat, {"LabelMap": source})
+    assert prepare_pascal_context(voc2010, voc2010) == {"train": 1, "val": 0}
+    assert np.array_equal(read_label_png(voc2010 / "SegmentationClassContext" / "2008_000002.png"), np.zeros(SIZE))
+    (voc2010 / "SegmentationClassContext" / "2008_000002.png").unlink()
+    source[0, :2] = 460, 1000
+    scipy.io.savemat(mat, {"LabelMap": source})
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(mat))}: LabelMap holds ids \[460, 1000\] outside 0-459"):
+        prepare_pascal_context(voc2010, voc2010)
+
+    json_root = tmp_path / "json"
+    image = {"image_id": 1, "file_name": "2008_000002.jpg", "height": 5, "width": 7, "phase": "train"}
+    segment = {"image_id": 1, "category_id": 460, "segmentation": {"size": [5, 7], "counts": [0, 35]}}
+    json_root.mkdir()
+    (json_root / "trainval_merged.json").write_text(json.dumps({"images": [image], "annos_segmentation": [segment]}))
+    with pytest.raises(DatasetError, match=r"2008_000002.jpg: trainval_merged.json holds ids \[460\] outside 0-459"):
+        prepare_pascal_context(voc2010, json_root)
+
+
+@pytest.mark.parametrize(
+    ("argv", "workers"),
+    [
+        (["voc_aug", "--workers", "3"], 3),
+        (["--workers", "5", "voc_aug"], 5),
+        (["--workers", "5", "voc_aug", "--workers", "2"], 2),
+        (["voc_aug"], "default"),
+    ],
+)
+def test_workers_option_before_or_after_the_benchmark_name(argv, workers, monkeypatch, capsys, tmp_path):
+    calls = []
+    monkeypatch.setattr(prepare, "prepare_voc_aug", lambda *args: calls.append(args))
+    monkeypatch.setattr(prepare_dataset.os, "cpu_count", lambda: 7)
+    monkeypatch.setenv("EMANET_DATA_ROOT", str(tmp_path))
+    assert run_cli(monkeypatch, capsys, *argv) == (0, "")
+    expected_workers = 7 if workers == "default" else workers
+    assert calls == [(tmp_path / "VOCdevkit" / "VOC2012", tmp_path / "benchmark_RELEASE", expected_workers)]

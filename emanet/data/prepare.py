@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from emanet.data.classes import COCO_STUFF_UNUSED_IDS, CONTEXT59_CLASSES, CONTEXT_SOURCE_IDS
 from emanet.data.palette import read_label_png, save_label_png
+from emanet.data.segmentation import DECODE_ERRORS
 from emanet.engine.checkpoint import atomic_write
 from emanet.errors import DatasetError, DatasetNotFoundError
 
@@ -35,13 +36,15 @@ EXPECTED_COUNTS = {
     "coco_stuff164k": {"train2017": 118287, "val2017": 5000},
 }
 
+CONTEXT_MAX_ID = 459  # PASCAL Context's classes are ids 1-459; 0 is unlabelled
+
 
 # ---------------------------------------------------------------------------- label maps
 
 
 def context_lookup_table() -> np.ndarray:
-    """459-class id -> 60-class label: the 59 classes to 1..59, everything else to 0."""
-    table = np.zeros(65536, dtype=np.uint8)
+    """459-class id (0-459) -> 60-class label: the 59 classes to 1..59, everything else to 0."""
+    table = np.zeros(CONTEXT_MAX_ID + 1, dtype=np.uint8)
     table[list(CONTEXT_SOURCE_IDS)] = np.arange(1, len(CONTEXT_SOURCE_IDS) + 1)
     return table
 
@@ -54,6 +57,21 @@ def coco_stuff_lookup_table() -> np.ndarray:
     return table
 
 
+def read_source_png(png_path: Path, download: str) -> np.ndarray:
+    """A label PNG of an original download, raw indices; DatasetError when it does not decode."""
+    try:
+        return read_label_png(png_path)
+    except DECODE_ERRORS as error:
+        raise DatasetError(
+            f"{png_path}: cannot read the label PNG ({error}); unpack it again from {download} and re-run"
+        ) from None
+
+
+def voc_label(png_path: Path) -> np.ndarray:
+    """VOC 2012's own ``SegmentationClass/<id>.png`` (palette PNG, 255 boundaries kept)."""
+    return read_source_png(png_path, "VOCtrainval_11-May-2012.tar")
+
+
 def sbd_label(mat_path: Path) -> np.ndarray:
     """SBD ``cls/<id>.mat``: struct ``GTcls``, field ``Segmentation`` (H, W class map)."""
     return np.asarray(_load_mat(mat_path, "GTcls").Segmentation, dtype=np.uint8)
@@ -62,9 +80,17 @@ def sbd_label(mat_path: Path) -> np.ndarray:
 def context_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
     """PASCAL Context ``trainval/<id>.mat``: ``LabelMap`` with 459-class ids -> 60 classes."""
     label_map = np.asarray(_load_mat(mat_path, "LabelMap"))
-    if label_map.min() < 0 or label_map.max() >= len(table):
-        raise DatasetError(f"{mat_path}: LabelMap holds ids outside 0-459")
+    _check_context_ids(label_map, f"{mat_path}: LabelMap")
     return table[label_map.astype(np.int64)]
+
+
+def _check_context_ids(ids: np.ndarray, where: str) -> None:
+    outside = (ids < 0) | (ids > CONTEXT_MAX_ID)
+    if outside.any():
+        raise DatasetError(
+            f"{where} holds ids {sorted(np.unique(ids[outside]).tolist())[:10]} outside 0-{CONTEXT_MAX_ID}: "
+            "not PASCAL Context's 459-class annotation"
+        )
 
 
 def decode_rle(segmentation: dict) -> np.ndarray:
@@ -124,6 +150,7 @@ def context_json_label(image: dict, segments: list[dict], table: np.ndarray) -> 
     label_map = np.zeros((image["height"], image["width"]), dtype=np.int64)
     for segment in segments:
         label_map[decode_rle(segment["segmentation"])] = segment["category_id"]
+    _check_context_ids(label_map, f"{image['file_name']}: trainval_merged.json")
     return table[label_map]
 
 
@@ -138,7 +165,7 @@ def coco_stuff10k_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
 
 def coco_stuff164k_label(png_path: Path, table: np.ndarray) -> np.ndarray:
     """COCO-Stuff 164k ``stuffthingmaps``: PNG with ids 0-181, 255 unlabelled."""
-    return table[read_label_png(png_path)]
+    return table[read_source_png(png_path, "stuffthingmaps_trainval2017.zip")]
 
 
 def _load_mat(path: Path, key: str):
@@ -238,7 +265,7 @@ def prepare_voc_aug(voc_root: Path, sbd_root: Path, workers: int = 1) -> dict[st
     for sample_id in sorted(voc_labels | set(sbd_ids)):
         destination = output / f"{sample_id}.png"
         if sample_id in voc_labels:
-            jobs.append((read_label_png, (voc_root / "SegmentationClass" / f"{sample_id}.png",), destination))
+            jobs.append((voc_label, (voc_root / "SegmentationClass" / f"{sample_id}.png",), destination))
         else:
             jobs.append((sbd_label, (sbd / "cls" / f"{sample_id}.mat",), destination))
             _copy_if_missing(sbd / "img" / f"{sample_id}.jpg", voc_root / "JPEGImages" / f"{sample_id}.jpg")
