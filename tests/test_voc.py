@@ -1,13 +1,15 @@
 """The VOC reader on a tiny dataset written here, and the demo generator."""
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from emanet.data.classes import VOC_CLASSES
+from emanet.data.classes import CONTEXT59_CLASSES, VOC_CLASSES
 from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.palette import color_map, read_label_png, save_label_png
 from emanet.data.segmentation import SegmentationDataset
@@ -158,3 +160,44 @@ def test_scale_sampling_discrete_draws_the_set_and_continuous_its_range():
     assert discrete.apply_to_mask(image[..., 0], scale=0.5).shape == (20, 30)
     with pytest.raises(ConfigError, match="dataset.scale_sampling must be 'discrete' or 'continuous'"):
         train_transform(64, [1.0], scale_sampling="uniform")
+
+
+def test_random_scale_output_sizes_are_the_releases_floor_not_rounded():
+    scale = RandomScaleFactor([1.0])
+    image = np.zeros((101, 101, 3), dtype=np.uint8)
+    assert scale.apply(image, scale=0.75).shape == (75, 75, 3)  # cv2's fx=0.75 gives 76
+    assert scale.apply_to_mask(image[..., 0], scale=0.75).shape == (75, 75)
+    scales = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 0.6180339]
+    for height, width in [(100, 101), (101, 333), (187, 500), (375, 499), (7, 9)]:
+        image = np.zeros((height, width, 3), dtype=np.uint8)
+        for s in scales:
+            expected = (math.floor(height * s), math.floor(width * s))
+            # The release: torch's F.interpolate(scale_factor=s) on the (1, 3, H, W) tensor.
+            tensor = torch.zeros(1, 3, height, width)
+            release = F.interpolate(tensor, scale_factor=s, mode="bilinear", align_corners=True)
+            assert tuple(release.shape[2:]) == expected
+            assert scale.apply(image, scale=s).shape == (*expected, 3)
+            assert scale.apply_to_mask(image[..., 0], scale=s).shape == expected
+
+
+def test_random_scale_keeps_image_bilinear_and_label_nearest():
+    scale = RandomScaleFactor([1.0])
+    image = np.array([[0, 100], [200, 40]], dtype=np.uint8)
+    label = np.array([[1, 2], [3, 255]], dtype=np.uint8)
+    assert np.array_equal(scale.apply_to_mask(label, scale=2.0), np.kron(label, np.ones((2, 2), dtype=np.uint8)))
+    upscaled = scale.apply(image[..., None].repeat(3, axis=2), scale=2.0)[..., 0]
+    # Half-pixel centres: output (1, 1) samples (0.25, 0.25): .5625*0 + .1875*100 + .1875*200 + .0625*40
+    assert (upscaled[0, 0], upscaled[0, 1], upscaled[1, 1], upscaled[3, 3]) == (0, 25, 59, 40)
+
+
+@pytest.mark.parametrize("ignore_index", [255, 254])
+def test_ignore_background_uses_the_configured_ignore_index(tmp_path, ignore_index):
+    write_tiny_voc(tmp_path, ids=("2008_000002",), size=(2, 3))
+    label = np.array([[0, 1, 59], [ignore_index, 5, 0]], dtype=np.uint8)
+    save_label_png(label, tmp_path / "SegmentationClass" / "2008_000002.png")
+    dataset = SegmentationDataset(
+        tmp_path, "val", CONTEXT59_CLASSES, ignore_background=True, ignore_index=ignore_index
+    )
+    expected = np.array([[ignore_index, 0, 58], [ignore_index, 4, ignore_index]], dtype=np.uint8)
+    assert np.array_equal(dataset.load(0)[1], expected)
+    assert torch.equal(dataset[0]["label"], torch.from_numpy(expected).long())

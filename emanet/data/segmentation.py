@@ -50,10 +50,10 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DatasetError(f"{path}: cannot decode the image ({error})") from None
 
 
-def ignore_background(label: np.ndarray) -> np.ndarray:
-    """Drop class 0: 0 -> 255, k -> k - 1, 255 stays (PASCAL Context's 59-class convention)."""
+def ignore_background(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """Drop class 0: 0 -> ignore_index, k -> k - 1, ignore_index stays (PASCAL Context's 59 classes)."""
     shifted = label - np.uint8(1)  # uint8 arithmetic wraps 0 to 255
-    shifted[label == 255] = 255
+    shifted[(label == 0) | (label == ignore_index)] = ignore_index
     return shifted
 
 
@@ -178,7 +178,7 @@ class SegmentationDataset(Dataset):
                 f"{image_path.name} is {image.shape[1]}x{image.shape[0]}"
             )
         if self.ignore_background:
-            label = ignore_background(label)
+            label = ignore_background(label, self.ignore_index)
         invalid = (label >= self.num_classes) & (label != self.ignore_index)
         if invalid.any():
             raise DatasetError(

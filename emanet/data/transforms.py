@@ -8,6 +8,7 @@ random crop and random horizontal flip.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,12 @@ class RandomScaleFactor(A.DualTransform):
     """Resize by a factor drawn uniformly from ``scales`` (or from their range).
 
     albumentations' RandomScale only draws from a continuous range; the release draws from
-    a fixed set, and ``cv2.resize(fx=s, fy=s)`` reproduces its output sizes exactly.
+    a fixed set. The output is floor(h * s) x floor(w * s) (at least 1 x 1), the size of
+    the release's ``F.interpolate(scale_factor=s)``; ``cv2.resize(fx=s, fy=s)`` would round
+    to nearest instead (101 * 0.75 -> 76, not 75). The sizes match; the pixels do not
+    exactly: the release resizes the image with ``align_corners=True`` bilinear on the
+    normalised tensor, this resize uses cv2's half-pixel centres on the uint8 image
+    (image bilinear, label nearest), a sub-pixel resampling difference.
     """
 
     def __init__(self, scales: Sequence[float], continuous: bool = False, p: float = 1.0) -> None:
@@ -39,11 +45,18 @@ class RandomScaleFactor(A.DualTransform):
             return {"scale": self.py_random.uniform(min(self.scales), max(self.scales))}
         return {"scale": self.py_random.choice(self.scales)}
 
+    @staticmethod
+    def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+        """(height, width) after scaling: floored, as torch's ``F.interpolate(scale_factor=)``."""
+        return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
     def apply(self, img: np.ndarray, scale: float = 1.0, **params: Any) -> np.ndarray:
-        return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        height, width = self.output_size(*img.shape[:2], scale)
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
     def apply_to_mask(self, mask: np.ndarray, scale: float = 1.0, **params: Any) -> np.ndarray:
-        return cv2.resize(mask, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        height, width = self.output_size(*mask.shape[:2], scale)
+        return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("scales", "continuous")
