@@ -92,9 +92,10 @@ def test_training_lr_follows_poly_schedule(demo_run):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     lrs = {e.step: e.value for e in events.Scalars("train/lr")}
-    # logged at iteration i (1-based) is the lr used for that step: base * (1 - (i-1)/6)^0.9
+    # logged at step i (counted from 1, as the release does) is the lr of that step
+    assert sorted(lrs) == [2, 4, 6]
     for step, lr in lrs.items():
-        assert lr == pytest.approx(cfg.optim.lr * (1 - (step - 1) / 6) ** 0.9, rel=1e-6)
+        assert lr == pytest.approx(cfg.optim.lr * (1 - step / 6) ** 0.9, rel=1e-6, abs=1e-12)
 
 
 def test_evaluate_checkpoint_reproduces_training_metrics(demo_run, tmp_path):

@@ -166,5 +166,5 @@ def test_release_experiment_feeds_the_weights_the_release_input():
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     ours = eval_transform(cfg.dataset.mean, cfg.dataset.std)(image=image)["image"]
     mean = torch.tensor([0.485, 0.456, 0.406])
-    release = ((torch.from_numpy(image).float() / 255 - mean) / mean).permute(2, 0, 1)  # the release divides by the mean
+    release = ((torch.from_numpy(image).float() / 255 - mean) / mean).permute(2, 0, 1)  # divided by the mean
     torch.testing.assert_close(ours, release)
