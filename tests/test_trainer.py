@@ -257,7 +257,8 @@ def ddp_worker(rank, world_size, rendezvous, images, labels, results, accumulati
 def test_two_processes_stay_identical_and_match_one_process_over_the_global_batch(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(3, 4, 3, 32, 32)  # 3 steps of a global batch of 4
-    labels = torch.randint(0, 5, (3, 4, 32, 32))  # every pixel labelled: both loss means agree
+    labels = torch.randint(0, 5, (3, 4, 32, 32))
+    labels[:, 0, :20] = 255  # rank 0 holds fewer labelled pixels: the loss divisor must be global
     mp.spawn(ddp_worker, args=(2, tmp_path / "rendezvous", images, labels, tmp_path), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)

@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 LOSS_NORMALIZATIONS = ("valid", "all_pixels")
 
 
+def check_loss_normalization(normalization: str) -> None:
+    if normalization not in LOSS_NORMALIZATIONS:
+        raise ConfigError(f"loss.normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}")
+
+
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, divisor: torch.Tensor):
     """Per-pixel cross-entropy summed over the labelled pixels and divided by ``divisor``
     (see :func:`loss_divisor`)."""
@@ -68,12 +73,11 @@ def loss_divisor(labels: list[torch.Tensor], ignore_index: int, normalization: s
     count over processes: accumulation sums the micro-batches' gradients and DDP averages
     the processes'. A global batch without a labelled pixel gives a zero loss.
     """
+    check_loss_normalization(normalization)
     if normalization == "valid":
         count = sum((label != ignore_index).sum() for label in labels)
-    elif normalization == "all_pixels":
-        count = torch.tensor(float(sum(label.numel() for label in labels)), device=labels[0].device)
     else:
-        raise ConfigError(f"loss.normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}")
+        count = torch.tensor(float(sum(label.numel() for label in labels)), device=labels[0].device)
     return all_reduce_mean(count.float()).clamp(min=1.0)
 
 
@@ -178,8 +182,7 @@ def check_schedule(cfg: DictConfig) -> None:
             raise ConfigError(f"schedule.{key} must be at least 1, got {schedule[key]}")
     if schedule.eval_every < 0:
         raise ConfigError(f"schedule.eval_every must be 0 (only at the end) or positive, got {schedule.eval_every}")
-    if cfg.loss.normalization not in LOSS_NORMALIZATIONS:
-        raise ConfigError(f"loss.normalization must be one of {LOSS_NORMALIZATIONS}, got {cfg.loss.normalization!r}")
+    check_loss_normalization(cfg.loss.normalization)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
