@@ -130,6 +130,23 @@ def test_demo_dataset_is_reused_and_regenerated_when_settings_change(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["VOC2012"]  # no staging folder left
 
 
+def generate_and_read(rank, root, results):
+    generate_demo_dataset(root, num_train=40, num_val=4, seed=0)
+    dataset = SegmentationDataset(root, "train", DEMO_CLASSES)
+    (results / f"read{rank}.txt").write_text(str(sum(dataset.load(i)[1].size for i in range(len(dataset)))))
+
+
+def test_processes_generating_the_demo_at_once_take_turns(tmp_path):
+    import torch.multiprocessing as mp
+
+    root = tmp_path / "data" / "VOC2012"
+    mp.spawn(generate_and_read, args=(root, tmp_path), nprocs=2, join=True)  # raises if either failed
+    reference = generate_demo_dataset(tmp_path / "reference" / "VOC2012", num_train=40, num_val=4, seed=0)
+    assert _tree_digest(root) == _tree_digest(reference)
+    assert (tmp_path / "read0.txt").read_text() == (tmp_path / "read1.txt").read_text()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["VOC2012"]
+
+
 def test_demo_classes_share_colours():
     # Colour alone must not identify a class: every object class is drawn from the same pool.
     from emanet.data.demo import render_sample

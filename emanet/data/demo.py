@@ -18,9 +18,13 @@ same :class:`~emanet.data.segmentation.SegmentationDataset` class as the real be
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +138,8 @@ def generate_demo_dataset(
 
     The folder is built in a temporary sibling and renamed into place, so an interrupted
     run never leaves a half-written dataset; a finished one is reused when its recorded
-    settings match.
+    settings match. Processes that ask for it at once (the ranks of a torchrun job,
+    parallel sweeps) take turns: the first writes it, the others find it written.
     """
     root = Path(root)
     settings = {
@@ -142,15 +147,34 @@ def generate_demo_dataset(
         "min_size": min_size, "max_size": max_size, "seed": seed, "version": 1,
     }
     marker = root / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
-        return root
-
     root.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(root.parent):
+        if marker.is_file() and json.loads(marker.read_text()) == settings:
+            return root
+        write_demo_dataset(root, settings)
+    return root
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``directory`` (flock, released on close); locking
+    the directory itself leaves no lock file behind."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def write_demo_dataset(root: Path, settings: dict) -> None:
+    num_train, num_val = settings["num_train"], settings["num_val"]
+    min_size, max_size = settings["min_size"], settings["max_size"]
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (staging / sub).mkdir(parents=True)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(settings["seed"])
         for split, count in (("train", num_train), ("val", num_val)):
             ids = []
             for index in range(count):
@@ -168,4 +192,3 @@ def generate_demo_dataset(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return root
