@@ -1,6 +1,7 @@
 """The paper's tables: values, layouts, heatmap colours, and the iteration-table command."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,15 +80,19 @@ def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
     overrides = [
         "schedule.iterations=2", "schedule.batch_size=2", "dataset.generate.num_train=4",
         "dataset.generate.num_val=2", "runtime.num_workers=0", "runtime.progress=false",
-        f"data_root={tmp_path / 'data'}",
+        "data_root=itdata",  # relative: training and evaluation must both read it from the current directory
     ]
     command = [
-        sys.executable, "scripts/iteration_table.py", "--max-stages", "2", "--root", str(tmp_path / "root"),
-        "--output", str(tmp_path / "out"), *overrides,
+        sys.executable, str(REPO / "scripts" / "iteration_table.py"), "--max-stages", "2", "--root", "root",
+        "--output", "out", *overrides,
     ]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    try:
+        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
+        assert (tmp_path / "itdata" / "demo" / "VOC2012").is_dir() and not (REPO / "itdata").exists()
+    finally:
+        shutil.rmtree(REPO / "itdata", ignore_errors=True)
     root = tmp_path / "root"
-    evaluated = {(t, e): json.loads((root / f"T{t}" / f"eval_T{e}" / "metrics.json").read_text()) for t, e in
+    evaluated = {(t, e): json.loads((root / f"T{t}" / f"eval_ss_T{e}" / "metrics.json").read_text()) for t, e in
                  [(1, 1), (1, 2), (2, 2)]}
     assert {key: m["eval"]["em_iterations"] for key, m in evaluated.items()} == {(1, 1): 1, (1, 2): 2, (2, 2): 2}
     assert "train_stages: 2" in (root / "T2" / "config.yaml").read_text()
@@ -96,8 +101,22 @@ def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
     assert Image.open(tmp_path / "out" / "iteration_table.png").size[0] > 200
 
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")} == stamps  # nothing redone
+
+    # Another protocol evaluates the same trainings again, into its own folders.
+    subprocess.run([*command, "--eval", "ms_flip"], cwd=tmp_path, check=True, capture_output=True)
+    multi = json.loads((root / "T1" / "eval_ms_flip_T2" / "metrics.json").read_text())
+    assert multi["eval"]["flip"] and multi["eval"]["em_iterations"] == 2
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json") if p in stamps} == stamps
+
+    # Other training settings cannot reuse these trainings.
+    changed = subprocess.run(
+        [*command[:-len(overrides)], *overrides, "optim.lr=0.5"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert changed.returncode == 1
+    assert f"error: {root} holds trainings with the overrides {overrides}" in changed.stderr
+    assert "pass --root DIR for the new settings" in changed.stderr
 
 
 def test_base_responsibilities_are_the_units_last_e_step():
