@@ -105,3 +105,19 @@ def rows_table(
             cells = " | ".join(str(value(record, row)) for _, value in columns)
             lines.append(f"| {record['date'][:10]} | {machine_cell(record)} | {cells} |")
     return "\n".join(lines)
+
+
+# The demo's table (scripts/benchmark_demo.py writes its records): one row per record.
+DEMO_COLUMNS: list[Column] = [
+    ("threads", lambda record, _: record["machine"]["threads"]),
+    ("iterations", lambda record, _: record["iterations"]),
+    ("wall time (s)", lambda record, _: record["wall_seconds"]),
+    ("train (s)", lambda record, _: record["train_seconds"]),
+    ("mIoU MS+flip", lambda record, _: f"{record['mIoU_ms_flip']:.2f}"),
+    ("mIoU SS", lambda record, _: f"{record['mIoU_single_scale']:.2f}"),
+    ("overrides", lambda record, _: " ".join(record["overrides"]) or "-"),
+]
+
+
+def demo_table(records: list[dict]) -> str:
+    return rows_table(records, DEMO_COLUMNS, rows_of=lambda record: [record])

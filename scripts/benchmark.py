@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -52,7 +53,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from emanet.benchmark_records import Column, append_record, rebuild_table, rows_table
+from emanet.benchmark_records import Column, append_record, demo_table, rebuild_table, rows_table
 from emanet.cli import compose_config
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
@@ -110,7 +111,10 @@ def time_loader(dataset: SegmentationDataset, workers: int, batch_size: int = 16
         dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, num_workers=workers,
         persistent_workers=True, drop_last=True,
     )
-    iter(loader).__next__()  # start the workers before timing
+    # One whole untimed pass starts the workers; stopping after one batch would leave
+    # prefetched batches that the next pass decodes and discards inside the timing.
+    for _ in loader:
+        pass
     start, images = time.perf_counter(), 0
     for _ in range(passes):
         for batch in loader:
@@ -191,38 +195,46 @@ def model_name(cfg: DictConfig) -> str:
 # -------------------------------------------------------------------------------- unit
 
 
-def unit_modules(channels: int) -> dict[str, nn.Module]:
+def unit_builders(channels: int) -> dict[str, Callable[[], nn.Module]]:
     return {
-        "EMA unit": EMAUnit(channels, num_bases=64, train_stages=3, eval_stages=3),
-        "non-local": NonLocalBlock(channels),
-        "3x3 conv": nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        "EMA unit": lambda: EMAUnit(channels, num_bases=64, train_stages=3, eval_stages=3),
+        "non-local": lambda: NonLocalBlock(channels),
+        "3x3 conv": lambda: nn.Conv2d(channels, channels, 3, padding=1, bias=False),
     }
+
+
+def measure_unit(build: Callable[[], nn.Module], channels: int, size: int, device: torch.device, repeats: int):
+    """(forward s, forward+backward s, bytes): peak GPU memory, or on a CPU the activations
+    kept for backward. The module lives only in this call, so on a GPU the peak holds no
+    module measured before it."""
+    module = build().to(device).train()
+    x = torch.randn(1, channels, size, size, device=device, requires_grad=True)
+
+    def forward():
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward():
+        module(x).sum().backward()
+
+    forward_seconds = timed(forward, device, repeats)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_seconds = timed(forward_backward, device, repeats)
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device)
+    else:
+        with torch.device("meta"):
+            memory = saved_activation_bytes(build(), x.detach().to("meta"))
+    return forward_seconds, train_seconds, memory
 
 
 def unit_benchmark(args: argparse.Namespace) -> None:
     device = default_device()
     rows = []
     for size in args.sizes:
-        for name, module in unit_modules(args.channels).items():
-            module = module.to(device).train()
-            x = torch.randn(1, args.channels, size, size, device=device, requires_grad=True)
-
-            def forward(module=module, x=x):
-                with torch.no_grad():
-                    module(x)
-
-            def forward_backward(module=module, x=x):
-                module(x).sum().backward()
-
-            forward_seconds = timed(forward, device, args.repeats)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            train_seconds = timed(forward_backward, device, args.repeats)
-            if device.type == "cuda":
-                memory = torch.cuda.max_memory_allocated(device)
-            else:
-                with torch.device("meta"):
-                    memory = saved_activation_bytes(unit_modules(args.channels)[name], x.detach().to("meta"))
+        for name, build in unit_builders(args.channels).items():
+            forward_seconds, train_seconds, memory = measure_unit(build, args.channels, size, device, args.repeats)
             rows.append({
                 "size": size, "module": name, "forward_ms": round(1000 * forward_seconds, 2),
                 "forward_backward_ms": round(1000 * train_seconds, 2), "memory_mib": round(memory / 2**20, 1),
@@ -506,6 +518,8 @@ def tables_benchmark(args: argparse.Namespace) -> None:
     for benchmark, columns in TABLE_COLUMNS.items():
         rebuild_table(benchmark, lambda records, columns=columns: rows_table(records, columns))
         print(f"rebuilt the {benchmark} table")
+    rebuild_table("demo", demo_table)  # scripts/benchmark_demo.py's records
+    print("rebuilt the demo table")
 
 
 def main() -> None:

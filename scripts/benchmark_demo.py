@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emanet.benchmark_records import append_record, rebuild_table, rows_table
+from emanet.benchmark_records import append_record, demo_table, rebuild_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,21 +39,6 @@ def run_demo(overrides: list[str]) -> dict:
         "mIoU_single_scale": round(metrics["single_scale"]["mIoU"], 2),
         "per_class_IoU": {k: None if v is None else round(v, 2) for k, v in metrics["per_class_IoU"].items()},
     }
-
-
-DEMO_COLUMNS = [
-    ("threads", lambda record, _: record["machine"]["threads"]),
-    ("iterations", lambda record, _: record["iterations"]),
-    ("wall time (s)", lambda record, _: record["wall_seconds"]),
-    ("train (s)", lambda record, _: record["train_seconds"]),
-    ("mIoU MS+flip", lambda record, _: f"{record['mIoU_ms_flip']:.2f}"),
-    ("mIoU SS", lambda record, _: f"{record['mIoU_single_scale']:.2f}"),
-    ("overrides", lambda record, _: " ".join(record["overrides"]) or "-"),
-]
-
-
-def demo_table(records: list[dict]) -> str:
-    return rows_table(records, DEMO_COLUMNS, rows_of=lambda record: [record])
 
 
 def main() -> None:

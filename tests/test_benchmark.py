@@ -20,7 +20,7 @@ from emanet.models.segmentor import build_model
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
 
-BENCHMARKS = ("unit", "train", "eval", "data", "targets")
+BENCHMARKS = ("unit", "train", "eval", "data", "targets", "demo")
 
 
 @pytest.fixture
@@ -163,9 +163,18 @@ def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs, monkeypatch):
         "rows": [{"variant": "bf16_cl", "images_per_second": 160.0, "tflops": 226.7,
                   "fraction_of_bf16_peak": 0.229, "peak_memory_gib": 31.5}],
     }
-    records.JSONL.write_text(json.dumps(measured_on_a_gpu) + "\n")
+    demo_on_a_workstation = {
+        "benchmark": "demo", "date": "2026-12-02T10:00:00+00:00", "command": "python train.py",
+        "machine": {"cpu_count": 32, "torch": "2.14.1", "threads": 16}, "overrides": ["seed=1"],
+        "iterations": 2100, "wall_seconds": 41.5, "train_seconds": 35.0, "mIoU_ms_flip": 87.09,
+        "mIoU_single_scale": 76.92,
+    }
+    records.JSONL.write_text(json.dumps(measured_on_a_gpu) + "\n" + json.dumps(demo_on_a_workstation) + "\n")
     monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "tables"])
     benchmark.main()
+    assert table_lines("demo")[2] == (
+        "| 2026-12-02 | 32 CPUs, torch 2.14.1 | 16 | 2100 | 41.5 | 35.0 | 87.09 | 76.92 | seed=1 |"
+    )
     assert table_lines("train")[2] == (
         "| 2026-12-01 | NVIDIA H100 80GB HBM3, torch 2.14.1 | voc_emanet512 R101 OS8 | 513 | 16 | bf16_cl "
         "| 160.0 | 226.7 | 0.229 | 31.5 |"
