@@ -23,7 +23,7 @@ from emanet.cli import compose_config
 from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
-from emanet.engine.evaluate import load_trained_model
+from emanet.engine.evaluate import evaluation_settings, load_trained_model
 from emanet.engine.visualize import denormalize
 from emanet.models.ema import em_iterations
 from emanet.tables import colour_scale
@@ -44,6 +44,13 @@ def responsibilities(model: torch.nn.Module, image: torch.Tensor) -> torch.Tenso
         unit.normalize_bases,
     )
     return z[0].reshape(height, width, -1)  # (h, w, K)
+
+
+def evaluation_responsibilities(model, cfg, image: torch.Tensor) -> torch.Tensor:
+    """:func:`responsibilities` on the grid evaluation uses (``eval_output_stride``, e.g.
+    the OS16-trained, OS8-evaluated ablation models)."""
+    with evaluation_settings(model, cfg):
+        return responsibilities(model, image)
 
 
 def colour_map(values: np.ndarray) -> np.ndarray:
@@ -83,7 +90,7 @@ def main() -> None:
         tensor = transform(image=read_image(args.image))["image"]
     else:
         tensor = build_dataset(cfg.dataset, cfg.dataset.val_split, transform)[args.index]["image"]
-    maps = responsibilities(model, tensor)
+    maps = evaluation_responsibilities(model, cfg, tensor)
     bases = args.bases or maps.sum(dim=(0, 1)).argsort(descending=True)[: args.count].tolist()
     figure(denormalize(tensor, cfg.dataset.mean, cfg.dataset.std), maps, bases).save(args.output)
     print(f"bases {bases} written to {args.output}")

@@ -153,6 +153,23 @@ def test_base_responsibilities_are_the_units_last_e_step():
     assert panel.size == (3 * 48, 40)
 
 
+def test_base_maps_are_shown_at_the_evaluation_output_stride():
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from emanet.models.segmentor import build_model
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from visualize_bases import evaluation_responsibilities
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose("train", ["model.backbone.output_stride=16", "model.backbone.eval_output_stride=8"])
+    model = build_model(cfg.model, 5).eval()
+    maps = evaluation_responsibilities(model, cfg, torch.randn(3, 40, 48))
+    assert maps.shape == (5, 6, 16)  # the OS8 grid of evaluation, not the OS16 one of training (3 x 3)
+    assert model.backbone.output_stride == 16  # restored afterwards
+
+
 def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
     from paper_tables import collect
