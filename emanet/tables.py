@@ -45,6 +45,8 @@ PAPER_TABLE1 = {
     "EMANet(256)": (79.73, 80.94),
     "EMANet(512)": (80.05, 81.32),
 }
+# Baselines trained on the same recipe that the paper's Table 1 does not list.
+EXTRA_TABLE1 = ("Non-local", "FCN")
 # Table 3 (PASCAL Context) and Table 4 (COCO-Stuff): method -> mIoU.
 PAPER_TABLE3 = {
     "PSPNet (ResNet-101)": 47.8, "DANet (ResNet-50)": 50.1, "MSCI (ResNet-152)": 50.3,
@@ -178,7 +180,8 @@ def write_iteration_table(rows: list[dict], max_stages: int, directory: Path, ti
 
 
 def table1_markdown(runs: dict[str, dict], complexity: Sequence[dict]) -> str:
-    """Table 1: SS / MS+flip from runs (by method name), FLOPs / memory / params computed."""
+    """Table 1: SS / MS+flip from runs (by method name), FLOPs / memory / params computed;
+    the extra baselines last, with `-` in the paper's columns."""
     by_method = {row["method"]: row for row in complexity}
     lines = [
         "## Table 1: PASCAL VOC val, ResNet-101",
@@ -187,7 +190,8 @@ def table1_markdown(runs: dict[str, dict], complexity: Sequence[dict]) -> str:
         "| FLOPs (G) | Memory (MiB) | Params (M) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for method, (paper_ss, paper_ms) in PAPER_TABLE1.items():
+    extra = {method: (None, None) for method in EXTRA_TABLE1}
+    for method, (paper_ss, paper_ms) in {**PAPER_TABLE1, **extra}.items():
         ss, ms = single_and_multi_scale(runs.get(method))
         row = by_method.get(method, {})
         plus = "" if method == "ResNet-101" else "+"

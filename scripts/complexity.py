@@ -40,6 +40,7 @@ ROWS = {
     "EMANet(256)": ("emanet", ["model.ema.channels=256"], ("reduce", "ema"), 21.1, 12.3, 4.87),
     "EMANet(512)": ("emanet", ["model.ema.channels=512"], ("reduce", "ema"), 43.1, 22.1, 10.0),
     "Non-local": ("nonlocal", [], ("reduce", "non_local"), None, None, None),
+    "FCN": ("fcn", [], ("conv",), None, None, None),
 }
 
 

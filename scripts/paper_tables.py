@@ -34,6 +34,8 @@ TABLE1_ROWS = {
     "voc_deeplabv3": "DeeplabV3",
     "voc_deeplabv3plus": "DeeplabV3+",
     "voc_psanet": "PSANet",
+    "voc_nonlocal": "Non-local",
+    "voc_fcn": "FCN",
 }
 RANKING_ROWS = {"context_emanet512": 3, "cocostuff10k_emanet512": 4}
 

@@ -64,6 +64,10 @@ def test_table1_puts_runs_beside_the_paper():
     text = table1_markdown({"EMANet(512)": run}, complexity)
     assert "| EMANet(512) | 79.90 | 80.05 | -0.15 | 81.00 | 81.32 | -0.32 | +43.06 | +53.6 | +9.997 |" in text
     assert "| DeeplabV3 | - | 78.51 | - | - | 79.77 | - | +- | +- | +- |" in text
+    fcn = {"mIoU": 75.5, "eval": {"scales": [1.0], "flip": False}}
+    text = table1_markdown({"FCN": fcn}, [{"method": "FCN", "flops_g": 39.87, "memory_m": 16.5, "params_m": 9.438}])
+    assert text.splitlines()[-1] == "| FCN | 75.50 | - | - | - | - | - | +39.87 | +16.5 | +9.438 |"
+    assert text.splitlines()[-2].startswith("| Non-local | - |")
 
 
 def test_ranking_table_fills_the_emanet_row():
