@@ -166,3 +166,25 @@ def test_eval_batches_group_images_of_equal_size(tmp_path):
     dataset = SegmentationDataset(tmp_path, "val", VOC_CLASSES)
     assert size_grouped_batches(dataset, range(5), 2) == [[0, 2], [3], [1, 4]]
     assert size_grouped_batches(dataset, [1, 2, 3], 1) == [[1], [2], [3]]
+
+
+def test_prediction_panels_pass_over_samples_that_were_left_out():
+    from omegaconf import OmegaConf
+
+    from emanet.engine.evaluate import log_prediction_images
+
+    class Writer:
+        def __init__(self):
+            self.images = []
+
+        def add_image(self, tag, panel, step, dataformats):
+            self.images.append((tag, panel.shape, step))
+
+    torch.manual_seed(0)
+    good = {"image": torch.randn(3, 8, 10), "label": torch.randint(0, 3, (8, 10))}
+    dataset = [None, good, None, good, good]  # what dataset.skip_bad returns for bad files
+    cfg = OmegaConf.create({"dataset": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    writer = Writer()
+    log_prediction_images(torch.nn.Conv2d(3, 3, 1), dataset, cfg, torch.device("cpu"), writer, 7, count=2)
+    assert [(tag, step) for tag, _, step in writer.images] == [("val/prediction_0", 7), ("val/prediction_1", 7)]
+    assert writer.images[0][1][0] == 8  # a panel of the 8-pixel-high image

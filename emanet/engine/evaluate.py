@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,9 +102,11 @@ def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> di
 
 @torch.no_grad()
 def log_prediction_images(model, dataset, cfg, device, writer, step, count: int = 4) -> None:
+    """TensorBoard panels of the first ``count`` val samples that load (``dataset.skip_bad``
+    turns a bad one into None)."""
     model.eval()
-    for index in range(min(count, len(dataset))):
-        sample = dataset[index]
+    samples = (dataset[index] for index in range(len(dataset)))
+    for index, sample in enumerate(itertools.islice((s for s in samples if s is not None), count)):
         image = sample["image"].unsqueeze(0).to(device)
         probabilities, _ = predict(model, image, [1.0], flip=False)
         panel = prediction_panel(
