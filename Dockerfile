@@ -8,11 +8,13 @@ ENV NO_ALBUMENTATIONS_UPDATE=1 \
     PYTHONUNBUFFERED=1
 
 WORKDIR /workspace/emanet
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY emanet ./emanet
 RUN pip install --no-cache-dir -e .
 COPY configs ./configs
 COPY scripts ./scripts
+# The benchmark scripts append their results to docs/benchmarks.{jsonl,md}.
+COPY docs ./docs
 COPY train.py evaluate.py ./
 
 CMD ["python", "train.py"]
