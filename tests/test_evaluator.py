@@ -1,5 +1,7 @@
 """Inference modes and multi-scale + flip against direct reference computations."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -188,3 +190,21 @@ def test_prediction_panels_pass_over_samples_that_were_left_out():
     log_prediction_images(torch.nn.Conv2d(3, 3, 1), dataset, cfg, torch.device("cpu"), writer, 7, count=2)
     assert [(tag, step) for tag, _, step in writer.images] == [("val/prediction_0", 7), ("val/prediction_1", 7)]
     assert writer.images[0][1][0] == 8  # a panel of the 8-pixel-high image
+
+
+def test_summary_line_names_the_protocol_and_the_run_directory(tmp_path, monkeypatch):
+    from emanet.engine.evaluate import one_line_summary
+
+    metrics = {
+        "experiment": "demo", "mIoU": 87.951, "aAcc": 96.888, "single_scale": {"mIoU": 75.99},
+        "eval": {"scales": [0.5, 1.0], "flip": True, "em_iterations": 3},
+    }
+    monkeypatch.chdir(tmp_path)
+    assert one_line_summary(metrics, tmp_path / "runs" / "demo" / "d") == (
+        "demo: mIoU 87.95 (MS+flip, T=3), 75.99 single scale; aAcc 96.89; results in runs/demo/d"
+    )
+    single = {**metrics, "eval": {"scales": [1.0], "flip": False, "em_iterations": 5}}
+    del single["single_scale"]
+    assert one_line_summary(single, Path("/elsewhere/run")) == (
+        "demo: mIoU 87.95 (SS, T=5); aAcc 96.89; results in /elsewhere/run"
+    )

@@ -84,6 +84,20 @@ def tiny_model_config(model: str):
         return compose(config_name="train", overrides=overrides).model
 
 
+def test_a_model_config_that_cannot_be_built_is_a_config_error_naming_the_key():
+    from emanet.errors import ConfigError
+
+    cfg = tiny_model_config("emanet")
+    cfg.backbone.depth = 50  # three layer4 blocks, but multi_grid still has two factors
+    with pytest.raises(ConfigError, match=r"model.backbone.multi_grid needs one factor per layer4 block \(3\), "
+                                          r"got \[1, 2\]: set it with the depth"):
+        build_model(cfg, num_classes=5)
+    cfg = tiny_model_config("emanet")
+    cfg.head = "unet"
+    with pytest.raises(ConfigError, match=r"model.head must be one of .*; got 'unet'"):
+        build_model(cfg, num_classes=5)
+
+
 @pytest.mark.parametrize("model", ["emanet", "fcn", "deeplabv3", "deeplabv3plus", "nonlocal"])
 def test_every_head_gives_logits_at_input_size(model):
     net = build_model(tiny_model_config(model), num_classes=5).eval()

@@ -192,5 +192,6 @@ def one_line_summary(metrics: dict, run_dir: Path) -> str:
     parts.append(f", T={settings['em_iterations']})")
     if "single_scale" in metrics:
         parts.append(f", {metrics['single_scale']['mIoU']:.2f} single scale")
-    parts.append(f"; aAcc {metrics['aAcc']:.2f}; results in {run_dir}")
+    shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
+    parts.append(f"; aAcc {metrics['aAcc']:.2f}; results in {shown}")
     return "".join(parts)

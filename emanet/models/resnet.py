@@ -136,7 +136,7 @@ def stage_strides_and_dilations(
     if len(multi_grid) != num_blocks[3]:
         raise ValueError(
             f"model.backbone.multi_grid needs one factor per layer4 block ({num_blocks[3]}), "
-            f"got {list(multi_grid)}"
+            f"got {list(multi_grid)}: set it with the depth ([1,2] for depth 18/34, [1,2,4] for 50/101/152)"
         )
     layout = []
     for stage, (blocks, dilation) in enumerate(zip(num_blocks, stage_dilation, strict=True)):

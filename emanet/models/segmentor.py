@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from emanet.errors import ConfigError
 from emanet.models.baseline_heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, NonLocalHead, PSAHead
 from emanet.models.ema_head import EMAHead
 from emanet.models.pretrained import load_backbone_weights
@@ -38,17 +39,20 @@ def build_model(cfg: DictConfig, num_classes: int, load_pretrained: bool = True)
     ``load_pretrained=False`` skips ImageNet weights, for models about to receive a checkpoint.
     """
     norm_layer = partial(nn.BatchNorm2d, momentum=cfg.bn_momentum)
-    backbone = ResNet(
-        depth=cfg.backbone.depth,
-        stem=cfg.backbone.stem,
-        output_stride=cfg.backbone.output_stride,
-        multi_grid=tuple(cfg.backbone.multi_grid),
-        width=cfg.backbone.width,
-        norm_layer=norm_layer,
-    )
+    try:
+        backbone = ResNet(
+            depth=cfg.backbone.depth,
+            stem=cfg.backbone.stem,
+            output_stride=cfg.backbone.output_stride,
+            multi_grid=tuple(cfg.backbone.multi_grid),
+            width=cfg.backbone.width,
+            norm_layer=norm_layer,
+        )
+        head = build_head(cfg, backbone, num_classes, norm_layer)
+    except ValueError as error:  # the modules' own checks, which name the model.* key at fault
+        raise ConfigError(str(error)) from None
     if load_pretrained and cfg.backbone.pretrained:
         load_backbone_weights(backbone, cfg.backbone.pretrained, cfg.backbone.depth, cfg.backbone.stem)
-    head = build_head(cfg, backbone, num_classes, norm_layer)
     return SegmentationModel(backbone, head)
 
 
