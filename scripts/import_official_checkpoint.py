@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from emanet.cli import compose_config
-from emanet.engine.checkpoint import save_checkpoint
+from emanet.engine.checkpoint import save_checkpoint, state_dict_mismatch
 from emanet.errors import CheckpointError
 from emanet.models.release import read_release_checkpoint
 from emanet.models.segmentor import build_model
@@ -31,9 +31,7 @@ def import_checkpoint(source: str | Path, destination: str | Path, experiment: s
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(
-            f"{source} does not fit experiment={experiment}: {str(error).splitlines()[0]}"
-        ) from error
+        raise CheckpointError(f"{source} does not fit experiment={experiment}: {state_dict_mismatch(error)}") from error
     checkpoint = {"model": model.state_dict(), "iteration": step, "config": OmegaConf.to_container(cfg, resolve=True)}
     save_checkpoint(checkpoint, destination)
     return checkpoint
