@@ -113,13 +113,6 @@ def test_psanet_logits_at_input_size_for_any_feature_size():
     assert net(torch.randn(1, 3, 50, 70)).shape == (1, 5, 50, 70)
 
 
-def test_unknown_head_is_refused():
-    cfg = tiny_model_config("fcn")
-    cfg.head = "unet"
-    with pytest.raises(ValueError, match="model.head must be one of"):
-        build_model(cfg, num_classes=5)
-
-
 def test_point_wise_attention_index_matches_a_direct_loop():
     from emanet.models.baseline_heads import point_wise_attention_index
 
