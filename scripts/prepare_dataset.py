@@ -6,9 +6,11 @@
     python scripts/prepare_dataset.py coco_stuff164k [--root DIR] [--workers N]
 
 Paths default to the places the dataset configs read from, under $EMANET_DATA_ROOT (or
-data/). --workers (conversion processes, default: all cores) may also come before the
-benchmark name. Re-running skips the label files already written; the split sizes are
-printed beside the published ones.
+data/). --workers (conversion processes, default: the cores, at most 8) may also come
+before the benchmark name. Re-running skips the label files already written. The split
+sizes are printed beside the published ones; a split of another size (an archive left out
+or unpacked partly) ends the script with exit status 1 once every file is written, unless
+--allow-partial says the copy is deliberately partial.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ from emanet.errors import EmanetError
 
 
 def build_parser(data_root: Path) -> argparse.ArgumentParser:
-    workers_help = "conversion processes (default: all cores)"
+    workers_help = "conversion processes (default: the cores, at most 8)"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N", help=workers_help)
+    # Each worker imports torch (about 0.5 GB); past 8 the disk, not the CPU, limits a conversion.
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N", help=workers_help)
+    parser.add_argument(
+        "--allow-partial", action="store_true", help="exit 0 even when a split's size differs from the published one"
+    )
     # The same option after the benchmark name; SUPPRESS keeps a value given before the
     # name (or the default) when it is not repeated there.
     common = argparse.ArgumentParser(add_help=False)
@@ -53,16 +59,24 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if args.benchmark == "voc_aug":
-            prepare.prepare_voc_aug(args.voc, args.sbd, args.workers)
+            counts = prepare.prepare_voc_aug(args.voc, args.sbd, args.workers)
         elif args.benchmark == "pascal_context":
-            prepare.prepare_pascal_context(args.voc2010, args.context or args.voc2010, args.workers)
+            counts = prepare.prepare_pascal_context(args.voc2010, args.context or args.voc2010, args.workers)
         elif args.benchmark == "coco_stuff10k":
-            prepare.prepare_coco_stuff10k(args.root, args.workers)
+            counts = prepare.prepare_coco_stuff10k(args.root, args.workers)
         else:
-            prepare.prepare_coco_stuff164k(args.root, args.workers)
+            counts = prepare.prepare_coco_stuff164k(args.root, args.workers)
     except EmanetError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    mismatches = prepare.count_mismatches(args.benchmark, counts)
+    if mismatches and not args.allow_partial:
+        print(
+            f"error: {'; '.join(mismatches)}. Check that every archive of data/README.md is unpacked completely "
+            "and re-run (files already written are kept), or pass --allow-partial for a deliberately partial copy",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

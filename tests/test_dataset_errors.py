@@ -41,6 +41,17 @@ def test_label_without_image(voc):
     assert SegmentationDataset(voc, "val", VOC_CLASSES, skip_bad=True).ids == ["a", "b"]
 
 
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_unprepared_label_folder_says_how_to_prepare_it_even_with_skip_bad(voc, skip_bad):
+    # Raw VOC has val.txt but no SegmentationClassAug until prepare_dataset.py runs.
+    with pytest.raises(DatasetNotFoundError) as raised:
+        SegmentationDataset(voc, "val", VOC_CLASSES, {"labels": "SegmentationClassAug/{id}.png"}, skip_bad=skip_bad)
+    assert str(raised.value) == (
+        f"{voc / 'SegmentationClassAug'}: folder of the labels does not exist; prepare the benchmark with "
+        "`python scripts/prepare_dataset.py <name>` (see data/README.md) or fix dataset.layout"
+    )
+
+
 def test_empty_split_list(voc):
     (voc / "ImageSets/Segmentation/val.txt").write_text("\n\n")
     with pytest.raises(DatasetNotFoundError, match=r"split list .*val.txt is empty: see data/README.md"):

@@ -336,19 +336,83 @@ def test_pascal_context_ids_above_459_are_rejected(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("argv", "workers"),
+    ("argv", "cores", "workers"),
     [
-        (["voc_aug", "--workers", "3"], 3),
-        (["--workers", "5", "voc_aug"], 5),
-        (["--workers", "5", "voc_aug", "--workers", "2"], 2),
-        (["voc_aug"], "default"),
+        (["voc_aug", "--workers", "3"], 7, 3),
+        (["--workers", "5", "voc_aug"], 7, 5),
+        (["--workers", "5", "voc_aug", "--workers", "2"], 7, 2),
+        (["voc_aug"], 7, 7),
+        (["voc_aug"], 64, 8),  # each worker imports torch: the default stops at 8
     ],
 )
-def test_workers_option_before_or_after_the_benchmark_name(argv, workers, monkeypatch, capsys, tmp_path):
+def test_workers_option_before_or_after_the_benchmark_name(argv, cores, workers, monkeypatch, capsys, tmp_path):
     calls = []
-    monkeypatch.setattr(prepare, "prepare_voc_aug", lambda *args: calls.append(args))
-    monkeypatch.setattr(prepare_dataset.os, "cpu_count", lambda: 7)
+    monkeypatch.setattr(prepare, "prepare_voc_aug", lambda *args: calls.append(args) or {"val": 1449})
+    monkeypatch.setattr(prepare_dataset.os, "cpu_count", lambda: cores)
     monkeypatch.setenv("EMANET_DATA_ROOT", str(tmp_path))
     assert run_cli(monkeypatch, capsys, *argv) == (0, "")
-    expected_workers = 7 if workers == "default" else workers
-    assert calls == [(tmp_path / "VOCdevkit" / "VOC2012", tmp_path / "benchmark_RELEASE", expected_workers)]
+    assert calls == [(tmp_path / "VOCdevkit" / "VOC2012", tmp_path / "benchmark_RELEASE", workers)]
+
+
+def test_split_of_another_size_ends_the_script_with_status_1_after_writing_everything(
+    voc_and_sbd, monkeypatch, capsys
+):
+    voc, sbd, _, _ = voc_and_sbd
+    argv = ["voc_aug", "--workers", "1", "--voc", str(voc), "--sbd", str(sbd)]
+    status, err = run_cli(monkeypatch, capsys, *argv)
+    assert status == 1
+    assert [line for line in err.splitlines() if "error" in line] == [
+        "error: voc_aug train: 2 images, but the published split has 1464; voc_aug val: 1 images, but the "
+        "published split has 1449; voc_aug trainaug: 4 images, but the published split has 10582. Check that "
+        "every archive of data/README.md is unpacked completely and re-run (files already written are kept), "
+        "or pass --allow-partial for a deliberately partial copy"
+    ]
+    assert len(list((voc / "SegmentationClassAug").glob("*.png"))) == 5
+    status, err = run_cli(monkeypatch, capsys, "--allow-partial", *argv)
+    assert status == 0 and "error" not in err
+
+
+def test_missing_or_damaged_mat_file_names_it_and_its_archive(voc_and_sbd):
+    voc, sbd, _, _ = voc_and_sbd
+    mat = sbd / "dataset" / "cls" / "2008_d.mat"
+    mat.unlink()
+    with pytest.raises(DatasetError) as raised:
+        prepare_voc_aug(voc, sbd)
+    assert str(raised.value) == f"{mat}: MATLAB file is missing; unpack it again from benchmark.tgz and re-run"
+    mat.write_bytes(b"MATLAB 5.0 MAT-file, cut short")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(mat))}: cannot read the MATLAB file \(.*\); "
+                       r"unpack it again from benchmark\.tgz and re-run$"):
+        prepare_voc_aug(voc, sbd)
+
+
+def test_coco_stuff164k_stuff_only_maps_are_refused(tmp_path):
+    # stuff_annotations_trainval2017.zip: 0 unlabelled, 92-182 stuff, 183 "other". Read as
+    # stuffthing maps, 0 would become person and every stuff class would shift by one.
+    root = tmp_path / "coco_stuff164k"
+    for split in ("train2017", "val2017"):
+        write_jpeg(root / "images" / split / "000000000009.jpg")
+        (root / "annotations" / split).mkdir(parents=True)
+        stuff_only = np.array([[0, 92, 183, 182, 0, 0, 0, 0]] * 6, dtype=np.uint8)
+        Image.fromarray(stuff_only, mode="L").save(root / "annotations" / split / "000000000009.png")
+    png = root / "annotations" / "train2017" / "000000000009.png"
+    with pytest.raises(DatasetError) as raised:
+        prepare_coco_stuff164k(root)
+    assert str(raised.value) == (
+        f"{png}: ids [182, 183] are neither 0-181 nor 255: not a stuffthing map; "
+        "unpack stuffthingmaps_trainval2017.zip (not the stuff-only maps)"
+    )
+    assert not (root / "labels171" / "train2017" / "000000000009.png").exists()
+
+
+def test_context_json_mask_of_another_size_names_the_image(tmp_path):
+    voc2010 = tmp_path / "VOC2010"
+    write_jpeg(voc2010 / "JPEGImages" / "2008_000002.jpg")
+    image = {"image_id": 1, "file_name": "2008_000002.jpg", "height": 6, "width": 8, "phase": "train"}
+    segment = {"image_id": 1, "category_id": 2, "segmentation": {"size": [5, 7], "counts": [0, 35]}}
+    (voc2010 / "trainval_merged.json").write_text(json.dumps({"images": [image], "annos_segmentation": [segment]}))
+    with pytest.raises(DatasetError) as raised:
+        prepare_pascal_context(voc2010, voc2010)
+    assert str(raised.value) == (
+        "2008_000002.jpg: trainval_merged.json has a mask of size [5, 7] for an image of [6, 8] "
+        "(height, width); the file is damaged, download it again"
+    )

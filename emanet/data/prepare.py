@@ -74,12 +74,12 @@ def voc_label(png_path: Path) -> np.ndarray:
 
 def sbd_label(mat_path: Path) -> np.ndarray:
     """SBD ``cls/<id>.mat``: struct ``GTcls``, field ``Segmentation`` (H, W class map)."""
-    return np.asarray(_load_mat(mat_path, "GTcls").Segmentation, dtype=np.uint8)
+    return np.asarray(_load_mat(mat_path, "GTcls", "benchmark.tgz").Segmentation, dtype=np.uint8)
 
 
 def context_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
     """PASCAL Context ``trainval/<id>.mat``: ``LabelMap`` with 459-class ids -> 60 classes."""
-    label_map = np.asarray(_load_mat(mat_path, "LabelMap"))
+    label_map = np.asarray(_load_mat(mat_path, "LabelMap", "trainval.tar.gz"))
     _check_context_ids(label_map, f"{mat_path}: LabelMap")
     return table[label_map.astype(np.int64)]
 
@@ -149,6 +149,11 @@ def context_json_label(image: dict, segments: list[dict], table: np.ndarray) -> 
     """One image's segments (459-class ``category_id`` + run-length mask) -> 60 classes."""
     label_map = np.zeros((image["height"], image["width"]), dtype=np.int64)
     for segment in segments:
+        if list(segment["segmentation"]["size"]) != list(label_map.shape):
+            raise DatasetError(
+                f"{image['file_name']}: trainval_merged.json has a mask of size {segment['segmentation']['size']} "
+                f"for an image of {list(label_map.shape)} (height, width); the file is damaged, download it again"
+            )
         label_map[decode_rle(segment["segmentation"])] = segment["category_id"]
     _check_context_ids(label_map, f"{image['file_name']}: trainval_merged.json")
     return table[label_map]
@@ -156,7 +161,7 @@ def context_json_label(image: dict, segments: list[dict], table: np.ndarray) -> 
 
 def coco_stuff10k_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
     """COCO-Stuff 10k ``annotations/<id>.mat``: ``S`` with ids 1-182, 0 unlabelled."""
-    ids = np.asarray(_load_mat(mat_path, "S")).astype(np.int64)
+    ids = np.asarray(_load_mat(mat_path, "S", "cocostuff-10k-v1.1.zip")).astype(np.int64)
     if ids.min() < 0 or ids.max() > 182:
         raise DatasetError(f"{mat_path}: S holds ids outside 0-182")
     # 1-based ids to the 164k numbering; unlabelled 0 becomes 255, ignored.
@@ -165,14 +170,27 @@ def coco_stuff10k_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
 
 def coco_stuff164k_label(png_path: Path, table: np.ndarray) -> np.ndarray:
     """COCO-Stuff 164k ``stuffthingmaps``: PNG with ids 0-181, 255 unlabelled."""
-    return table[read_source_png(png_path, "stuffthingmaps_trainval2017.zip")]
+    ids = read_source_png(png_path, "stuffthingmaps_trainval2017.zip")
+    outside = (ids > 181) & (ids != 255)
+    if outside.any():
+        # COCO also offers stuff-only maps (stuff_annotations_trainval2017.zip: 0 unlabelled,
+        # 92-182 stuff, 183 other); read as stuffthing maps they would mislabel silently.
+        raise DatasetError(
+            f"{png_path}: ids {sorted(np.unique(ids[outside]).tolist())[:10]} are neither 0-181 nor 255: "
+            "not a stuffthing map; unpack stuffthingmaps_trainval2017.zip (not the stuff-only maps)"
+        )
+    return table[ids]
 
 
-def _load_mat(path: Path, key: str):
+def _load_mat(path: Path, key: str, download: str):
+    if not path.is_file():
+        raise DatasetError(f"{path}: MATLAB file is missing; unpack it again from {download} and re-run")
     try:
         content = scipy.io.loadmat(path, struct_as_record=False, squeeze_me=True)
-    except (OSError, ValueError, TypeError, NotImplementedError) as error:
-        raise DatasetError(f"{path}: cannot read the MATLAB file ({error})") from None
+    except Exception as error:  # scipy's reader fails on a damaged file with many types (IndexError for a cut one)
+        raise DatasetError(
+            f"{path}: cannot read the MATLAB file ({error}); unpack it again from {download} and re-run"
+        ) from None
     if key not in content:
         raise DatasetError(f"{path}: no variable {key!r} in the MATLAB file (has {sorted(content)})")
     return content[key]
@@ -213,17 +231,24 @@ def convert_labels(
     return len(todo)
 
 
+def count_mismatches(dataset: str, counts: dict[str, int]) -> list[str]:
+    """One message per split whose size differs from the published one."""
+    return [
+        f"{dataset} {split}: {count} images, but the published split has {EXPECTED_COUNTS[dataset][split]}"
+        for split, count in counts.items()
+        if EXPECTED_COUNTS[dataset].get(split, count) != count
+    ]
+
+
 def check_counts(dataset: str, counts: dict[str, int]) -> list[str]:
     """Log each split's size beside the published one; return the mismatches."""
-    mismatches = []
+    mismatches = count_mismatches(dataset, counts)
     for split, count in counts.items():
-        expected = EXPECTED_COUNTS[dataset].get(split)
-        if expected is None or count == expected:
-            log.info("%s %s: %d images%s", dataset, split, count, "" if expected is None else " (as published)")
-        else:
-            message = f"{dataset} {split}: {count} images, but the published split has {expected}"
-            log.warning("%s", message)
-            mismatches.append(message)
+        published = " (as published)" if split in EXPECTED_COUNTS[dataset] else ""
+        if not any(message.startswith(f"{dataset} {split}:") for message in mismatches):
+            log.info("%s %s: %d images%s", dataset, split, count, published)
+    for message in mismatches:
+        log.warning("%s", message)
     return mismatches
 
 

@@ -112,18 +112,25 @@ class SegmentationDataset(Dataset):
         # network file systems, where 10k stats take minutes.
         listings: dict[Path, set[str]] = {}
 
-        def exists(path: Path) -> bool:
+        def exists(path: Path, what: str) -> bool:
             if path.parent not in listings:
-                listings[path.parent] = set(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else set()
+                if not path.parent.is_dir():
+                    # A whole folder missing is a layout problem, not a bad sample: skip_bad
+                    # would only leave every sample out.
+                    raise DatasetNotFoundError(
+                        f"{path.parent}: folder of the {what} does not exist; prepare the benchmark with "
+                        "`python scripts/prepare_dataset.py <name>` (see data/README.md) or fix dataset.layout"
+                    )
+                listings[path.parent] = set(p.name for p in path.parent.iterdir())
             return path.name in listings[path.parent]
 
         kept = []
         for sample_id in ids:
             image, label = self._image_path(sample_id), self._label_path(sample_id)
             problem = None
-            if not exists(image):
+            if not exists(image, "images"):
                 problem = f"{image}: image listed in {split_file} is missing"
-            elif not exists(label):
+            elif not exists(label, "labels"):
                 problem = f"{label}: label of image {image.name} is missing"
             if problem is None:
                 kept.append(sample_id)
