@@ -190,6 +190,11 @@ def main() -> None:
         print(json.dumps([{k: row[k] for k in ("method", "flops_g", "params_m", "memory_m")} for row in rows]))
     else:
         print(format_rows(rows))
+        if not args.no_memory:
+            print(
+                "\nMemory: activations kept for backward per training image (float32). The paper does not say "
+                "what its memory column measures, so compare rows with each other, not with the paper."
+            )
 
 
 if __name__ == "__main__":

@@ -224,6 +224,14 @@ def test_voc_experiment_resolves_the_paper_recipe():
         assert (inherited.schedule.lr_update_every, inherited.loss.normalization) == (10, "all_pixels"), baseline
 
 
+def test_psanet_is_evaluated_in_crop_sized_windows_under_every_protocol():
+    # Its attention grid is fixed (33x33 for 513 crops): whole images would be squeezed onto it.
+    assert compose_config("train", ["experiment=voc_emanet512"]).eval.mode == "whole"
+    for overrides in (["experiment=voc_psanet"], ["experiment=voc_psanet", "checkpoint=x", "eval=ss"]):
+        cfg = compose_config("evaluate" if "eval=ss" in overrides else "train", overrides)
+        assert (cfg.eval.mode, cfg.eval.crop_size, cfg.model.psa.attention_size) == ("slide", 513, 33)
+
+
 def test_evaluate_reports_missing_checkpoint(tmp_path):
     result = run_cli("evaluate.py", f"checkpoint={tmp_path / 'none.pt'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
