@@ -67,3 +67,27 @@ def test_shape_mismatch_is_refused_with_the_key(tmp_path):
 def test_missing_file_names_the_config_key(tmp_path):
     with pytest.raises(CheckpointError, match="pretrained weights not found at .*model.backbone.pretrained"):
         load_backbone_weights(ResNet(18, multi_grid=(1, 2)), str(tmp_path / "none.pth"), 18, "deep")
+
+
+def test_file_lacking_backbone_tensors_is_refused_not_half_loaded(tmp_path):
+    # mmcv's ResNetV1c names its deep stem stem.{0,1,3,4,6,7}: only layer1..4 would load.
+    source = ResNet(18, stem="deep", width=8, multi_grid=(1, 2)).state_dict()
+    state = {k.replace("conv1.", "stem.", 1).replace("bn1.", "stem.7.", 1) if not k.startswith("layer") else k: v
+             for k, v in source.items()}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # as pre-1.0 files
+    torch.save({"state_dict": state}, tmp_path / "resnet18_v1c.pth")
+    backbone = ResNet(18, stem="deep", width=8, multi_grid=(1, 2))
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(CheckpointError) as raised:
+        load_backbone_weights(backbone, str(tmp_path / "resnet18_v1c.pth"), 18, "deep")
+    assert str(raised.value) == (
+        f"pretrained weights {tmp_path / 'resnet18_v1c.pth'} lack 15 of the backbone's tensors (e.g. "
+        "conv1.0.weight, conv1.1.weight, conv1.1.bias): the file is in another layout or for another stem "
+        "(model.backbone.stem); see emanet/models/pretrained.py for the layouts read, "
+        "or set model.backbone.pretrained=null to train from scratch"
+    )
+    assert all(torch.equal(v, before[k]) for k, v in backbone.state_dict().items())
+    # The same tensors under the release's names, without num_batches_tracked, load.
+    torch.save({k: v for k, v in source.items() if not k.endswith("num_batches_tracked")}, tmp_path / "deep.pth")
+    load_backbone_weights(backbone, str(tmp_path / "deep.pth"), 18, "deep")
+    assert_backbone_equals(backbone, {k: v for k, v in source.items() if not k.endswith("num_batches_tracked")})

@@ -147,6 +147,25 @@ def test_a_non_finite_micro_batch_leaves_the_weights_and_momentum_untouched(monk
             assert torch.equal(optimizer.state[parameter]["momentum_buffer"], momentum[id(parameter)])
 
 
+def test_image_pooling_with_one_image_per_micro_batch_is_refused_before_training(data_root, tmp_path):
+    # BatchNorm of ASPP's pooled branch would see one value per channel and fail at step 1.
+    accumulated = [*TINY, f"data_root={data_root}", "model=deeplabv3", "schedule.accumulation_steps=4"]
+    with pytest.raises(ConfigError) as raised:
+        train(compose_config(accumulated), tmp_path)
+    assert str(raised.value) == (
+        "model.head=deeplabv3 normalises image-pooled features, which needs at least 2 images per micro-batch, "
+        "but schedule.batch_size=4 with schedule.accumulation_steps=4 leaves 1 per process: "
+        "lower schedule.accumulation_steps or raise schedule.batch_size"
+    )
+    assert not (tmp_path / "config.yaml").exists()
+    model = build_model(compose_config(["model=deeplabv3"]).model, 3).train()
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        model(torch.randn(1, 3, 33, 33))  # what the check spares the user
+    model(torch.randn(2, 3, 33, 33))
+    train_module.check_image_pooling_batch(model, 2, compose_config(["model=deeplabv3"]))
+    train_module.check_image_pooling_batch(build_model(compose_config([]).model, 3), 1, compose_config([]))
+
+
 def test_a_bad_evaluation_precision_is_refused_before_training(data_root, tmp_path):
     with pytest.raises(ConfigError, match=r"eval.amp must be one of .*, got 'half'"):
         train(compose_config([*TINY, f"data_root={data_root}", "eval.amp=half"]), tmp_path)

@@ -44,6 +44,7 @@ from emanet.engine.evaluate import evaluate_on_val, write_run_metrics
 from emanet.engine.optim import build_optimizer, build_poly_scheduler
 from emanet.engine.runtime import build_train_loader, configure_runtime
 from emanet.errors import ConfigError, TrainingDivergedError
+from emanet.models.baseline_heads import ASPP
 from emanet.models.ema import one_bases_update_per_step
 from emanet.models.segmentor import build_model
 
@@ -185,6 +186,20 @@ def check_schedule(cfg: DictConfig) -> None:
     check_loss_normalization(cfg.loss.normalization)
 
 
+def check_image_pooling_batch(model: nn.Module, micro_batch: int, cfg: DictConfig) -> None:
+    """ASPP's image pooling normalises one value per channel and image: BatchNorm needs two
+    images in each micro-batch, or SyncBatchNorm across processes, or it fails at the first step."""
+    synced = any(isinstance(module, nn.SyncBatchNorm) for module in model.modules())
+    if micro_batch == 1 and not synced and any(isinstance(module, ASPP) for module in model.modules()):
+        schedule = cfg.schedule
+        raise ConfigError(
+            f"model.head={cfg.model.head} normalises image-pooled features, which needs at least 2 images "
+            f"per micro-batch, but schedule.batch_size={schedule.batch_size} with "
+            f"schedule.accumulation_steps={schedule.accumulation_steps} leaves 1 per process: "
+            "lower schedule.accumulation_steps or raise schedule.batch_size"
+        )
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train the configured model, evaluate it on the val split, and fill ``run_dir``.
 
@@ -201,6 +216,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     eval_amp = AmpSettings.from_config(cfg.eval, device, key="eval")  # checked now, not after training
     schedule, data_cfg = cfg.schedule, cfg.dataset
     micro_batch = per_rank_batch(schedule.batch_size, world.size, schedule.accumulation_steps)
+    model = prepare_batch_norm(build_model(cfg.model, data_cfg.num_classes), world).to(device)
+    check_image_pooling_batch(model, micro_batch, cfg)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -221,7 +238,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         train_set, micro_batch, cfg.runtime.num_workers, sampler, cfg.seed, pin_memory=device.type == "cuda"
     )
 
-    model = prepare_batch_norm(build_model(cfg.model, data_cfg.num_classes), world).to(device)
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)

@@ -8,8 +8,9 @@
   release's deep-stem layout (``conv1.{0,1,3,4,6}``, ``bn1``, ``layer1..4``, ``fc``), or a
   full checkpoint of this project (``{"model": ...}``, whose ``backbone.*`` weights are used).
 
-The classifier ``fc.*`` of ImageNet weights is dropped; any other missing or unexpected
-key is reported, and a shape mismatch is refused.
+The classifier ``fc.*`` of ImageNet weights is dropped and keys the backbone does not
+use are reported; a backbone tensor the file lacks (``num_batches_tracked`` aside) or a
+shape mismatch is refused.
 """
 
 from __future__ import annotations
@@ -78,16 +79,20 @@ def load_backbone_weights(backbone: nn.Module, source: str, depth: int, stem: st
             f"pretrained weights {origin} do not fit the backbone (check model.backbone.depth, "
             f"stem and width): {'; '.join(mismatched[:3])}"
         )
-    result = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    # Files written before PyTorch 1.0 (the release's among them) have no num_batches_tracked.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
-        log.warning("pretrained weights %s lack %d backbone keys, e.g. %s", origin, len(missing), missing[:5])
+        # Loading the rest would train from a partly random backbone without a sign of it.
+        raise CheckpointError(
+            f"pretrained weights {origin} lack {len(missing)} of the backbone's tensors (e.g. "
+            f"{', '.join(missing[:3])}): the file is in another layout or for another stem "
+            "(model.backbone.stem); see emanet/models/pretrained.py for the layouts read, "
+            "or set model.backbone.pretrained=null to train from scratch"
+        )
+    result = backbone.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         log.warning(
             "pretrained weights %s have %d keys the backbone does not use, e.g. %s",
             origin, len(result.unexpected_keys), result.unexpected_keys[:5],
         )
-    loaded = len(set(state) & set(own))
-    if loaded == 0:
-        raise CheckpointError(f"pretrained weights {origin} share no key with the backbone")
-    log.info("loaded ImageNet weights from %s (%d tensors)", origin, loaded)
+    log.info("loaded ImageNet weights from %s (%d tensors)", origin, len(set(state) & set(own)))
