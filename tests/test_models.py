@@ -33,6 +33,10 @@ def test_release_dilations_resnet101_os16():
 def test_layout_rejects_bad_multi_grid():
     with pytest.raises(ValueError, match="multi_grid needs one factor per layer4 block"):
         stage_strides_and_dilations(8, (2, 2, 2, 2), (1, 2, 4))
+    # A first factor other than 1 would be ignored: (2, 2, 2) would build (1, 2, 2)'s 1, 4, 4.
+    assert stage_strides_and_dilations(16, (3, 4, 6, 3), (1, 2, 2))[3] == (1, [1, 4, 4])
+    with pytest.raises(ValueError, match=r"multi_grid must start with 1 .*got \[2, 2, 2\]"):
+        stage_strides_and_dilations(16, (3, 4, 6, 3), (2, 2, 2))
 
 
 @pytest.mark.parametrize("stem", ["deep", "torchvision"])

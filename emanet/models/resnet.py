@@ -138,6 +138,13 @@ def stage_strides_and_dilations(
             f"model.backbone.multi_grid needs one factor per layer4 block ({num_blocks[3]}), "
             f"got {list(multi_grid)}: set it with the depth ([1,2] for depth 18/34, [1,2,4] for 50/101/152)"
         )
+    if multi_grid[0] != 1:
+        # The first layer4 block keeps the dilation the previous stage ended with (the release's
+        # layout); a factor there would be silently ignored.
+        raise ValueError(
+            f"model.backbone.multi_grid must start with 1 (layer4's first block takes the dilation of "
+            f"layer3's last), got {list(multi_grid)}"
+        )
     layout = []
     for stage, (blocks, dilation) in enumerate(zip(num_blocks, stage_dilation, strict=True)):
         stride = 1 if stage == 0 or dilation > 1 else 2
