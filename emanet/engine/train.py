@@ -216,11 +216,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     eval_amp = AmpSettings.from_config(cfg.eval, device, key="eval")  # checked now, not after training
     schedule, data_cfg = cfg.schedule, cfg.dataset
     micro_batch = per_rank_batch(schedule.batch_size, world.size, schedule.accumulation_steps)
-    model = prepare_batch_norm(build_model(cfg.model, data_cfg.num_classes), world).to(device)
-    check_image_pooling_batch(model, micro_batch, cfg)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    # The dataset (missing data is the likeliest mistake, so it is reported first), then the
+    # model and its pretrained weights: either can refuse the run before config.yaml is written.
     train_set = build_dataset(
         data_cfg, data_cfg.train_split,
         train_transform(
@@ -233,6 +230,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             f"schedule.batch_size={schedule.batch_size} exceeds the {len(train_set)} images "
             f"of split {data_cfg.train_split!r}"
         )
+    model = prepare_batch_norm(build_model(cfg.model, data_cfg.num_classes), world).to(device)
+    check_image_pooling_batch(model, micro_batch, cfg)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     sampler = SeededSampler(train_set, world, cfg.seed)
     loader = build_train_loader(
         train_set, micro_batch, cfg.runtime.num_workers, sampler, cfg.seed, pin_memory=device.type == "cuda"
