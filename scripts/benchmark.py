@@ -273,7 +273,9 @@ def bf16_peak_tflops(gpu_name: str) -> float | None:
 def train_step_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """FLOPs (2 per multiply-accumulate) of one forward + backward pass."""
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(images), labels, ignore_index=255).backward()
+        outputs = model(images)  # (logits, aux_logits) with an auxiliary head
+        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
+        sum(F.cross_entropy(logits, labels, ignore_index=255) for logits in outputs).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -309,7 +311,10 @@ def time_train_step(
     network = torch.compile(model) if compile_network else model
 
     def step():
-        train_step(network, micro_batches, optimizer, device, cfg.dataset.ignore_index, cfg.loss.normalization, amp)
+        train_step(
+            network, micro_batches, optimizer, device, cfg.dataset.ignore_index, cfg.loss.normalization, amp,
+            aux_weight=cfg.model.aux.weight,
+        )
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

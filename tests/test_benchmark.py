@@ -65,7 +65,9 @@ def test_unit_benchmark_records_every_module_at_every_size(docs, monkeypatch):
 def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, monkeypatch):
     steps = []
     trainer_step = benchmark.train_step
-    monkeypatch.setattr(benchmark, "train_step", lambda *args: steps.append(args[-1].dtype) or trainer_step(*args))
+    monkeypatch.setattr(
+        benchmark, "train_step", lambda *args, **kwargs: steps.append(args[-1].dtype) or trainer_step(*args, **kwargs)
+    )
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # restored after the test
     record = run_benchmark(
         monkeypatch, "train", "--device", "cpu", "--preset", "full", "--variants", "fp32", "bf16_cl",

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from emanet.errors import ConfigError
 from emanet.models.resnet import ResNet, stage_strides_and_dilations
 from emanet.models.segmentor import build_model
 
@@ -89,8 +91,6 @@ def tiny_model_config(model: str):
 
 
 def test_a_model_config_that_cannot_be_built_is_a_config_error_naming_the_key():
-    from emanet.errors import ConfigError
-
     cfg = tiny_model_config("emanet")
     cfg.backbone.depth = 50  # three layer4 blocks, but multi_grid still has two factors
     with pytest.raises(ConfigError, match=r"model.backbone.multi_grid needs one factor per layer4 block \(3\), "
@@ -106,6 +106,36 @@ def test_a_model_config_that_cannot_be_built_is_a_config_error_naming_the_key():
 def test_every_head_gives_logits_at_input_size(model):
     net = build_model(tiny_model_config(model), num_classes=5).eval()
     assert net(torch.randn(2, 3, 50, 70)).shape == (2, 5, 50, 70)
+
+
+def test_auxiliary_head_runs_on_layer3_in_training_only():
+    cfg = tiny_model_config("deeplabv3")
+    assert not any(k.startswith("aux_head.") for k in build_model(cfg, num_classes=5).state_dict())
+    cfg.aux.weight = 0.4
+    torch.manual_seed(0)
+    net = build_model(cfg, num_classes=5).train()
+    images = torch.randn(2, 3, 50, 70)
+    torch.manual_seed(1)
+    logits, aux_logits = net(images)
+    assert logits.shape == aux_logits.shape == (2, 5, 50, 70)
+    net.eval()  # the reference: FCNHead on layer3 (256 channels, 3x3 conv, BN, ReLU), upsampled
+    features = net.backbone(images)
+    reference = F.interpolate(
+        net.aux_head.classifier(net.aux_head.conv(features["layer3"])), size=(50, 70), mode="bilinear",
+        align_corners=True,
+    )
+    assert (net.aux_head.conv[0].in_channels, net.aux_head.conv[0].out_channels) == (32, 256)  # layer3: 4 x 8
+    torch.testing.assert_close(net(images), F.interpolate(net.head(features), size=(50, 70), mode="bilinear",
+                                                          align_corners=True))
+    net.train()
+    for module in net.modules():  # a deterministic training-mode pass: no dropout, BN on running statistics
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.Dropout2d)):
+            module.eval()
+    torch.testing.assert_close(net(images)[1], reference)
+    assert build_model(cfg, num_classes=5, auxiliary=False).aux_head is None
+    cfg.aux.weight = -1
+    with pytest.raises(ConfigError, match=r"model.aux.weight must be 0 \(no auxiliary head\) or positive, got -1"):
+        build_model(cfg, num_classes=5)
 
 
 def test_psanet_logits_at_input_size_for_any_feature_size():
@@ -175,7 +205,6 @@ def psa_reference(branch, x):
     (collect) or by entry p - q of q's map (distribute); the weights are a softmax over
     the sources, and the output at p is the weighted sum of the source features.
     """
-    import torch.nn.functional as F
 
     s = branch.size
     features = F.interpolate(branch.reduce(x), size=(s, s), mode="bilinear", align_corners=True)

@@ -110,6 +110,22 @@ def test_evaluate_checkpoint_reproduces_training_metrics(demo_run, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["iteration"] == 6
 
 
+def test_a_run_trained_with_an_auxiliary_head_evaluates_without_it(demo_run, tmp_path):
+    # The auxiliary head is trained, checkpointed for resuming, and left out of inference.
+    _, _, _, data_root = demo_run
+    overrides = [*TINY, f"data_root={data_root}", "eval=ss"]
+    metrics = train(compose_config("train", [*overrides, "model.aux.weight=0.4"]), tmp_path / "train")
+    checkpoint = tmp_path / "train" / "checkpoints" / "last.pt"
+    weights = torch.load(checkpoint, weights_only=True)["model"]
+    first = torch.load(tmp_path / "train" / "checkpoints" / "iter_0000003.pt", weights_only=True)["model"]
+    assert not torch.equal(weights["aux_head.classifier.weight"], first["aux_head.classifier.weight"])
+    (tmp_path / "eval").mkdir()
+    evaluated = evaluate_checkpoint(
+        compose_config("evaluate", [*overrides, f"checkpoint={checkpoint}"]), tmp_path / "eval"
+    )
+    assert evaluated["per_class_IoU"] == metrics["per_class_IoU"]
+
+
 def test_saved_predictions_are_the_evaluated_ones_and_batching_changes_nothing(demo_run, tmp_path):
     _, run_dir, metrics, data_root = demo_run
     cfg = compose_config(

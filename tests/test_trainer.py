@@ -1,5 +1,6 @@
 """The trainer: exact resume, checkpoint rotation, divergence, batch splitting, and DDP on CPU."""
 
+import copy
 import logging
 import os
 import shutil
@@ -145,6 +146,30 @@ def test_a_non_finite_micro_batch_leaves_the_weights_and_momentum_untouched(monk
     for parameter in model.parameters():
         if parameter.requires_grad:
             assert torch.equal(optimizer.state[parameter]["momentum_buffer"], momentum[id(parameter)])
+
+
+def test_the_auxiliary_loss_is_added_with_its_weight():
+    cfg = compose_config(["model.dropout=0", "model.aux.weight=0.4"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 5, load_pretrained=False).train()
+    reference = copy.deepcopy(model)
+    label = torch.randint(0, 5, (2, 32, 32))
+    label[0, :10] = 255
+    batch = {"image": torch.randn(2, 3, 32, 32), "label": label}
+    loss = train_step(model, [batch], build_optimizer(model, cfg.optim), torch.device("cpu"), 255, "valid",
+                      aux_weight=0.4)
+
+    reference_optimizer = build_optimizer(reference, cfg.optim)
+    logits, aux_logits = reference(batch["image"])
+    expected = F.cross_entropy(logits, label, ignore_index=255) + 0.4 * F.cross_entropy(
+        aux_logits, label, ignore_index=255
+    )
+    expected.backward()
+    reference_optimizer.step()
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() > F.cross_entropy(logits, label, ignore_index=255).item() * 1.1  # the aux term counts
+    for (name, parameter), expected_parameter in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(parameter, expected_parameter, msg=name)
 
 
 def test_image_pooling_with_one_image_per_micro_batch_is_refused_before_training(data_root, tmp_path):

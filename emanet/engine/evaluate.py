@@ -169,7 +169,10 @@ def load_trained_model(
     """The configured model with the weights of ``cfg.checkpoint``, on ``device`` in ``amp``'s
     memory format, and the checkpoint (for its iteration)."""
     checkpoint = load_checkpoint(cfg.checkpoint)
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False, auxiliary=False)
+    if "model" in checkpoint:  # inference never runs the auxiliary head: its weights are not needed
+        weights = {k: v for k, v in checkpoint["model"].items() if not k.startswith("aux_head.")}
+        checkpoint = {**checkpoint, "model": weights}
     load_model_weights(model, checkpoint, cfg.checkpoint)
     channels_last = amp is not None and amp.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)

@@ -65,6 +65,20 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: 
     return F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum") / divisor
 
 
+def training_loss(
+    outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, ignore_index: int,
+    divisor: torch.Tensor, aux_weight: float,
+) -> torch.Tensor:
+    """The loss of a training-mode forward pass: its logits, or ``(logits, aux_logits)`` from
+    a model with an auxiliary head, whose loss is added ``aux_weight`` times."""
+    if isinstance(outputs, torch.Tensor):
+        return segmentation_loss(outputs, labels, ignore_index, divisor)
+    logits, aux_logits = outputs
+    return segmentation_loss(logits, labels, ignore_index, divisor) + aux_weight * segmentation_loss(
+        aux_logits, labels, ignore_index, divisor
+    )
+
+
 def loss_divisor(labels: list[torch.Tensor], ignore_index: int, normalization: str) -> torch.Tensor:
     """What each micro-batch's summed loss is divided by, so that a step on micro-batches
     spread over processes equals a step on the mean loss of the whole global batch.
@@ -92,12 +106,14 @@ def train_step(
     amp: AmpSettings | None = None,
     iteration: int = 0,
     last_checkpoint: Path | None = None,
+    aux_weight: float = 0.0,
 ) -> float:
     """One SGD step on a global batch given as micro-batches (gradient accumulation).
 
     The weights and the EMA bases get the update of one step on the whole global batch.
     Returns the loss of the global batch. A non-finite loss stops training before the
-    weights or the bases are touched.
+    weights or the bases are touched. ``aux_weight`` is the weight of the auxiliary head's
+    loss (``model.aux.weight``) for a model that has one.
     """
     amp = amp or AmpSettings()
     optimizer.zero_grad(set_to_none=True)
@@ -111,7 +127,7 @@ def train_step(
             images = amp.memory_format(batch["image"].to(device, non_blocking=True))
             sync = not ddp or number == len(micro_batches) - 1
             with (nullcontext() if sync else model.no_sync()), amp.autocast(device):
-                loss = segmentation_loss(model(images), label, ignore_index, divisor)
+                loss = training_loss(model(images), label, ignore_index, divisor, aux_weight)
             amp.scaler.scale(loss).backward()
             total += loss.detach()
         # Checked once, after the backward passes and before the update: the step's only
@@ -273,7 +289,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         micro_batches = [next(batches) for _ in range(schedule.accumulation_steps)]
         loss = train_step(
             network, micro_batches, optimizer, device, data_cfg.ignore_index, cfg.loss.normalization, amp,
-            iteration, last_checkpoint,
+            iteration, last_checkpoint, cfg.model.aux.weight,
         )
         scheduler.step()
         done = iteration + 1

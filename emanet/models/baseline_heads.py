@@ -14,19 +14,21 @@ from emanet.models.layers import ConvBNReLU, NormLayer
 
 
 class FCNHead(nn.Module):
-    """3x3 conv -> Dropout2d -> 1x1 classifier (the dilated-FCN baseline)."""
+    """3x3 conv -> Dropout2d -> 1x1 classifier: the dilated-FCN baseline on ``features["out"]``,
+    or, with ``in_feature="layer3"``, the auxiliary head of mmsegmentation's recipes."""
 
     def __init__(
         self, in_channels: int, num_classes: int, channels: int = 512, dropout: float = 0.1,
-        norm_layer: NormLayer = nn.BatchNorm2d,
+        norm_layer: NormLayer = nn.BatchNorm2d, in_feature: str = "out",
     ) -> None:
         super().__init__()
+        self.in_feature = in_feature
         self.conv = ConvBNReLU(in_channels, channels, 3, norm_layer=norm_layer)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.dropout(self.conv(features["out"])))
+        return self.classifier(self.dropout(self.conv(features[self.in_feature])))
 
 
 class ASPP(nn.Module):

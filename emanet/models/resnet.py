@@ -158,7 +158,7 @@ def stage_strides_and_dilations(
 
 
 class ResNet(nn.Module):
-    """Dilated ResNet returning the feature maps of layer1 and layer4.
+    """Dilated ResNet returning the feature maps of layer1, layer3 and layer4.
 
     Args:
         depth: 18, 34, 50, 101 or 152.
@@ -212,6 +212,7 @@ class ResNet(nn.Module):
             in_channels = planes * block.expansion
         self.output_stride = output_stride
         self.out_channels = in_channels  # layer4
+        self.layer3_channels = 4 * width * block.expansion
         self.low_level_channels = width * block.expansion  # layer1
 
         for module in self.modules():
@@ -259,6 +260,6 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, stem, H/4, W/4)
         low_level = self.layer1(x)  # (B, width*e, H/4, W/4)
         x = self.layer2(low_level)  # (B, 2*width*e, H/8, W/8)
-        x = self.layer3(x)  # (B, 4*width*e, H/os', W/os')
-        x = self.layer4(x)  # (B, 8*width*e, H/os, W/os)
-        return {"low_level": low_level, "out": x}
+        layer3 = self.layer3(x)  # (B, 4*width*e, H/os', W/os')
+        x = self.layer4(layer3)  # (B, 8*width*e, H/os, W/os)
+        return {"low_level": low_level, "layer3": layer3, "out": x}

@@ -20,23 +20,36 @@ class SegmentationModel(nn.Module):
     """Runs the head on the backbone's features and upsamples the logits to the input size.
 
     The upsampling uses ``align_corners=True``, as the release does in training and testing.
+    An ``aux_head`` (a deep-supervision classifier on layer3) runs in training mode only:
+    the forward pass then returns ``(logits, aux_logits)``, both at the input size.
     """
 
-    def __init__(self, backbone: ResNet, head: nn.Module) -> None:
+    def __init__(self, backbone: ResNet, head: nn.Module, aux_head: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.aux_head = aux_head
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # images: (B, 3, H, W) -> logits (B, classes, H, W)
-        logits = self.head(self.backbone(images))
+        features = self.backbone(images)
+        logits = self._upsample(self.head(features), images)
+        if self.aux_head is None or not self.training:
+            return logits
+        return logits, self._upsample(self.aux_head(features), images)
+
+    @staticmethod
+    def _upsample(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
 
 
-def build_model(cfg: DictConfig, num_classes: int, load_pretrained: bool = True) -> SegmentationModel:
+def build_model(
+    cfg: DictConfig, num_classes: int, load_pretrained: bool = True, auxiliary: bool = True
+) -> SegmentationModel:
     """Build the network described by the ``model`` config group.
 
     ``load_pretrained=False`` skips ImageNet weights, for models about to receive a checkpoint.
+    ``auxiliary=False`` leaves out the auxiliary head (``model.aux``), which only training uses.
     """
     norm_layer = partial(nn.BatchNorm2d, momentum=cfg.bn_momentum)
     try:
@@ -49,11 +62,18 @@ def build_model(cfg: DictConfig, num_classes: int, load_pretrained: bool = True)
             norm_layer=norm_layer,
         )
         head = build_head(cfg, backbone, num_classes, norm_layer)
+        if cfg.aux.weight < 0:
+            raise ValueError(f"model.aux.weight must be 0 (no auxiliary head) or positive, got {cfg.aux.weight}")
+        aux_head = None
+        if auxiliary and cfg.aux.weight > 0:
+            aux_head = FCNHead(
+                backbone.layer3_channels, num_classes, cfg.aux.channels, cfg.dropout, norm_layer, in_feature="layer3"
+            )
     except ValueError as error:  # the modules' own checks, which name the model.* key at fault
         raise ConfigError(str(error)) from None
     if load_pretrained and cfg.backbone.pretrained:
         load_backbone_weights(backbone, cfg.backbone.pretrained, cfg.backbone.depth, cfg.backbone.stem)
-    return SegmentationModel(backbone, head)
+    return SegmentationModel(backbone, head, aux_head)
 
 
 def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) -> nn.Module:
