@@ -1,9 +1,11 @@
 """Evaluate a checkpoint: `python evaluate.py checkpoint=PATH [experiment=...] [eval=ss|ms_flip]`."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from emanet.cli import run_job
+from emanet.cli import quote_path_overrides, run_job
 from emanet.engine.evaluate import evaluate_checkpoint
 
 
@@ -13,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     main()

@@ -3,10 +3,12 @@
 With no arguments, trains and evaluates the built-in demo on synthetic data.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from emanet.cli import run_job
+from emanet.cli import quote_path_overrides, run_job
 from emanet.engine.train import train
 
 
@@ -16,4 +18,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     main()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
@@ -23,7 +25,33 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     """The config ``train.py`` / ``evaluate.py`` would run with these overrides, for scripts
     that call the engine directly (``config_name``: "train" or "evaluate")."""
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name, overrides)
+        return compose(config_name, quote_path_overrides(overrides))
+
+
+def quote_path_overrides(overrides: list[str]) -> list[str]:
+    """Quote the ``key=value`` overrides whose value is an existing file or folder that
+    Hydra's override grammar would reject or read as a sweep.
+
+    Sweep runs live in folders named after their overrides (``.../model.ema.train_stages=2,
+    seed=1/``), and '=' or ',' in a value is a syntax error for Hydra, so
+    ``checkpoint=<that folder>/checkpoints/last.pt`` would otherwise need hand quoting.
+    Everything else (flags, sweeps such as ``checkpoint=a.pt,b.pt``, values Hydra reads
+    as they are) is passed on unchanged.
+    """
+    parser = OverridesParser.create()
+    quoted = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if value and not override.startswith("-") and value[0] not in ("'", '"') and Path(value).exists():
+            try:
+                readable = not parser.parse_override(override).is_sweep_override()
+            except HydraException:
+                readable = False
+            if not readable:
+                quote = "'" if "'" not in value else '"'
+                override = f"{key}={quote}{value}{quote}"
+        quoted.append(override)
+    return quoted
 
 
 def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:

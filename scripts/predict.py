@@ -12,10 +12,12 @@ settings, the class names and the file each id came from) and ``config.yaml``. A
 named ``photo.jpg`` gets the id ``photo``; inside a folder, the id keeps the sub-folders.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from emanet.cli import run_job
+from emanet.cli import quote_path_overrides, run_job
 from emanet.engine.predict import predict_files
 
 
@@ -25,4 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
     main()

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -215,6 +216,17 @@ def run_cli(*args, cwd=REPO):
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def test_a_checkpoint_in_a_sweep_folder_is_passed_without_quoting(demo_run, tmp_path):
+    # Sweep runs are named after their overrides: '=' and ',' are Hydra syntax.
+    _, run_dir, metrics, data_root = demo_run
+    sweep_run = tmp_path / "model.ema.train_stages=3,seed=0"
+    shutil.copytree(run_dir / "checkpoints", sweep_run / "checkpoints", symlinks=True)
+    result = run_cli("evaluate.py", f"checkpoint={sweep_run / 'checkpoints' / 'last.pt'}", *TINY,
+                     f"data_root={data_root}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mIoU"] == metrics["mIoU"]
 
 
 def test_voc_experiment_composes_and_reports_missing_dataset(tmp_path):
