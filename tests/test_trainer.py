@@ -71,12 +71,27 @@ def test_interrupted_run_resumes_bit_identically(full_run, data_root, tmp_path, 
     with caplog.at_level(logging.INFO, logger="emanet.engine.train"):
         train(compose_config([*TINY, f"data_root={data_root}"]), tmp_path)
     assert f"resuming from {source} (iteration {interrupted_after})" in caplog.text
+    assert "other than it was trained with" not in caplog.text
     resumed = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     uninterrupted = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["iteration"] == 6
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
     assert torch.equal(resumed["rng"][0]["torch"], uninterrupted["rng"][0]["torch"])
+
+
+def test_resuming_with_other_settings_names_them(full_run, data_root, tmp_path, caplog):
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(full_run / "checkpoints" / "iter_0000005.pt", tmp_path / "checkpoints")
+    overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=7", "model.ema.train_stages=2",
+                 "runtime.progress=true", "schedule.log_every=1", "eval=ms_flip"]  # the last three: no effect
+    with caplog.at_level(logging.WARNING, logger="emanet.engine.train"):
+        train(compose_config(overrides), tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if "other than it was trained with" in r.getMessage()]
+    assert warnings == [
+        f"resuming {tmp_path / 'checkpoints' / 'iter_0000005.pt'} with 3 setting(s) other than it was trained "
+        "with: model.ema.eval_stages: 3 -> 2; model.ema.train_stages: 3 -> 2; schedule.iterations: 6 -> 7"
+    ]
 
 
 def test_evaluations_during_training_do_not_change_what_a_resumed_run_computes(data_root, tmp_path):

@@ -172,12 +172,46 @@ def gather_rng_states() -> list[dict]:
     return [states]
 
 
-def resume(run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: World) -> tuple[int, Path | None]:
-    """Load the newest complete checkpoint of ``run_dir``, if any; returns (iteration, path)."""
+# Settings that leave the trained weights as they are: a resumed run may change them quietly.
+SETTINGS_WITHOUT_EFFECT_ON_WEIGHTS = (
+    "eval", "runtime.progress", "runtime.num_workers", "runtime.threads", "schedule.log_every",
+    "schedule.checkpoint_every", "schedule.checkpoint_keep", "schedule.eval_every",
+)
+
+
+def config_changes(saved: object, current: object, key: str = "") -> list[str]:
+    """``key: saved -> current`` for each setting that differs between two resolved configs,
+    leaving out :data:`SETTINGS_WITHOUT_EFFECT_ON_WEIGHTS`."""
+    if key in SETTINGS_WITHOUT_EFFECT_ON_WEIGHTS:
+        return []
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return [
+            change
+            for name in sorted(set(saved) | set(current), key=str)
+            for change in config_changes(saved.get(name), current.get(name), f"{key}.{name}" if key else str(name))
+        ]
+    return [] if saved == current else [f"{key}: {saved!r} -> {current!r}"]
+
+
+def resume(
+    run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: World, cfg: DictConfig
+) -> tuple[int, Path | None]:
+    """Load the newest complete checkpoint of ``run_dir``, if any; returns (iteration, path).
+
+    Settings that differ from the checkpoint's (other than those that do not change the
+    weights) are named in a warning: the run then continues with the new ones, and its
+    weights are not those of an uninterrupted run of either config.
+    """
     path = newest_checkpoint(run_dir / "checkpoints")
     if path is None:
         return 0, None
     state = load_checkpoint(path)
+    changes = config_changes(state["config"], OmegaConf.to_container(cfg, resolve=True)) if "config" in state else []
+    if changes and world.is_main:
+        log.warning(
+            "resuming %s with %d setting(s) other than it was trained with: %s", path, len(changes),
+            "; ".join(changes),
+        )
     load_model_weights(model, state, path)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -261,7 +295,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_poly_scheduler(optimizer, schedule.iterations, schedule.power, schedule.lr_update_every)
     checkpoint_dir = run_dir / "checkpoints"
-    start, last_checkpoint = resume(run_dir, model, optimizer, scheduler, amp, world)
+    start, last_checkpoint = resume(run_dir, model, optimizer, scheduler, amp, world, cfg)
     network = model
     if world.size > 1:
         network = wrap_ddp(model, device)
