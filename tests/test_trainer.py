@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import emanet.engine.train as train_module
 from emanet.engine.amp import AmpSettings
@@ -92,6 +94,34 @@ def test_resuming_with_other_settings_names_them(full_run, data_root, tmp_path, 
         f"resuming {tmp_path / 'checkpoints' / 'iter_0000005.pt'} with 3 setting(s) other than it was trained "
         "with: model.ema.eval_stages: 3 -> 2; model.ema.train_stages: 3 -> 2; schedule.iterations: 6 -> 7"
     ]
+
+
+def test_logged_loss_and_speed_are_window_means_without_the_evaluations(data_root, tmp_path, monkeypatch):
+    # A fake clock: each training step takes 1 s, each evaluation 100 s.
+    clock, losses = [0.0], []
+    real_step, real_evaluation = train_module.train_step, train_module.evaluate_on_val
+
+    def timed_step(*args, **kwargs):
+        clock[0] += 1.0
+        losses.append(real_step(*args, **kwargs))
+        return losses[-1]
+
+    def timed_evaluation(*args, **kwargs):
+        clock[0] += 100.0
+        return real_evaluation(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(train_module, "train_step", timed_step)
+    monkeypatch.setattr(train_module, "evaluate_on_val", timed_evaluation)
+    overrides = [*TINY, f"data_root={data_root}", "schedule.log_every=4", "schedule.eval_every=2"]
+    train(compose_config(overrides), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = {event.step: event.value for event in events.Scalars("train/loss")}
+    assert logged == pytest.approx({4: sum(losses[:4]) / 4, 6: sum(losses[4:]) / 2}, rel=1e-6)
+    speed = {event.step: event.value for event in events.Scalars("train/images_per_second")}
+    assert speed == {4: 4.0, 6: 4.0}  # batch 4 per 1-s step; the evaluation at step 2 is left out
+    assert len([e for e in events.Scalars("val/mIoU")]) == 3  # at 2, 4 and the end
 
 
 def test_evaluations_during_training_do_not_change_what_a_resumed_run_computes(data_root, tmp_path):

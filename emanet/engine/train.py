@@ -313,7 +313,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     batches = epoch_batches(loader, sampler, start * schedule.accumulation_steps)
     model.train()
     began = time.perf_counter()
-    window_start, window_images = began, 0
+    # Logged per window of log_every steps: the mean loss, and images/s of the training steps
+    # (periodic evaluations are not counted).
+    window_start, window_images, window_losses = began, 0, []
     progress = tqdm(
         range(start, total), initial=start, total=total, desc="train",
         disable=not (cfg.runtime.progress and world.is_main), dynamic_ncols=True,
@@ -328,15 +330,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         scheduler.step()
         done = iteration + 1
         window_images += schedule.batch_size
-        if writer is not None and (done % schedule.log_every == 0 or done == total):
+        window_losses.append(loss)
+        if done % schedule.log_every == 0 or done == total:
             now = time.perf_counter()
-            writer.add_scalar("train/loss", loss, done)
-            writer.add_scalar("train/lr", lr, done)
-            writer.add_scalar("train/images_per_second", window_images / (now - window_start), done)
-            if device.type == "cuda":
-                writer.add_scalar("train/gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
-            window_start, window_images = now, 0
-            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
+            window_loss = sum(window_losses) / len(window_losses)
+            if writer is not None:
+                writer.add_scalar("train/loss", window_loss, done)
+                writer.add_scalar("train/lr", lr, done)
+                writer.add_scalar("train/images_per_second", window_images / (now - window_start), done)
+                if device.type == "cuda":
+                    writer.add_scalar("train/gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
+            progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
+            window_start, window_images, window_losses = now, 0, []
         if done % schedule.checkpoint_every == 0 or done == total:
             state = checkpoint_state(model, optimizer, scheduler, amp, done, cfg)  # collective: every rank
             if world.is_main:
@@ -345,9 +350,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             # Evaluation must not draw from the training RNG (its data loader seeds itself
             # from it): a run resumed after this iteration has not evaluated and would
             # continue with other dropout masks.
+            evaluation_start = time.perf_counter()
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 evaluate_on_val(model, cfg, device, eval_amp, writer, done, world)
             model.train()
+            window_start += time.perf_counter() - evaluation_start
     progress.close()
     train_seconds = time.perf_counter() - began
     warn_skipped(train_set)
