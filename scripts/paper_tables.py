@@ -41,23 +41,30 @@ RANKING_ROWS = {"context_emanet512": 3, "cocostuff10k_emanet512": 4}
 
 
 def collect(run_dirs: list[Path]) -> tuple[dict, dict, dict, list[str]]:
-    table1, table3, table4, ignored = {}, {}, {}, []
+    """Table 1, 3 and 4 rows (method -> metrics) from the runs, and notes on the runs left
+    out or trained otherwise than the paper's row."""
+    table1, table3, table4, notes = {}, {}, {}, []
     for run_dir in run_dirs:
         metrics = read_metrics(run_dir)
         if metrics is None:
-            ignored.append(f"{run_dir}: no metrics.json (not finished?)")
+            notes.append(f"{run_dir}: no metrics.json (not finished?)")
             continue
         experiment = metrics.get("experiment")
         config_path = Path(run_dir) / "config.yaml"
-        depth = OmegaConf.load(config_path).model.backbone.depth if config_path.is_file() else 101
+        config = OmegaConf.load(config_path) if config_path.is_file() else OmegaConf.create()
+        depth = OmegaConf.select(config, "model.backbone.depth", default=101)
         if experiment in TABLE1_ROWS and depth == 101:
             table1[TABLE1_ROWS[experiment]] = metrics
         elif experiment in RANKING_ROWS:
             target = table3 if RANKING_ROWS[experiment] == 3 else table4
             target[f"EMANet (ResNet-{depth})"] = metrics
         else:
-            ignored.append(f"{run_dir}: experiment {experiment!r} (depth {depth}) is in none of the tables")
-    return table1, table3, table4, ignored
+            notes.append(f"{run_dir}: experiment {experiment!r} (depth {depth}) is in none of the tables")
+            continue
+        aux = OmegaConf.select(config, "model.aux.weight", default=0.0)
+        if aux:
+            notes.append(f"{run_dir}: trained with an auxiliary head (model.aux.weight={aux}), the paper without")
+    return table1, table3, table4, notes
 
 
 def main() -> None:
@@ -65,13 +72,13 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--output", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args()
-    table1, table3, table4, ignored = collect(args.run_dirs)
+    table1, table3, table4, notes = collect(args.run_dirs)
     text = "\n\n".join([
         table1_markdown(table1, measure(513)),
         ranking_markdown("Table 3: PASCAL Context", PAPER_TABLE3, table3),
         ranking_markdown("Table 4: COCO-Stuff 10k", PAPER_TABLE4, table4),
     ]) + "\n"
-    for line in ignored:
+    for line in notes:
         print(f"note: {line}", file=sys.stderr)
     print(text)
     if args.output:

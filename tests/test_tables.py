@@ -178,16 +178,22 @@ def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
     from paper_tables import collect
 
-    def run(name, experiment, depth):
+    def run(name, experiment, depth, aux_weight=0.0):
         directory = tmp_path / name
         directory.mkdir()
         metrics = {"experiment": experiment, "mIoU": 50.0, "eval": {"scales": [1.0], "flip": False}}
         (directory / "metrics.json").write_text(json.dumps(metrics))
-        (directory / "config.yaml").write_text(f"model:\n  backbone:\n    depth: {depth}\n")
+        config = f"model:\n  backbone:\n    depth: {depth}\n  aux:\n    weight: {aux_weight}\n"
+        (directory / "config.yaml").write_text(config)
         return directory
 
     runs = [run("a", "voc_emanet512", 101), run("b", "context_emanet512", 50), run("c", "demo", 18),
-            tmp_path / "unfinished"]
-    table1, table3, table4, ignored = collect(runs)
-    assert list(table1) == ["EMANet(512)"] and list(table3) == ["EMANet (ResNet-50)"] and table4 == {}
-    assert len(ignored) == 2 and "'demo'" in ignored[0] and "no metrics.json" in ignored[1]
+            tmp_path / "unfinished", run("d", "voc_emanet256", 101, aux_weight=0.4)]
+    table1, table3, table4, notes = collect(runs)
+    assert list(table1) == ["EMANet(512)", "EMANet(256)"] and list(table3) == ["EMANet (ResNet-50)"]
+    assert table4 == {}
+    assert notes == [
+        f"{runs[2]}: experiment 'demo' (depth 18) is in none of the tables",
+        f"{runs[3]}: no metrics.json (not finished?)",
+        f"{runs[4]}: trained with an auxiliary head (model.aux.weight=0.4), the paper without",
+    ]
