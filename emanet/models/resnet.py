@@ -212,7 +212,7 @@ class ResNet(nn.Module):
             in_channels = planes * block.expansion
         self.output_stride = output_stride
         self.out_channels = in_channels  # layer4
-        self.layer3_channels = 4 * width * block.expansion
+        self.layer3_channels = 4 * width * block.expansion  # the auxiliary head reads it
         self.low_level_channels = width * block.expansion  # layer1
 
         for module in self.modules():
