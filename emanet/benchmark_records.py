@@ -19,9 +19,22 @@ JSONL = REPO / "docs" / "benchmarks.jsonl"
 MARKDOWN = REPO / "docs" / "benchmarks.md"
 
 
+def cpu_model() -> str | None:
+    """The processor's name ("AMD EPYC", "Intel(R) Xeon(R) ..."), where the system says it:
+    CPU benchmarks differ between processors far more than between runs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine_description() -> dict:
     description = {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -84,8 +97,8 @@ def rebuild_table(benchmark: str, table: Callable[[list[dict]], str]) -> None:
 
 def machine_cell(record: dict) -> str:
     machine = record["machine"]
-    where = machine.get("gpu") or f"{machine['cpu_count']} CPUs"
-    return f"{where}, torch {machine['torch']}"
+    cpus = f"{machine['cpu_count']} CPUs" + (f" ({machine['cpu_model']})" if machine.get("cpu_model") else "")
+    return f"{machine.get('gpu') or cpus}, torch {machine['torch']}"
 
 
 Column = tuple[str, Callable[[dict, dict], object]]

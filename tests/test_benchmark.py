@@ -6,6 +6,7 @@ records, the FLOP count and the configurations the GPU run will use are.
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,7 +168,8 @@ def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs, monkeypatch):
     }
     demo_on_a_workstation = {
         "benchmark": "demo", "date": "2026-12-02T10:00:00+00:00", "command": "python train.py",
-        "machine": {"cpu_count": 32, "torch": "2.14.1", "threads": 16}, "overrides": ["seed=1"],
+        "machine": {"cpu_count": 32, "cpu_model": "AMD EPYC 9654", "torch": "2.14.1", "threads": 16},
+        "overrides": ["seed=1"],
         "iterations": 2100, "wall_seconds": 41.5, "train_seconds": 35.0, "mIoU_ms_flip": 87.09,
         "mIoU_single_scale": 76.92,
     }
@@ -175,7 +177,7 @@ def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "tables"])
     benchmark.main()
     assert table_lines("demo")[2] == (
-        "| 2026-12-02 | 32 CPUs, torch 2.14.1 | 16 | 2100 | 41.5 | 35.0 | 87.09 | 76.92 | seed=1 |"
+        "| 2026-12-02 | 32 CPUs (AMD EPYC 9654), torch 2.14.1 | 16 | 2100 | 41.5 | 35.0 | 87.09 | 76.92 | seed=1 |"
     )
     assert table_lines("train")[2] == (
         "| 2026-12-01 | NVIDIA H100 80GB HBM3, torch 2.14.1 | voc_emanet512 R101 OS8 | 513 | 16 | bf16_cl "
@@ -194,6 +196,8 @@ def test_a_missing_table_section_is_reported(docs, monkeypatch):
 def test_machine_description_names_versions_and_the_float32_settings_of_a_gpu(monkeypatch):
     cpu = records.machine_description()
     assert (cpu["torch"], cpu["torchvision"]) == (torch.__version__, torchvision.__version__)
+    model_lines = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    assert cpu["cpu_model"] == model_lines[0].split(":", 1)[1].strip()
     assert "gpu" not in cpu and "cudnn_allow_tf32" not in cpu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
