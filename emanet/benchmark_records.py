@@ -19,11 +19,11 @@ JSONL = REPO / "docs" / "benchmarks.jsonl"
 MARKDOWN = REPO / "docs" / "benchmarks.md"
 
 
-def cpu_model() -> str | None:
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """The processor's name ("AMD EPYC", "Intel(R) Xeon(R) ..."), where the system says it:
     CPU benchmarks differ between processors far more than between runs."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:

@@ -6,7 +6,6 @@ records, the FLOP count and the configurations the GPU run will use are.
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -193,11 +192,17 @@ def test_a_missing_table_section_is_reported(docs, monkeypatch):
     assert not records.JSONL.exists()  # refused before a record was written
 
 
+def test_the_processor_is_named_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n"
+                       "processor\t: 1\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert records.cpu_model(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
+    assert records.machine_description()["cpu_model"] == records.cpu_model()
+
+
 def test_machine_description_names_versions_and_the_float32_settings_of_a_gpu(monkeypatch):
     cpu = records.machine_description()
     assert (cpu["torch"], cpu["torchvision"]) == (torch.__version__, torchvision.__version__)
-    model_lines = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-    assert cpu["cpu_model"] == model_lines[0].split(":", 1)[1].strip()
     assert "gpu" not in cpu and "cudnn_allow_tf32" not in cpu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
