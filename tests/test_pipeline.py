@@ -111,6 +111,17 @@ def test_evaluate_checkpoint_reproduces_training_metrics(demo_run, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["iteration"] == 6
 
 
+@pytest.mark.parametrize("given", ["run directory", "checkpoints folder"])
+def test_a_run_directory_stands_for_its_newest_checkpoint(demo_run, tmp_path, given):
+    _, run_dir, metrics, data_root = demo_run
+    path = run_dir if given == "run directory" else run_dir / "checkpoints"
+    evaluated = evaluate_checkpoint(
+        compose_config("evaluate", [*TINY, f"data_root={data_root}", f"checkpoint={path}"]), tmp_path
+    )
+    assert evaluated["mIoU"] == metrics["mIoU"]
+    assert evaluated["checkpoint"] == str(run_dir.resolve() / "checkpoints" / "last.pt")
+
+
 def test_a_run_trained_with_an_auxiliary_head_evaluates_without_it(demo_run, tmp_path):
     # The auxiliary head is trained, checkpointed for resuming, and left out of inference.
     _, _, _, data_root = demo_run

@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.engine.amp import AmpSettings
-from emanet.engine.checkpoint import atomic_write, load_checkpoint, load_model_weights, write_json
+from emanet.engine.checkpoint import atomic_write, checkpoint_file, load_checkpoint, load_model_weights, write_json
 from emanet.engine.distributed import World, init_distributed, shared_run_dir, shutdown_distributed
 from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
 from emanet.engine.metrics import format_table
@@ -156,7 +156,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     if world.is_main:
         writer.close()
         metrics = write_run_metrics(
-            run_dir, {"experiment": cfg.name, "checkpoint": str(Path(cfg.checkpoint).resolve()),
+            run_dir, {"experiment": cfg.name, "checkpoint": str(checkpoint_file(cfg.checkpoint)),
                       "iteration": checkpoint.get("iteration")}, metrics,
         )
     shutdown_distributed()

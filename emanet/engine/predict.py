@@ -14,7 +14,7 @@ from emanet.data import CLASS_NAMES
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine.amp import AmpSettings
-from emanet.engine.checkpoint import write_json
+from emanet.engine.checkpoint import checkpoint_file, write_json
 from emanet.engine.evaluate import (
     eval_inference,
     evaluation_settings,
@@ -118,7 +118,7 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
             write(batch, prediction)
     summary = {
         "experiment": cfg.name,
-        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "checkpoint": str(checkpoint_file(cfg.checkpoint)),
         "iteration": checkpoint.get("iteration"),
         "eval": protocol_record(cfg, amp, output_stride),
         "classes": list(CLASS_NAMES[cfg.dataset.name]),
