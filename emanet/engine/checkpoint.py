@@ -57,19 +57,20 @@ def checkpoint_file(path: str | Path) -> Path:
     """``path`` as an absolute path, or the newest checkpoint (``last.pt``) of the run
     directory or the ``checkpoints/`` folder that ``path`` names."""
     path = Path(path).expanduser()
-    for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
-        if path.is_dir() and candidate.is_file():
-            return candidate.resolve()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "last.pt", path / "last.pt"):
+            if candidate.is_file():
+                return candidate.resolve()
     return path.resolve()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint at ``path``: a .pt file, or a run directory (its newest checkpoint)."""
-    requested, path = path, checkpoint_file(path)
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint not found at {Path(requested).expanduser().resolve()}: pass checkpoint=PATH to a .pt "
-            "file or a run directory with checkpoints/last.pt"
+            f"checkpoint not found at {path}: pass checkpoint=PATH to a .pt file or a run directory "
+            "with checkpoints/last.pt"
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
