@@ -160,3 +160,39 @@ def test_without_maintenance_bases_are_redrawn_every_pass_and_never_stored():
 def test_unknown_maintenance_is_refused():
     with pytest.raises(ValueError, match="model.ema.maintenance"):
         EMAUnit(8, 5, maintenance="ema")
+
+
+def out_of_place_unit(unit: EMAUnit, x: torch.Tensor) -> torch.Tensor:
+    """The unit's training forward written without in-place operations or layout choices."""
+    b, c, h, w = x.shape
+    with torch.no_grad():
+        features = unit.conv_in(x).reshape(b, c, h * w)
+        z, mu = em_iterations(features, unit.mu.expand(b, -1, -1), unit.stages, unit.lambda_)
+        reconstruction = torch.bmm(mu, z.transpose(1, 2)).reshape(b, c, h, w)
+    return torch.relu(unit.conv_out(torch.relu(reconstruction)) + x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_gradients_match_an_out_of_place_computation(channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64).contiguous(memory_format=memory_format)
+    weights = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    results = []
+    for forward in (out_of_place_unit, lambda unit, inputs: unit(inputs)):
+        unit = make_unit().to(memory_format=memory_format).train()
+        inputs = x.clone().requires_grad_()
+        out = forward(unit, inputs)
+        (out * weights).sum().backward()
+        conv, bn = unit.conv_out
+        results.append((out.detach(), inputs.grad, conv.weight.grad, bn.weight.grad, bn.bias.grad))
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_input_gives_the_same_map_laid_out_channels_last():
+    unit = make_unit().eval()
+    x = torch.randn(2, 8, 4, 5, dtype=torch.float64)
+    expected, _ = reference_unit(unit, x, 3)
+    out = unit.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, torch.from_numpy(expected), rtol=1e-9, atol=1e-9)

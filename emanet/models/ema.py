@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 NormLayer = Callable[[int], nn.Module]
@@ -63,6 +62,20 @@ def em_iterations(
         if normalize_bases:
             mu = l2_normalize(mu, dim=1)
     return z, mu
+
+
+def reconstruct(mu: torch.Tensor, z: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
+    """``X~ = mu Z^T`` as a (B, C, H, W) map, laid out channels-last if asked.
+
+    Args:
+        mu: bases (B, C, K).
+        z: responsibilities (B, N, K), N = height * width.
+    """
+    b, c, _ = mu.shape
+    if channels_last:
+        # Z mu^T is (B, N, C), which is the NHWC layout itself: no copy before conv_out.
+        return torch.bmm(z, mu.transpose(1, 2)).reshape(b, height, width, c).permute(0, 3, 1, 2)
+    return torch.bmm(mu, z.transpose(1, 2)).reshape(b, c, height, width)
 
 
 class EMAUnit(nn.Module):
@@ -155,9 +168,14 @@ class EMAUnit(nn.Module):
                 self._update_bases(batch_mean)
             else:
                 self._collected.append(batch_mean)
-        x = torch.bmm(mu, z.transpose(1, 2)).to(x.dtype).reshape(b, c, h, w)  # (B, C, H, W)
-        x = self.conv_out(F.relu(x))
-        return F.relu(x + identity)
+        with torch.no_grad():  # Z and mu carry no gradient, so neither does X~
+            reconstruction = reconstruct(mu, z, h, w, channels_last=x.is_contiguous(memory_format=torch.channels_last))
+            reconstruction = reconstruction.to(x.dtype).relu_()
+        out = self.conv_out(reconstruction)
+        # In place, as torchvision's Bottleneck: the norm layer keeps its input for backward,
+        # not its output. Each fresh C x N map is a page-faulting allocation on a CPU.
+        out += identity
+        return out.relu_()
 
     @torch.no_grad()
     def _update_bases(self, batch_mean: torch.Tensor) -> None:
