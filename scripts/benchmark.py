@@ -9,13 +9,16 @@
 
 ``unit``: forward and forward+backward time of the EMA unit, the non-local block and a
 3x3 convolution of the same width C on C x S x S feature maps, with the memory each keeps
-for backward (peak GPU memory on a GPU), and how each grows with N = S^2.
+for backward (peak GPU memory on a GPU), and how each grows with N = S^2, in NCHW and in
+channels_last (NHWC) layout.
 
 ``train``: training-step throughput (images/s) and peak memory for a config: preset
 ``full`` (the default on a GPU) is EMANet(512), ResNet-101, OS8, 513 crops, batch 16
 (voc_emanet512 without pretrained weights); ``small`` (the default on a CPU) the demo
 network at 129 crops, batch 8. With the FLOPs of one step (torch.utils.flop_counter)
 it reports the achieved TFLOP/s and, on a known GPU, the fraction of its bf16 peak.
+Variants: ``fp32`` (NCHW), ``bf16_cl`` (bfloat16 autocast, channels_last),
+``bf16_cl_compile`` (the same under torch.compile) and, when asked, ``fp32_cl``.
 
 ``eval``: images/s of the evaluator, single scale and multi-scale + flip, over images of
 VOC's usual sizes, in float32 and in bfloat16 with channels_last (``eval.amp``); same
@@ -203,12 +206,21 @@ def unit_builders(channels: int) -> dict[str, Callable[[], nn.Module]]:
     }
 
 
-def measure_unit(build: Callable[[], nn.Module], channels: int, size: int, device: torch.device, repeats: int):
+# How the unit benchmark lays out the feature maps and weights (runtime.channels_last).
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+LAYOUT_NAMES = {"contiguous": "NCHW", "channels_last": "NHWC"}
+
+
+def measure_unit(
+    build: Callable[[], nn.Module], channels: int, size: int, device: torch.device, repeats: int,
+    memory_format: torch.memory_format = torch.contiguous_format,
+):
     """(forward s, forward+backward s, bytes): peak GPU memory, or on a CPU the activations
     kept for backward. The module lives only in this call, so on a GPU the peak holds no
     module measured before it."""
-    module = build().to(device).train()
-    x = torch.randn(1, channels, size, size, device=device, requires_grad=True)
+    module = build().to(device, memory_format=memory_format).train()
+    x = torch.randn(1, channels, size, size, device=device).contiguous(memory_format=memory_format)
+    x.requires_grad_()
 
     def forward():
         with torch.no_grad():
@@ -232,20 +244,33 @@ def measure_unit(build: Callable[[], nn.Module], channels: int, size: int, devic
 def unit_benchmark(args: argparse.Namespace) -> None:
     device = default_device()
     rows = []
+    for memory_format in args.memory_formats:
+        layout = LAYOUT_NAMES[memory_format]
+        for size in args.sizes:
+            for name, build in unit_builders(args.channels).items():
+                forward_seconds, train_seconds, memory = measure_unit(
+                    build, args.channels, size, device, args.repeats, MEMORY_FORMATS[memory_format]
+                )
+                rows.append({
+                    "memory_format": memory_format, "size": size, "module": name,
+                    "forward_ms": round(1000 * forward_seconds, 2),
+                    "forward_backward_ms": round(1000 * train_seconds, 2), "memory_mib": round(memory / 2**20, 1),
+                })
+                print(f"{layout} {size:>4} {name:>10}: forward {rows[-1]['forward_ms']:9.2f} ms, forward+backward "
+                      f"{rows[-1]['forward_backward_ms']:9.2f} ms, memory {rows[-1]['memory_mib']:8.1f} MiB")
     for size in args.sizes:
-        for name, build in unit_builders(args.channels).items():
-            forward_seconds, train_seconds, memory = measure_unit(build, args.channels, size, device, args.repeats)
-            rows.append({
-                "size": size, "module": name, "forward_ms": round(1000 * forward_seconds, 2),
-                "forward_backward_ms": round(1000 * train_seconds, 2), "memory_mib": round(memory / 2**20, 1),
-            })
-            print(f"{size:>4} {name:>10}: forward {rows[-1]['forward_ms']:9.2f} ms, forward+backward "
-                  f"{rows[-1]['forward_backward_ms']:9.2f} ms, memory {rows[-1]['memory_mib']:8.1f} MiB")
-    for size in args.sizes:
-        by_name = {r["module"]: r for r in rows if r["size"] == size}
-        ema, conv = by_name["EMA unit"]["forward_backward_ms"], by_name["3x3 conv"]["forward_backward_ms"]
-        non_local = by_name["non-local"]["forward_backward_ms"]
-        print(f"{size:>4}: EMA / 3x3 conv {ema / conv:.2f}x, non-local / EMA {non_local / ema:.1f}x")
+        for memory_format in args.memory_formats:
+            by_name = {r["module"]: r for r in rows if r["size"] == size and r["memory_format"] == memory_format}
+            ema, conv = by_name["EMA unit"]["forward_backward_ms"], by_name["3x3 conv"]["forward_backward_ms"]
+            non_local = by_name["non-local"]["forward_backward_ms"]
+            print(f"{LAYOUT_NAMES[memory_format]} {size:>4}: EMA / 3x3 conv {ema / conv:.2f}x, "
+                  f"non-local / EMA {non_local / ema:.1f}x")
+        if len(args.memory_formats) > 1:
+            fastest = {
+                name: min(r["forward_backward_ms"] for r in rows if r["size"] == size and r["module"] == name)
+                for name in ("EMA unit", "3x3 conv")
+            }
+            print(f"     {size:>4}: fastest EMA / fastest 3x3 conv {fastest['EMA unit'] / fastest['3x3 conv']:.2f}x")
     memory_note = "peak GPU memory" if device.type == "cuda" else "activations kept for backward"
 
     record("unit", {"channels": args.channels, "memory": memory_note, "rows": rows})
@@ -261,9 +286,12 @@ GPU_BF16_PEAK_TFLOPS = {
 # runtime.amp + runtime.channels_last, and whether to torch.compile (runtime.compile).
 TRAIN_VARIANTS = {
     "fp32": (AmpSettings(), False),
+    "fp32_cl": (AmpSettings(channels_last=True), False),
     "bf16_cl": (AmpSettings(torch.bfloat16, channels_last=True), False),
     "bf16_cl_compile": (AmpSettings(torch.bfloat16, channels_last=True), True),
 }
+
+DEFAULT_VARIANTS = ["fp32", "bf16_cl", "bf16_cl_compile"]  # fp32_cl on request (CPUs: see docs/benchmarks.md)
 
 
 def bf16_peak_tflops(gpu_name: str) -> float | None:
@@ -463,13 +491,21 @@ DATA_COLUMNS: list[Column] = [
 ]
 
 
+def memory_format(row: dict) -> str:
+    return row.get("memory_format", "contiguous")  # records from before the option: NCHW
+
+
 def versus_conv(r: dict, row: dict) -> str:
-    conv = next(c for c in r["rows"] if c["module"] == "3x3 conv" and c["size"] == row["size"])
+    conv = next(
+        c for c in r["rows"]
+        if c["module"] == "3x3 conv" and c["size"] == row["size"] and memory_format(c) == memory_format(row)
+    )
     return f"{row['forward_backward_ms'] / conv['forward_backward_ms']:.2f}x"
 
 
 UNIT_COLUMNS: list[Column] = [
     ("C", lambda r, row: r["channels"]),
+    ("layout", lambda r, row: LAYOUT_NAMES[memory_format(row)]),
     ("S (N = S^2)", lambda r, row: row["size"]),
     ("module", lambda r, row: row["module"]),
     ("forward (ms)", lambda r, row: row["forward_ms"]),
@@ -534,12 +570,19 @@ def main() -> None:
     unit.add_argument("--sizes", type=int, nargs="*", default=[33, 65, 97, 129], help="feature map sides S")
     unit.add_argument("--channels", type=int, default=512)
     unit.add_argument("--repeats", type=int, default=3)
+    unit.add_argument(
+        "--memory-formats", nargs="*", default=list(MEMORY_FORMATS), choices=list(MEMORY_FORMATS),
+        help="layouts of the feature maps and weights (runtime.channels_last)",
+    )
     unit.set_defaults(run=unit_benchmark)
     train = benchmarks.add_parser("train", help="training-step throughput")
-    train.add_argument("--variants", nargs="*", default=list(TRAIN_VARIANTS), choices=list(TRAIN_VARIANTS))
+    train.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(TRAIN_VARIANTS))
     train.add_argument("--repeats", type=int, default=5)
     evaluation = benchmarks.add_parser("eval", help="single-scale and MS+flip evaluation speed")
-    evaluation.add_argument("--variants", nargs="*", default=list(EVAL_VARIANTS), choices=list(EVAL_VARIANTS))
+    evaluation.add_argument(
+        "--variants", nargs="*", choices=list(EVAL_VARIANTS),
+        default=[variant for variant in DEFAULT_VARIANTS if variant in EVAL_VARIANTS],
+    )
     evaluation.add_argument("--images", type=int, default=8, help="VOC-sized images to evaluate")
     for parser_of_config in (train, evaluation):
         parser_of_config.add_argument("--device", default=str(default_device()))

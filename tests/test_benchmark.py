@@ -46,41 +46,67 @@ def table_lines(name):
     return section.splitlines()
 
 
-def test_unit_benchmark_records_every_module_at_every_size(docs, monkeypatch):
+def test_unit_benchmark_records_every_module_at_every_size_in_both_layouts(docs, monkeypatch):
     record = run_benchmark(monkeypatch, "unit", "--sizes", "9", "17", "--channels", "16", "--repeats", "1")
     assert record["benchmark"] == "unit" and record["channels"] == 16
     assert record["command"] == "python scripts/benchmark.py unit --sizes 9 17 --channels 16 --repeats 1"
-    assert [(row["size"], row["module"]) for row in record["rows"]] == [
-        (size, module) for size in (9, 17) for module in ("EMA unit", "non-local", "3x3 conv")
+    assert [(row["memory_format"], row["size"], row["module"]) for row in record["rows"]] == [
+        (layout, size, module)
+        for layout in ("contiguous", "channels_last") for size in (9, 17)
+        for module in ("EMA unit", "non-local", "3x3 conv")
     ]
-    memory = {(row["size"], row["module"]): row["memory_mib"] for row in record["rows"]}
-    assert memory[(17, "non-local")] > memory[(9, "non-local")]
+    memory = {(row["memory_format"], row["size"], row["module"]): row["memory_mib"] for row in record["rows"]}
+    assert memory[("contiguous", 17, "non-local")] > memory[("contiguous", 9, "non-local")]
     lines = table_lines("unit")
-    assert len(lines) == 2 + 6  # header, rule, a line per row; the old content is gone
-    assert {line.count("|") for line in lines} == {2 + 7 + 1}  # date, machine, seven columns
-    assert "| 1.00x |" in lines[4]  # the 3x3 conv against itself
+    assert len(lines) == 2 + 12  # header, rule, a line per row; the old content is gone
+    assert {line.count("|") for line in lines} == {2 + 8 + 1}  # date, machine, eight columns
+    # Each module is compared with the 3x3 conv of its own layout and size.
+    for line, row in zip(lines[2:], record["rows"], strict=True):
+        conv = next(
+            c["forward_backward_ms"] for c in record["rows"]
+            if (c["memory_format"], c["size"], c["module"]) == (row["memory_format"], row["size"], "3x3 conv")
+        )
+        layout = {"contiguous": "NCHW", "channels_last": "NHWC"}[row["memory_format"]]
+        assert f"| {layout} | {row['size']} | {row['module']} |" in line
+        assert f"| {row['forward_backward_ms'] / conv:.2f}x |" in line
     assert records.MARKDOWN.read_text().endswith("tail\n")
+
+
+def test_unit_table_reads_records_from_before_the_layout_option_as_nchw(docs, monkeypatch):
+    rows = [
+        {"size": 9, "module": "EMA unit", "forward_ms": 1.0, "forward_backward_ms": 3.0, "memory_mib": 0.5},
+        {"size": 9, "module": "3x3 conv", "forward_ms": 2.0, "forward_backward_ms": 12.0, "memory_mib": 0.1},
+    ]
+    records.append_record("unit", "python scripts/benchmark.py unit", {"channels": 8, "rows": rows})
+    run_benchmark(monkeypatch, "tables")
+    lines = table_lines("unit")
+    assert "| NCHW | 9 | EMA unit | 1.0 | 3.0 | 0.25x | 0.5 |" in lines[2]
 
 
 def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, monkeypatch):
     steps = []
     trainer_step = benchmark.train_step
-    monkeypatch.setattr(
-        benchmark, "train_step", lambda *args, **kwargs: steps.append(args[-1].dtype) or trainer_step(*args, **kwargs)
-    )
+
+    def recording_step(*args, **kwargs):
+        amp = args[-1]
+        steps.append((amp.dtype, amp.channels_last))
+        return trainer_step(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "train_step", recording_step)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # restored after the test
     record = run_benchmark(
-        monkeypatch, "train", "--device", "cpu", "--preset", "full", "--variants", "fp32", "bf16_cl",
+        monkeypatch, "train", "--device", "cpu", "--preset", "full", "--variants", "fp32", "bf16_cl", "fp32_cl",
         "--repeats", "1", "dataset.crop_size=33", "schedule.batch_size=2", "runtime.cudnn_benchmark=false",
     )
     assert record["model"] == "voc_emanet512 R101 OS8"
     assert (record["crop"], record["batch"]) == (33, 2)
     # cuDNN autotuning follows runtime.cudnn_benchmark, as in the trainer, and is recorded.
     assert record["cudnn_benchmark"] is False and torch.backends.cudnn.benchmark is False
-    assert [row["variant"] for row in record["rows"]] == ["fp32", "bf16_cl"]
+    assert [row["variant"] for row in record["rows"]] == ["fp32", "bf16_cl", "fp32_cl"]
     assert all(row["images_per_second"] > 0 and row["fraction_of_bf16_peak"] is None for row in record["rows"])
     # The trainer's own step is timed: a warm-up and one timed step per variant.
-    assert steps == [None, None, torch.bfloat16, torch.bfloat16]
+    fp32, bf16_cl, fp32_cl = (None, False), (torch.bfloat16, True), (None, True)
+    assert steps == [fp32, fp32, bf16_cl, bf16_cl, fp32_cl, fp32_cl]
 
     # One step's FLOPs: a forward pass and a backward pass of about twice its cost.
     cfg = compose_config("train", ["experiment=voc_emanet512", "model.backbone.pretrained=null"])
@@ -90,7 +116,7 @@ def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, 
         model(torch.randn(2, 3, 33, 33))
     ratio = record["gflops_per_step"] * 1e9 / counter.get_total_flops()
     assert 2.5 < ratio < 3.05
-    assert len(table_lines("train")) == 2 + 2
+    assert len(table_lines("train")) == 2 + 3
 
 
 def test_train_step_flops_counts_forward_and_backward_of_a_convolution():
