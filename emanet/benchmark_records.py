@@ -88,9 +88,10 @@ def split_at_table(benchmark: str) -> tuple[str, str]:
     return head + begin, end + rest.split(end, 1)[1]
 
 
-def rebuild_table(benchmark: str, table: Callable[[list[dict]], str]) -> None:
-    """Replace the benchmark's table in docs/benchmarks.md with ``table(records)``."""
-    head, tail = split_at_table(benchmark)
+def rebuild_table(benchmark: str, table: Callable[[list[dict]], str], section: str | None = None) -> None:
+    """Replace the benchmark's table in docs/benchmarks.md (or its table named ``section``,
+    for a second table of the same records) with ``table(records)``."""
+    head, tail = split_at_table(section or benchmark)
     text = f"{head}\n{table(records(benchmark))}\n{tail}"
     atomic_write(MARKDOWN, lambda temp: Path(temp).write_text(text))
 

@@ -39,6 +39,7 @@ with N workers.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -149,9 +150,15 @@ def data_benchmark(args: argparse.Namespace) -> None:
 
 def record(benchmark: str, result: dict) -> None:
     """Append ``result`` (with a list of ``rows``) to docs/benchmarks.jsonl and rebuild the
-    benchmark's table in docs/benchmarks.md: one line per row of every record."""
+    benchmark's tables in docs/benchmarks.md: one line per row of every record."""
     append_record(benchmark, "python scripts/benchmark.py " + " ".join(sys.argv[1:]), result)
+    rebuild_tables(benchmark)
+
+
+def rebuild_tables(benchmark: str) -> None:
     rebuild_table(benchmark, lambda records: rows_table(records, TABLE_COLUMNS[benchmark]))
+    if benchmark == "unit":
+        rebuild_table("unit", unit_growth_table, section="unit-growth")
 
 
 def synchronize(device: torch.device) -> None:
@@ -241,29 +248,71 @@ def measure_unit(
     return forward_seconds, train_seconds, memory
 
 
+def power_law_exponent(sizes: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(N), N = S^2: 1 for linear growth in N,
+    2 for quadratic."""
+    log_n = [math.log(size * size) for size in sizes]
+    log_v = [math.log(value) for value in values]
+    mean_n, mean_v = statistics.fmean(log_n), statistics.fmean(log_v)
+    covariance = sum((n - mean_n) * (v - mean_v) for n, v in zip(log_n, log_v, strict=True))
+    return covariance / sum((n - mean_n) ** 2 for n in log_n)
+
+
+def unit_growth(rows: list[dict]) -> list[dict]:
+    """For each layout and module measured at two sizes or more: how its forward+backward
+    time and its memory grow from the smallest to the largest N, as ratios and as the
+    exponent of a power law in N fitted over every size."""
+    growth = []
+    for layout in dict.fromkeys(row_memory_format(row) for row in rows):
+        for module in dict.fromkeys(row["module"] for row in rows):
+            measured = sorted(
+                (row for row in rows if row_memory_format(row) == layout and row["module"] == module),
+                key=lambda row: row["size"],
+            )
+            sizes = [row["size"] for row in measured]
+            if len(set(sizes)) < 2:
+                continue
+            time_ratio, time_exponent = growth_of(sizes, [row["forward_backward_ms"] for row in measured])
+            memory_ratio, memory_exponent = growth_of(sizes, [row["memory_mib"] for row in measured])
+            growth.append({
+                "memory_format": layout, "module": module, "sizes": f"{sizes[0]} -> {sizes[-1]}",
+                "n_ratio": round((sizes[-1] / sizes[0]) ** 2, 1),
+                "time_ratio": time_ratio, "time_exponent": time_exponent,
+                "memory_ratio": memory_ratio, "memory_exponent": memory_exponent,
+            })
+    return growth
+
+
+def growth_of(sizes: list[int], values: list[float]) -> tuple[float | None, float | None]:
+    """(last / first value, power-law exponent in N); None for both if a value rounded to 0."""
+    if min(values) <= 0:
+        return None, None
+    return round(values[-1] / values[0], 1), round(power_law_exponent(sizes, values), 2)
+
+
 def unit_benchmark(args: argparse.Namespace) -> None:
     device = default_device()
     rows = []
-    for memory_format in args.memory_formats:
-        layout = LAYOUT_NAMES[memory_format]
+    for format_name in args.memory_formats:
+        layout = LAYOUT_NAMES[format_name]
         for size in args.sizes:
             for name, build in unit_builders(args.channels).items():
                 forward_seconds, train_seconds, memory = measure_unit(
-                    build, args.channels, size, device, args.repeats, MEMORY_FORMATS[memory_format]
+                    build, args.channels, size, device, args.repeats, MEMORY_FORMATS[format_name]
                 )
                 rows.append({
-                    "memory_format": memory_format, "size": size, "module": name,
+                    "memory_format": format_name, "size": size, "module": name,
                     "forward_ms": round(1000 * forward_seconds, 2),
                     "forward_backward_ms": round(1000 * train_seconds, 2), "memory_mib": round(memory / 2**20, 1),
                 })
                 print(f"{layout} {size:>4} {name:>10}: forward {rows[-1]['forward_ms']:9.2f} ms, forward+backward "
                       f"{rows[-1]['forward_backward_ms']:9.2f} ms, memory {rows[-1]['memory_mib']:8.1f} MiB")
     for size in args.sizes:
-        for memory_format in args.memory_formats:
-            by_name = {r["module"]: r for r in rows if r["size"] == size and r["memory_format"] == memory_format}
+        for format_name in args.memory_formats:
+            by_name = {r["module"]: r for r in rows if r["size"] == size and r["memory_format"] == format_name}
             ema, conv = by_name["EMA unit"]["forward_backward_ms"], by_name["3x3 conv"]["forward_backward_ms"]
             non_local = by_name["non-local"]["forward_backward_ms"]
-            print(f"{LAYOUT_NAMES[memory_format]} {size:>4}: EMA / 3x3 conv {ema / conv:.2f}x, "
+            print(f"{LAYOUT_NAMES[format_name]} {size:>4}: EMA / 3x3 conv {ema / conv:.2f}x, "
                   f"non-local / EMA {non_local / ema:.1f}x")
         if len(args.memory_formats) > 1:
             fastest = {
@@ -271,6 +320,10 @@ def unit_benchmark(args: argparse.Namespace) -> None:
                 for name in ("EMA unit", "3x3 conv")
             }
             print(f"     {size:>4}: fastest EMA / fastest 3x3 conv {fastest['EMA unit'] / fastest['3x3 conv']:.2f}x")
+    for row in unit_growth(rows):
+        print(f"{LAYOUT_NAMES[row['memory_format']]} {row['module']:>10}: S {row['sizes']} (N x{row['n_ratio']}): "
+              f"time {times(row['time_ratio'])} (~N^{row['time_exponent']}), "
+              f"memory {times(row['memory_ratio'])} (~N^{row['memory_exponent']})")
     memory_note = "peak GPU memory" if device.type == "cuda" else "activations kept for backward"
 
     record("unit", {"channels": args.channels, "memory": memory_note, "rows": rows})
@@ -491,21 +544,48 @@ DATA_COLUMNS: list[Column] = [
 ]
 
 
-def memory_format(row: dict) -> str:
+def row_memory_format(row: dict) -> str:
     return row.get("memory_format", "contiguous")  # records from before the option: NCHW
 
 
 def versus_conv(r: dict, row: dict) -> str:
     conv = next(
         c for c in r["rows"]
-        if c["module"] == "3x3 conv" and c["size"] == row["size"] and memory_format(c) == memory_format(row)
+        if c["module"] == "3x3 conv" and c["size"] == row["size"]
+        and row_memory_format(c) == row_memory_format(row)
     )
     return f"{row['forward_backward_ms'] / conv['forward_backward_ms']:.2f}x"
 
 
+GROWTH_COLUMNS: list[Column] = [
+    ("C", lambda r, row: r["channels"]),
+    ("layout", lambda r, row: LAYOUT_NAMES[row["memory_format"]]),
+    ("module", lambda r, row: row["module"]),
+    ("S", lambda r, row: row["sizes"]),
+    ("N grows", lambda r, row: f"{row['n_ratio']}x"),
+    ("fwd+bwd time grows", lambda r, row: times(row["time_ratio"])),
+    ("time ~ N^", lambda r, row: dash(row["time_exponent"])),
+    ("memory grows", lambda r, row: times(row["memory_ratio"])),
+    ("memory ~ N^", lambda r, row: dash(row["memory_exponent"])),
+]
+
+
+def times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio}x"
+
+
+def dash(value: float | None) -> object:
+    return "-" if value is None else value
+
+
+def unit_growth_table(records: list[dict]) -> str:
+    """The growth of each module with N, for every unit record measured at several sizes."""
+    return rows_table(records, GROWTH_COLUMNS, rows_of=lambda record: unit_growth(record["rows"]))
+
+
 UNIT_COLUMNS: list[Column] = [
     ("C", lambda r, row: r["channels"]),
-    ("layout", lambda r, row: LAYOUT_NAMES[memory_format(row)]),
+    ("layout", lambda r, row: LAYOUT_NAMES[row_memory_format(row)]),
     ("S (N = S^2)", lambda r, row: row["size"]),
     ("module", lambda r, row: row["module"]),
     ("forward (ms)", lambda r, row: row["forward_ms"]),
@@ -556,8 +636,8 @@ TABLE_COLUMNS = {
 
 def tables_benchmark(args: argparse.Namespace) -> None:
     """Rebuild every table from docs/benchmarks.jsonl (after adding lines measured elsewhere)."""
-    for benchmark, columns in TABLE_COLUMNS.items():
-        rebuild_table(benchmark, lambda records, columns=columns: rows_table(records, columns))
+    for benchmark in TABLE_COLUMNS:
+        rebuild_tables(benchmark)
         print(f"rebuilt the {benchmark} table")
     rebuild_table("demo", demo_table)  # scripts/benchmark_demo.py's records
     print("rebuilt the demo table")

@@ -20,7 +20,7 @@ from emanet.models.segmentor import build_model
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
 
-BENCHMARKS = ("unit", "train", "eval", "data", "targets", "demo")
+BENCHMARKS = ("unit", "unit-growth", "train", "eval", "data", "targets", "demo")
 
 
 @pytest.fixture
@@ -69,7 +69,40 @@ def test_unit_benchmark_records_every_module_at_every_size_in_both_layouts(docs,
         layout = {"contiguous": "NCHW", "channels_last": "NHWC"}[row["memory_format"]]
         assert f"| {layout} | {row['size']} | {row['module']} |" in line
         assert f"| {row['forward_backward_ms'] / conv:.2f}x |" in line
+    growth = table_lines("unit-growth")
+    assert len(growth) == 2 + 6  # a line per layout and module
+    assert "| 16 | NCHW | EMA unit | 9 -> 17 | 3.6x |" in growth[2]
+    assert growth[2].endswith("| - | - |")  # its memory at S=9 rounds to 0.0 MiB: no ratio
     assert records.MARKDOWN.read_text().endswith("tail\n")
+
+
+def test_power_law_exponent_is_one_for_linear_and_two_for_quadratic_growth_in_n():
+    sizes = [33, 65, 97, 129]
+    assert benchmark.power_law_exponent(sizes, [3.0 * s * s for s in sizes]) == pytest.approx(1.0, abs=1e-12)
+    assert benchmark.power_law_exponent(sizes, [0.5 * s**4 for s in sizes]) == pytest.approx(2.0, abs=1e-12)
+    assert benchmark.power_law_exponent([10, 20], [1.0, 8.0]) == pytest.approx(1.5, abs=1e-12)  # 8 = 4^1.5
+
+
+def test_unit_growth_reports_ratios_and_exponents_per_layout_and_module():
+    rows = [
+        {"memory_format": layout, "size": size, "module": module, "forward_backward_ms": time, "memory_mib": memory}
+        for layout, scale in (("contiguous", 1.0), ("channels_last", 0.5))
+        for size, module, time, memory in (
+            (10, "EMA unit", 2.0 * scale, 1.0), (20, "EMA unit", 8.0 * scale, 4.0),
+            (10, "non-local", 1.0, 1.0), (20, "non-local", 16.0, 16.0),
+        )
+    ] + [{"size": 30, "module": "3x3 conv", "forward_backward_ms": 1.0, "memory_mib": 1.0}]  # one size: no growth
+    growth = benchmark.unit_growth(rows)
+    assert [(g["memory_format"], g["module"]) for g in growth] == [
+        ("contiguous", "EMA unit"), ("contiguous", "non-local"), ("channels_last", "EMA unit"),
+        ("channels_last", "non-local"),
+    ]
+    assert growth[0] == {
+        "memory_format": "contiguous", "module": "EMA unit", "sizes": "10 -> 20", "n_ratio": 4.0,
+        "time_ratio": 4.0, "time_exponent": 1.0, "memory_ratio": 4.0, "memory_exponent": 1.0,
+    }
+    assert (growth[1]["time_ratio"], growth[1]["time_exponent"], growth[1]["memory_exponent"]) == (16.0, 2.0, 2.0)
+    assert growth[2]["time_ratio"] == 4.0 and growth[2]["time_exponent"] == 1.0
 
 
 def test_unit_table_reads_records_from_before_the_layout_option_as_nchw(docs, monkeypatch):
