@@ -322,8 +322,8 @@ def unit_benchmark(args: argparse.Namespace) -> None:
             print(f"     {size:>4}: fastest EMA / fastest 3x3 conv {fastest['EMA unit'] / fastest['3x3 conv']:.2f}x")
     for row in unit_growth(rows):
         print(f"{LAYOUT_NAMES[row['memory_format']]} {row['module']:>10}: S {row['sizes']} (N x{row['n_ratio']}): "
-              f"time {times(row['time_ratio'])} (~N^{row['time_exponent']}), "
-              f"memory {times(row['memory_ratio'])} (~N^{row['memory_exponent']})")
+              f"time {ratio_cell(row['time_ratio'])} (~N^{row['time_exponent']}), "
+              f"memory {ratio_cell(row['memory_ratio'])} (~N^{row['memory_exponent']})")
     memory_note = "peak GPU memory" if device.type == "cuda" else "activations kept for backward"
 
     record("unit", {"channels": args.channels, "memory": memory_note, "rows": rows})
@@ -563,18 +563,18 @@ GROWTH_COLUMNS: list[Column] = [
     ("module", lambda r, row: row["module"]),
     ("S", lambda r, row: row["sizes"]),
     ("N grows", lambda r, row: f"{row['n_ratio']}x"),
-    ("fwd+bwd time grows", lambda r, row: times(row["time_ratio"])),
-    ("time ~ N^", lambda r, row: dash(row["time_exponent"])),
-    ("memory grows", lambda r, row: times(row["memory_ratio"])),
-    ("memory ~ N^", lambda r, row: dash(row["memory_exponent"])),
+    ("fwd+bwd time grows", lambda r, row: ratio_cell(row["time_ratio"])),
+    ("time ~ N^", lambda r, row: value_cell(row["time_exponent"])),
+    ("memory grows", lambda r, row: ratio_cell(row["memory_ratio"])),
+    ("memory ~ N^", lambda r, row: value_cell(row["memory_exponent"])),
 ]
 
 
-def times(ratio: float | None) -> str:
+def ratio_cell(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio}x"
 
 
-def dash(value: float | None) -> object:
+def value_cell(value: float | None) -> object:
     return "-" if value is None else value
 
 
