@@ -196,3 +196,13 @@ def test_channels_last_input_gives_the_same_map_laid_out_channels_last():
     out = unit.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, torch.from_numpy(expected), rtol=1e-9, atol=1e-9)
+
+
+def test_channels_last_under_bfloat16_autocast_stays_channels_last_and_close_to_float32():
+    unit = make_unit(channels=16).float().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 6, 7).contiguous(memory_format=torch.channels_last)
+    expected = unit(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unit(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
