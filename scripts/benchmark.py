@@ -1,6 +1,6 @@
 """Speed and memory benchmarks; each prints a table and records a JSON line in docs/benchmarks.jsonl.
 
-    python scripts/benchmark.py unit  [--sizes 33 65 97 129] [--channels 512]
+    python scripts/benchmark.py unit  [--sizes 33 65 97 129] [--channels 512] [--device cpu]
     python scripts/benchmark.py train [--variants fp32 bf16_cl bf16_cl_compile] [--preset full|small] [overrides...]
     python scripts/benchmark.py eval  [--variants fp32 bf16_cl] [--images 8] [--preset full|small] [overrides...]
     python scripts/benchmark.py data  [--images 200] [--workers 1 2]
@@ -291,7 +291,7 @@ def growth_of(sizes: list[int], values: list[float]) -> tuple[float | None, floa
 
 
 def unit_benchmark(args: argparse.Namespace) -> None:
-    device = default_device()
+    device = torch.device(args.device)
     rows = []
     for format_name in args.memory_formats:
         layout = LAYOUT_NAMES[format_name]
@@ -654,6 +654,7 @@ def main() -> None:
         "--memory-formats", nargs="*", default=list(MEMORY_FORMATS), choices=list(MEMORY_FORMATS),
         help="layouts of the feature maps and weights (runtime.channels_last)",
     )
+    unit.add_argument("--device", default=str(default_device()))
     unit.set_defaults(run=unit_benchmark)
     train = benchmarks.add_parser("train", help="training-step throughput")
     train.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(TRAIN_VARIANTS))
