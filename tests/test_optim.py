@@ -5,7 +5,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from emanet.engine.optim import build_optimizer, build_poly_scheduler, parameter_groups, poly_factor
+from emanet.engine.optim import (
+    build_optimizer,
+    build_poly_scheduler,
+    configured_hyperparameters,
+    parameter_groups,
+    poly_factor,
+    restore_configured_hyperparameters,
+)
 from emanet.engine.train import loss_divisor, segmentation_loss
 from emanet.errors import ConfigError
 
@@ -70,6 +77,58 @@ def test_scheduler_sets_every_group_lr():
     lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
     assert lrs["conv_weights"] == pytest.approx(0.01 * factor, rel=1e-12)
     assert lrs["biases"] == pytest.approx(0.02 * factor, rel=1e-12)
+
+
+def trained_optimizer_state(lr: float, steps: int, total: int):
+    torch.manual_seed(0)
+    model = Tiny()
+    cfg = OmegaConf.create({"lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "bias_lr_mult": 2.0})
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_poly_scheduler(optimizer, total_iterations=total, power=0.9)
+    for _ in range(steps):
+        for parameter in model.parameters():
+            parameter.grad = torch.ones_like(parameter)
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer.state_dict(), scheduler.state_dict()
+
+
+def resumed(model, optimizer_state, scheduler_state, cfg, total):
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_poly_scheduler(optimizer, total_iterations=total, power=0.9)
+    configured = configured_hyperparameters(optimizer)
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    restore_configured_hyperparameters(optimizer, scheduler, configured)
+    return optimizer, scheduler
+
+
+def test_a_resumed_optimizer_takes_the_configured_lr_momentum_and_decay_but_keeps_its_buffers():
+    model, optimizer_state, scheduler_state = trained_optimizer_state(lr=0.01, steps=40, total=100)
+    cfg = OmegaConf.create({"lr": 0.05, "momentum": 0.8, "weight_decay": 2e-4, "bias_lr_mult": 3.0})
+    optimizer, scheduler = resumed(model, optimizer_state, scheduler_state, cfg, total=200)
+    factor = (1 - 41 / 200) ** 0.9  # the new schedule's step 41
+    settings = {g["name"]: (g["lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups}
+    assert settings == {
+        "conv_weights": (pytest.approx(0.05 * factor, rel=1e-12), 0.8, 2e-4),
+        "norm_weights": (pytest.approx(0.05 * factor, rel=1e-12), 0.8, 0.0),
+        "biases": (pytest.approx(0.15 * factor, rel=1e-12), 0.8, 0.0),
+    }
+    # The momentum buffers are the checkpoint's, and the next step follows the new schedule.
+    buffers = [state["momentum_buffer"] for state in optimizer_state["state"].values()]
+    assert all(torch.equal(optimizer.state[p]["momentum_buffer"], b) for p, b in zip(
+        (p for g in optimizer.param_groups for p in g["params"]), buffers, strict=True))
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05 * (1 - 42 / 200) ** 0.9, rel=1e-12)
+
+
+def test_a_resumed_optimizer_with_the_same_config_is_exactly_the_checkpoints():
+    model, optimizer_state, scheduler_state = trained_optimizer_state(lr=0.01, steps=37, total=100)
+    cfg = OmegaConf.create({"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "bias_lr_mult": 2.0})
+    optimizer, _ = resumed(model, optimizer_state, scheduler_state, cfg, total=100)
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in optimizer_state["param_groups"]]
+    assert [g["initial_lr"] for g in optimizer.param_groups] == [0.01, 0.01, 0.02]
 
 
 def release_lrs(base_lr, total, power, update_every):

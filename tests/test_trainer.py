@@ -85,15 +85,21 @@ def test_interrupted_run_resumes_bit_identically(full_run, data_root, tmp_path, 
 def test_resuming_with_other_settings_names_them(full_run, data_root, tmp_path, caplog):
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(full_run / "checkpoints" / "iter_0000005.pt", tmp_path / "checkpoints")
-    overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=7", "model.ema.train_stages=2",
+    overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=7", "model.ema.train_stages=2", "optim.lr=0.02",
                  "runtime.progress=true", "schedule.log_every=1", "eval=ms_flip"]  # the last three: no effect
     with caplog.at_level(logging.WARNING, logger="emanet.engine.train"):
         train(compose_config(overrides), tmp_path)
     warnings = [r.getMessage() for r in caplog.records if "other than it was trained with" in r.getMessage()]
     assert warnings == [
-        f"resuming {tmp_path / 'checkpoints' / 'iter_0000005.pt'} with 3 setting(s) other than it was trained "
-        "with: model.ema.eval_stages: 3 -> 2; model.ema.train_stages: 3 -> 2; schedule.iterations: 6 -> 7"
+        f"resuming {tmp_path / 'checkpoints' / 'iter_0000005.pt'} with 4 setting(s) other than it was trained "
+        "with: model.ema.eval_stages: 3 -> 2; model.ema.train_stages: 3 -> 2; optim.lr: 0.1 -> 0.02; "
+        "schedule.iterations: 6 -> 7"
     ]
+    # The run goes on with the new settings, the lr included (the checkpoint's optimizer
+    # state brings its momentum buffers, not its lr).
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["iteration"] == 7
+    assert [group["initial_lr"] for group in last["optimizer"]["param_groups"]] == [0.02, 0.02, 0.04]
 
 
 def test_logged_loss_and_speed_are_window_means_without_the_evaluations(data_root, tmp_path, monkeypatch):

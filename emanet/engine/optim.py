@@ -73,6 +73,31 @@ def build_poly_scheduler(
     )
 
 
+# What the config decides in each parameter group. A checkpoint's optimizer state brings the
+# momentum buffers along with these; a resumed run keeps the buffers and takes these anew.
+CONFIGURED_KEYS = ("initial_lr", "momentum", "weight_decay")
+
+
+def configured_hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each group's configured settings, taken before a checkpoint's state overwrites them."""
+    return [{key: group[key] for key in CONFIGURED_KEYS} for group in optimizer.param_groups]
+
+
+def restore_configured_hyperparameters(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, configured: list[dict]
+) -> None:
+    """Put the config's lr, momentum and weight decay back after loading a checkpoint, and
+    set each group's lr for the scheduler's step as LambdaLR computes it (the same values
+    when the config is unchanged, so a resumed run stays bit-identical)."""
+    for group, settings in zip(optimizer.param_groups, configured, strict=True):
+        group.update(settings)
+    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+    for group, base_lr, lr_lambda in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
+
+
 def group_lrs(optimizer: torch.optim.Optimizer) -> Iterator[tuple[str, float]]:
     for group in optimizer.param_groups:
         yield group["name"], group["lr"]

@@ -41,7 +41,12 @@ from emanet.engine.distributed import (
     shutdown_distributed,
 )
 from emanet.engine.evaluate import evaluate_on_val, write_run_metrics
-from emanet.engine.optim import build_optimizer, build_poly_scheduler
+from emanet.engine.optim import (
+    build_optimizer,
+    build_poly_scheduler,
+    configured_hyperparameters,
+    restore_configured_hyperparameters,
+)
 from emanet.engine.runtime import build_train_loader, configure_runtime
 from emanet.errors import ConfigError, TrainingDivergedError
 from emanet.models.baseline_heads import ASPP
@@ -213,8 +218,10 @@ def resume(
             "; ".join(changes),
         )
     load_model_weights(model, state, path)
+    configured = configured_hyperparameters(optimizer)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    restore_configured_hyperparameters(optimizer, scheduler, configured)
     amp.scaler.load_state_dict(state["scaler"])
     states = state["rng"]
     if len(states) != world.size:
