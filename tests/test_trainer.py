@@ -1,6 +1,7 @@
 """The trainer: exact resume, checkpoint rotation, divergence, batch splitting, and DDP on CPU."""
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -475,3 +476,28 @@ def run_dir_worker(rank, world_size, rendezvous, results):
 def test_every_process_writes_into_rank_0s_run_directory(tmp_path):
     mp.spawn(run_dir_worker, args=(2, tmp_path / "rendezvous", tmp_path), nprocs=2, join=True)
     assert [(tmp_path / f"dir{rank}.txt").read_text() for rank in (0, 1)] == ["runs/demo/2026-01-01_00-00-00"] * 2
+
+
+def test_a_dataset_of_ones_own_needs_only_its_config(full_run, data_root, tmp_path):
+    # The demo's files under another name: dataset.class_names replaces the built-in list.
+    names = ["sky", "o", "ring-ish", "box", "plus"]
+    overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=2", "dataset.name=my_shapes",
+                 f"dataset.root={data_root}/demo/VOC2012", f"dataset.class_names=[{','.join(names)}]"]
+    train(compose_config(overrides), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(metrics["per_class_IoU"]) == names
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["dataset.name=my_shapes"], r"dataset.name must be one of \[.*\], got 'my_shapes'; for a dataset of your "
+                                     r"own, list its classes in dataset.class_names"),
+        (["dataset.class_names=[a,b]"], r"dataset.num_classes is 5 but dataset.class_names lists 2 classes"),
+        (["dataset.num_classes=4"], r"dataset.num_classes is 4 but demo has 5 classes"),
+    ],
+)
+def test_class_names_that_do_not_fit_are_refused_naming_the_keys(data_root, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(compose_config([*TINY, f"data_root={data_root}", *overrides]), tmp_path)
+    assert not (tmp_path / "config.yaml").exists()

@@ -24,15 +24,26 @@ CLASS_NAMES = {
 }
 
 
+def dataset_class_names(cfg: DictConfig) -> tuple[str, ...]:
+    """The class names of the ``dataset`` config, in label order: ``dataset.class_names`` if
+    given (a dataset of one's own), else the built-in list of ``dataset.name``."""
+    if cfg.get("class_names") is not None:
+        class_names, source = tuple(cfg.class_names), "dataset.class_names lists"
+    elif cfg.name in CLASS_NAMES:
+        class_names, source = CLASS_NAMES[cfg.name], f"{cfg.name} has"
+    else:
+        raise ConfigError(
+            f"dataset.name must be one of {sorted(CLASS_NAMES)}, got {cfg.name!r}; for a dataset of your own, "
+            "list its classes in dataset.class_names"
+        )
+    if len(class_names) != cfg.num_classes:
+        raise ConfigError(f"dataset.num_classes is {cfg.num_classes} but {source} {len(class_names)} classes")
+    return class_names
+
+
 def build_dataset(cfg: DictConfig, split: str, transform: Callable | None = None) -> SegmentationDataset:
     """The dataset described by the ``dataset`` config group, for one split."""
-    if cfg.name not in CLASS_NAMES:
-        raise ConfigError(f"dataset.name must be one of {sorted(CLASS_NAMES)}, got {cfg.name!r}")
-    class_names = CLASS_NAMES[cfg.name]
-    if len(class_names) != cfg.num_classes:
-        raise ConfigError(
-            f"dataset.num_classes is {cfg.num_classes} but {cfg.name} has {len(class_names)} classes"
-        )
+    class_names = dataset_class_names(cfg)
     if cfg.name == "demo":
         generate_demo_dataset(cfg.root, **cfg.generate)
     return SegmentationDataset(

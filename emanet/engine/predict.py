@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from emanet.data import CLASS_NAMES
+from emanet.data import dataset_class_names
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine.amp import AmpSettings
@@ -121,7 +121,7 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
         "checkpoint": str(checkpoint_file(cfg.checkpoint)),
         "iteration": checkpoint.get("iteration"),
         "eval": protocol_record(cfg, amp, output_stride),
-        "classes": list(CLASS_NAMES[cfg.dataset.name]),
+        "classes": list(dataset_class_names(cfg.dataset)),
         "images": {sample_id: str(path.resolve()) for sample_id, path in files.items()},
     }
     write_json(summary, run_dir / "predictions.json")
