@@ -30,13 +30,13 @@ def build_parser(data_root: Path) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Each worker imports torch (about 0.5 GB); past 8 the disk, not the CPU, limits a conversion.
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N", help=workers_help)
-    parser.add_argument(
-        "--allow-partial", action="store_true", help="exit 0 even when a split's size differs from the published one"
-    )
-    # The same option after the benchmark name; SUPPRESS keeps a value given before the
+    partial_help = "exit 0 even when a split's size differs from the published one"
+    parser.add_argument("--allow-partial", action="store_true", help=partial_help)
+    # The same options after the benchmark name; SUPPRESS keeps a value given before the
     # name (or the default) when it is not repeated there.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workers", type=int, default=argparse.SUPPRESS, metavar="N", help=workers_help)
+    common.add_argument("--allow-partial", action="store_true", default=argparse.SUPPRESS, help=partial_help)
     benchmarks = parser.add_subparsers(dest="benchmark", required=True)
     voc = benchmarks.add_parser("voc_aug", parents=[common], help="VOC 2012 + SBD -> SegmentationClassAug, trainaug")
     voc.add_argument("--voc", type=Path, default=data_root / "VOCdevkit" / "VOC2012")

@@ -17,6 +17,7 @@ from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.data.prepare import (
     check_context_label_names,
+    coco_stuff10k_label,
     decode_rle,
     prepare_coco_stuff10k,
     prepare_coco_stuff164k,
@@ -180,6 +181,13 @@ def test_coco_stuff10k_maps_182_ids_to_171_classes(tmp_path):
         {"images": "images/{id}.jpg", "labels": "labels171/{id}.png", "split": "imageLists/{split}.txt"},
     )
     assert np.array_equal(dataset.load(0)[1], expected)
+
+    bad = root / "annotations" / f"{ids['train'][0]}.mat"
+    source[0, :2] = 183, 200
+    scipy.io.savemat(bad, {"S": source})
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(bad))}: S holds ids \[183, 200\] outside 0-182: "
+                       "not a COCO-Stuff 10k annotation$"):
+        coco_stuff10k_label(bad, np.arange(182))
 
 
 def test_coco_stuff164k_maps_pngs_and_writes_split_lists_in_worker_processes(tmp_path):
@@ -369,6 +377,8 @@ def test_split_of_another_size_ends_the_script_with_status_1_after_writing_every
     ]
     assert len(list((voc / "SegmentationClassAug").glob("*.png"))) == 5
     status, err = run_cli(monkeypatch, capsys, "--allow-partial", *argv)
+    assert status == 0 and "error" not in err
+    status, err = run_cli(monkeypatch, capsys, *argv, "--allow-partial")  # after the benchmark name too
     assert status == 0 and "error" not in err
 
 

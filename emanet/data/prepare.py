@@ -162,8 +162,12 @@ def context_json_label(image: dict, segments: list[dict], table: np.ndarray) -> 
 def coco_stuff10k_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
     """COCO-Stuff 10k ``annotations/<id>.mat``: ``S`` with ids 1-182, 0 unlabelled."""
     ids = np.asarray(_load_mat(mat_path, "S", "cocostuff-10k-v1.1.zip")).astype(np.int64)
-    if ids.min() < 0 or ids.max() > 182:
-        raise DatasetError(f"{mat_path}: S holds ids outside 0-182")
+    outside = (ids < 0) | (ids > 182)
+    if outside.any():
+        raise DatasetError(
+            f"{mat_path}: S holds ids {sorted(np.unique(ids[outside]).tolist())[:10]} outside 0-182: "
+            "not a COCO-Stuff 10k annotation"
+        )
     # 1-based ids to the 164k numbering; unlabelled 0 becomes 255, ignored.
     return table[np.where(ids == 0, 255, ids - 1)]
 
