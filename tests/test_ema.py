@@ -77,8 +77,10 @@ def test_eval_leaves_bases_unchanged():
     assert torch.equal(unit.mu, before)
 
 
-def test_training_updates_bases_by_moving_average_of_batch_mean():
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_training_updates_bases_by_moving_average_of_batch_mean(momentum):
     unit = make_unit(train_stages=2, eval_stages=2).train()
+    unit.momentum = momentum
     x = torch.randn(3, 8, 4, 4, dtype=torch.float64)
     mu0 = unit.mu[0].clone().numpy()
     w_in = unit.conv_in.weight.detach().numpy()[:, :, 0, 0]
@@ -87,7 +89,7 @@ def test_training_updates_bases_by_moving_average_of_batch_mean():
         reference_em(w_in @ image.reshape(8, 16) + b_in[:, None], mu0, 2, 1.0)[1] for image in x.numpy()
     ]
     unit(x)
-    expected = 0.9 * mu0 + 0.1 * np.mean(final_bases, axis=0)
+    expected = momentum * mu0 + (1 - momentum) * np.mean(final_bases, axis=0)
     torch.testing.assert_close(unit.mu[0], torch.from_numpy(expected), rtol=1e-9, atol=1e-9)
 
 
@@ -206,3 +208,14 @@ def test_channels_last_under_bfloat16_autocast_stays_channels_last_and_close_to_
         out = unit(x)
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_the_configured_ema_settings_reach_the_unit():
+    from emanet.cli import compose_config
+    from emanet.models.segmentor import build_model
+
+    overrides = ["model.ema.momentum=0.5", "model.ema.num_bases=7", "model.ema.train_stages=2",
+                 "model.ema.eval_stages=4", "model.ema.lambda_=0.5", "model.ema.normalize_bases=false"]
+    unit = build_model(compose_config("train", overrides).model, 5).head.ema
+    assert (unit.momentum, unit.mu.shape[2], unit.train_stages, unit.eval_stages, unit.lambda_) == (0.5, 7, 2, 4, 0.5)
+    assert unit.normalize_bases is False

@@ -14,6 +14,7 @@ from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.engine.amp import AmpSettings
 from emanet.engine.evaluator import Inference, evaluate, predict, window_starts
+from emanet.engine.metrics import confusion_matrix
 from emanet.engine.runtime import size_grouped_batches
 from emanet.errors import ConfigError
 
@@ -49,6 +50,25 @@ def test_multi_scale_flip_matches_a_direct_reference():
         torch.testing.assert_close(probabilities[b : b + 1], total / 6)
     with torch.no_grad():
         torch.testing.assert_close(single, model(images))
+
+
+def test_evaluate_fills_both_confusion_matrices_from_the_predictions_and_skips_left_out_batches():
+    model = small_network()
+    torch.manual_seed(2)
+    images, labels = torch.randn(3, 3, 12, 14), torch.randint(0, 5, (3, 12, 14))
+    labels[0, :2] = 255
+    batches = [{"image": images[:2], "label": labels[:2]}, None, {"image": images[2:], "label": labels[2:]}]
+    scales = [0.75, 1.0, 1.5]
+    result = evaluate(model, batches, 5, scales, True, torch.device("cpu"), progress=False)
+    probabilities, single_logits = predict(model, images, scales, flip=True)
+    assert torch.equal(result.confusion, confusion_matrix(probabilities.argmax(1), labels, 5))
+    assert torch.equal(result.single_scale_confusion, confusion_matrix(single_logits.argmax(1), labels, 5))
+    assert not torch.equal(result.single_scale_confusion, result.confusion)
+    assert result.num_images == 3 and int(result.confusion.sum()) == 3 * 12 * 14 - 2 * 14
+    # Without the unflipped scale-1.0 pass there is no single-scale result; with it alone, nothing extra.
+    for scales, flip in (([0.75, 1.5], True), ([1.0], False)):
+        other = evaluate(model, batches, 5, scales, flip, torch.device("cpu"), progress=False)
+        assert other.single_scale_confusion is None
 
 
 class RecordingNetwork(nn.Module):

@@ -24,6 +24,12 @@ def test_confusion_matrix_counts_pixels_and_skips_ignore():
     assert torch.equal(confusion_matrix(prediction, target, 4), expected)
 
 
+def test_confusion_matrix_rows_are_ground_truth_and_columns_predictions():
+    target, prediction = torch.tensor([0, 0, 0, 1]), torch.tensor([1, 1, 0, 1])
+    # gt 0 predicted as 1 twice: row 0, column 1.
+    assert torch.equal(confusion_matrix(prediction, target, 2), torch.tensor([[1, 2], [0, 1]]))
+
+
 def test_confusion_matrix_rejects_labels_outside_the_classes():
     with pytest.raises(ValueError, match=r"\[0, 4\).*\[7\]"):
         confusion_matrix(torch.zeros(3, dtype=torch.long), torch.tensor([0, 7, 255]), 4)
@@ -70,6 +76,10 @@ def test_split_level_matrix_differs_from_averaging_per_image():
     assert metrics["per_class_IoU"]["cat"] == pytest.approx(75.0)
     assert metrics["per_class_IoU"]["background"] == pytest.approx(80.0)
     assert metrics["mIoU"] == pytest.approx(77.5)
+    # Accuracy is recall (per ground-truth row): 3 of 4 cat pixels; precision would be 3/3.
+    assert metrics["per_class_Acc"]["cat"] == pytest.approx(75.0)
+    assert metrics["per_class_Acc"]["background"] == pytest.approx(100.0)
+    assert metrics["mAcc"] == pytest.approx(87.5)
 
 
 def test_format_table_lists_every_class_and_marks_absent_ones():

@@ -21,7 +21,7 @@ from emanet.engine.amp import AmpSettings
 from emanet.engine.distributed import per_rank_batch
 from emanet.engine.optim import build_optimizer
 from emanet.engine.train import train, train_step, wrap_ddp
-from emanet.errors import ConfigError, TrainingDivergedError
+from emanet.errors import CheckpointError, ConfigError, TrainingDivergedError
 from emanet.models.segmentor import build_model
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
@@ -81,6 +81,20 @@ def test_interrupted_run_resumes_bit_identically(full_run, data_root, tmp_path, 
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
     assert torch.equal(resumed["rng"][0]["torch"], uninterrupted["rng"][0]["torch"])
+
+
+def test_a_run_with_gradient_accumulation_resumes_bit_identically(data_root, tmp_path):
+    # The data stream is consumed accumulation_steps micro-batches per step: a resumed run
+    # must start at the right micro-batch, not replay or skip any.
+    overrides = [*TINY, f"data_root={data_root}", "schedule.accumulation_steps=2"]
+    train(compose_config(overrides), tmp_path / "full")
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", tmp_path / "resumed" / "checkpoints")
+    train(compose_config(overrides), tmp_path / "resumed")
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
 
 
 def test_resuming_with_other_settings_names_them(full_run, data_root, tmp_path, caplog):
@@ -272,6 +286,8 @@ def test_mixed_precision_step_is_close_to_the_float32_step(amp):
     assert update32[classifier].abs().max() > 0
     cosine = F.cosine_similarity(update32[classifier].flatten(), update_mixed[classifier].flatten(), dim=0)
     assert cosine > 0.99
+    # The same size too: an fp16 update that skipped the scaler's unscaling would be 2^16 times larger.
+    assert update_mixed[classifier].norm() / update32[classifier].norm() == pytest.approx(1.0, rel=0.05)
 
 
 @pytest.mark.parametrize("normalization", ["valid", "all_pixels"])
@@ -387,7 +403,10 @@ def eval_worker(rank, world_size, rendezvous, samples, results):
         model = torch.nn.Conv2d(3, 4, 3, padding=1)
         loader = DataLoader(samples, batch_size=1, sampler=ShardSampler(len(samples), World(rank, world_size)))
         result = evaluate(model, loader, 4, [1.0, 1.5], True, torch.device("cpu"), progress=False)
-        torch.save({"confusion": result.confusion, "images": result.num_images}, results / f"eval{rank}.pt")
+        torch.save(
+            {"confusion": result.confusion, "single": result.single_scale_confusion, "images": result.num_images},
+            results / f"eval{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -408,7 +427,8 @@ def test_distributed_evaluation_counts_every_image_once(tmp_path):
         shared = torch.load(tmp_path / f"eval{rank}.pt", weights_only=True)
         assert shared["images"] == 5  # 3 + 2 images, none padded in twice
         assert torch.equal(shared["confusion"], single.confusion)
-    assert single.confusion.sum() == 5 * 9 * 11
+        assert torch.equal(shared["single"], single.single_scale_confusion)  # summed over processes too
+    assert single.confusion.sum() == single.single_scale_confusion.sum() == 5 * 9 * 11
 
 
 def test_two_processes_with_gradient_accumulation_stay_identical(tmp_path):
@@ -460,6 +480,35 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
     assert modes == {"metrics.json": 0o644, "iter.pt": 0o644, "plain.txt": 0o644}
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary left
+
+
+def test_an_interrupted_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    from emanet.engine.checkpoint import atomic_write
+
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+
+    def interrupted(temp):
+        Path(temp).write_text("half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, interrupted)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_newest_checkpoint_is_the_highest_iteration_among_complete_files(tmp_path):
+    from emanet.engine.checkpoint import load_checkpoint, newest_checkpoint
+
+    for name in ("iter_0000004.pt", "iter_0000010.pt", "iter_0000009.pt", ".iter_0000011.pt.abc.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    os.link(tmp_path / "iter_0000004.pt", tmp_path / "last.pt")
+    assert newest_checkpoint(tmp_path) == tmp_path / "iter_0000010.pt"
+    assert newest_checkpoint(tmp_path / "empty") is None
+    (tmp_path / "iter_0000010.pt").write_bytes(b"half")  # a truncated file: one error naming it
+    with pytest.raises(CheckpointError, match=rf"cannot read checkpoint {tmp_path / 'iter_0000010.pt'}: "):
+        load_checkpoint(tmp_path / "iter_0000010.pt")
 
 
 def run_dir_worker(rank, world_size, rendezvous, results):

@@ -89,6 +89,34 @@ def test_train_transform_pads_bottom_right_with_zero_and_255(tmp_path):
     assert torch.equal(top_left, original)
 
 
+def test_train_transform_keeps_image_and_label_aligned_and_normalises_them(tmp_path):
+    # Every pixel's grey level encodes its label (20 x class), in 4x4 blocks: after scaling,
+    # cropping and flipping, the de-normalised image must still spell the label.
+    blocks = np.random.default_rng(0).integers(0, 12, (6, 8))
+    label = np.kron(blocks, np.ones((4, 4), dtype=np.int64)).astype(np.uint8)  # 24 x 32
+    image = np.repeat((20 * label)[..., None], 3, axis=2)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    for scale in (1.0, 2.0):
+        transform = train_transform(crop_size=16, scales=[scale])
+        transform.set_random_seed(0)
+        crops = set()
+        for _ in range(8):
+            out = transform(image=image, mask=label)
+            pixels = (out["image"].numpy().transpose(1, 2, 0) * std + mean) * 255  # (16, 16, 3)
+            crop_label = out["mask"].numpy().astype(np.int64)
+            assert crop_label.shape == (16, 16) and 255 not in crop_label  # the image covers the crop
+            crops.add(crop_label.tobytes())
+            # Bilinear upscaling blends grey levels at block edges; inside a block it keeps them
+            # (the crop's border is left out: its neighbours outside the crop are unknown).
+            padded = np.pad(crop_label, 1, constant_values=-1)
+            uniform = np.all([padded[1 + dy : 17 + dy, 1 + dx : 17 + dx] == crop_label
+                              for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+            checked = uniform if scale == 2.0 else np.ones_like(uniform)
+            assert checked.sum() > 50
+            np.testing.assert_allclose(pixels[checked], 20.0 * crop_label[checked][:, None].repeat(3, 1), atol=1e-3)
+        assert len(crops) > 4  # the crops and flips did vary
+
+
 def test_missing_root_and_split_give_one_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"dataset not found at .*nowhere: see data/README.md"):
         SegmentationDataset(tmp_path / "nowhere", "val", VOC_CLASSES)

@@ -278,8 +278,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     train_set = build_dataset(
         data_cfg, data_cfg.train_split,
         train_transform(
-            data_cfg.crop_size, data_cfg.train_scales, data_cfg.mean, data_cfg.std, data_cfg.ignore_index,
-            data_cfg.scale_sampling,
+            data_cfg.crop_size, data_cfg.train_scales, mean=data_cfg.mean, std=data_cfg.std,
+            ignore_index=data_cfg.ignore_index, scale_sampling=data_cfg.scale_sampling,
         ),
     )
     if schedule.batch_size > len(train_set):
