@@ -62,7 +62,7 @@ from emanet.cli import compose_config
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
-from emanet.data.transforms import train_transform
+from emanet.data.transforms import seed_transform, train_transform
 from emanet.engine.amp import AmpSettings
 from emanet.engine.evaluate import eval_inference, evaluation_settings
 from emanet.engine.evaluator import evaluate
@@ -136,7 +136,7 @@ def data_benchmark(args: argparse.Namespace) -> None:
         dataset = SegmentationDataset(
             root, "train", VOC_CLASSES, transform=train_transform(513, RELEASE_SCALES)
         )
-        dataset.transform.set_random_seed(0)
+        seed_transform(dataset.transform, 0)
         rows.append({"workers": "main process", "images_per_second": round(time_single_process(dataset), 1)})
         for workers in args.workers:
             rows.append({"workers": workers, "images_per_second": round(time_loader(dataset, workers), 1)})

@@ -13,7 +13,7 @@ from emanet.data.classes import CONTEXT59_CLASSES, VOC_CLASSES
 from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.palette import color_map, read_label_png, save_label_png
 from emanet.data.segmentation import SegmentationDataset
-from emanet.data.transforms import RandomScaleFactor, eval_transform, train_transform
+from emanet.data.transforms import RandomScaleFactor, eval_transform, seed_transform, train_transform
 from emanet.errors import ConfigError, DatasetNotFoundError
 
 
@@ -78,7 +78,7 @@ def test_train_transform_pads_bottom_right_with_zero_and_255(tmp_path):
     dataset = SegmentationDataset(
         tmp_path, "val", VOC_CLASSES, transform=train_transform(crop_size=12, scales=[1.0])
     )
-    dataset.transform.set_random_seed(0)
+    seed_transform(dataset.transform, 0)
     sample = dataset[0]
     image, label = sample["image"], sample["label"]
     assert image.shape == (3, 12, 12) and label.shape == (12, 12)
@@ -98,7 +98,7 @@ def test_train_transform_keeps_image_and_label_aligned_and_normalises_them(tmp_p
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     for scale in (1.0, 2.0):
         transform = train_transform(crop_size=16, scales=[scale])
-        transform.set_random_seed(0)
+        seed_transform(transform, 0)
         crops = set()
         for _ in range(8):
             out = transform(image=image, mask=label)
@@ -246,3 +246,31 @@ def test_ignore_background_uses_the_configured_ignore_index(tmp_path, ignore_ind
     expected = np.array([[ignore_index, 0, 58], [ignore_index, 4, ignore_index]], dtype=np.uint8)
     assert np.array_equal(dataset.load(0)[1], expected)
     assert torch.equal(dataset[0]["label"], torch.from_numpy(expected).long())
+
+
+def test_per_sample_seeds_draw_scale_crop_and_flip_independently():
+    # Grey level = row (image) and label = column: a sample shows where it was cropped and
+    # whether it was flipped. With per-transform generators started from one seed, the flip
+    # followed the crop position and the scale (scales >= 1.5 were never flipped).
+    rows, columns = np.mgrid[0:200, 0:200]
+    image = np.repeat(rows.astype(np.uint8)[..., None], 3, axis=2)
+    label = columns.astype(np.uint8)
+    transform = train_transform(crop_size=100, scales=[0.5, 1.0, 1.5, 2.0])
+    flipped, large, low = [], [], []
+    for seed in range(400):
+        seed_transform(transform, seed)
+        out = transform(image=image, mask=label)
+        crop = out["mask"].numpy().astype(np.int64)
+        flipped.append(crop[0, 0] > crop[0, 99])  # columns run right to left
+        columns_seen = crop[0][crop[0] != 255]
+        large.append(len(columns_seen) / (np.ptp(columns_seen) + 1) >= 1.4)  # scale 1.5 or 2.0
+        low.append(out["image"][0, 0, 0].item())  # the grey level of the crop's first row
+    flipped, large, low = np.array(flipped), np.array(large), np.array(low)
+    low = low < np.median(low)  # crops starting in the upper half of the positions drawn
+    assert 0.4 < flipped.mean() < 0.6
+    for subset in (large, ~large, low, ~low):
+        assert subset.sum() > 50 and 0.35 < flipped[subset].mean() < 0.65
+    seed_transform(transform, 7)
+    first = transform(image=image, mask=label)
+    seed_transform(transform, 7)
+    assert torch.equal(transform(image=image, mask=label)["mask"], first["mask"])  # a seed fixes the sample

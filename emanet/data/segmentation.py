@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
 from emanet.data.palette import read_label_png
+from emanet.data.transforms import seed_transform
 from emanet.errors import DatasetError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class SegmentationDataset(Dataset):
         if isinstance(index, tuple):
             index, seed = index
             if self.transform is not None:
-                self.transform.set_random_seed(seed)
+                seed_transform(self.transform, seed)
         try:
             image, label = self.load(index)
         except DatasetError as error:

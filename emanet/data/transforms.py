@@ -9,6 +9,7 @@ random crop and random horizontal flip.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +86,17 @@ def train_transform(
             ToTensorV2(),
         ]
     )
+
+
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Seed every random draw of ``transform`` from ``seed``, through one NumPy and one Python
+    generator that all its transforms share (as a Compose constructs them).
+
+    Not ``Compose.set_random_seed``: albumentations gives each transform its own generator
+    started from that same seed, so their first draws coincide: the flip then follows the
+    crop position and the scale (crops of scales 1.5-2.0 were never flipped).
+    """
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 def eval_transform(
