@@ -511,6 +511,24 @@ def test_newest_checkpoint_is_the_highest_iteration_among_complete_files(tmp_pat
         load_checkpoint(tmp_path / "iter_0000010.pt")
 
 
+def train_worker(rank, world_size, rendezvous, overrides, run_dir):
+    os.environ["WORLD_SIZE"] = str(world_size)  # as torchrun sets it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        train(compose_config(overrides), run_dir)  # leaves the process group when it ends
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_each_process_draws_its_own_dropout_masks(full_run, data_root, tmp_path):
+    overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=2"]
+    mp.spawn(train_worker, args=(2, tmp_path / "rendezvous", overrides, tmp_path / "run"), nprocs=2, join=True)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+
+
 def run_dir_worker(rank, world_size, rendezvous, results):
     from emanet.engine.distributed import shared_run_dir
 

@@ -288,6 +288,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             f"of split {data_cfg.train_split!r}"
         )
     model = prepare_batch_norm(build_model(cfg.model, data_cfg.num_classes), world).to(device)
+    # Every process built the same initial weights from cfg.seed; from here on each draws its
+    # own dropout masks (seed + rank), or all would drop the same channels of their images.
+    torch.manual_seed(cfg.seed + world.rank)
     check_image_pooling_batch(model, micro_batch, cfg)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
