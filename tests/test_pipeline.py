@@ -16,11 +16,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from emanet.data.demo import DEMO_CLASSES
-from emanet.data.palette import colorize
+from emanet.data.palette import colorize, save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.engine.evaluate import evaluate_checkpoint
 from emanet.engine.train import train
-from emanet.errors import ConfigError
+from emanet.errors import ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = str(REPO / "configs")
@@ -276,3 +276,18 @@ def test_evaluate_reports_missing_checkpoint(tmp_path):
     assert result.returncode == 2
     assert f"error: checkpoint not found at {tmp_path / 'none.pt'}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_split_without_labelled_pixels_is_refused_naming_it(demo_run, tmp_path):
+    _, run_dir, _, data_root = demo_run
+    root = tmp_path / "unlabelled"
+    shutil.copytree(data_root / "demo" / "VOC2012", root)
+    for label in (root / "SegmentationClass").glob("*.png"):
+        save_label_png(np.full(np.array(Image.open(label)).shape, 255, dtype=np.uint8), label)
+    overrides = [*TINY, f"data_root={data_root}", f"checkpoint={run_dir}", "dataset.name=unlabelled",
+                 f"dataset.root={root}", "dataset.class_names=[a,b,c,d,e]"]
+    (tmp_path / "eval").mkdir()
+    message = rf"{root}: split 'val' has no labelled pixels to score \(every label is dataset.ignore_index=255"
+    with pytest.raises(DatasetError, match=message):
+        evaluate_checkpoint(compose_config("evaluate", overrides), tmp_path / "eval")
+    assert not (tmp_path / "eval" / "metrics.json").exists()

@@ -2,6 +2,7 @@
 
 import hashlib
 import math
+import os
 
 import numpy as np
 import pytest
@@ -146,6 +147,15 @@ def test_demo_dataset_is_deterministic_voc_layout(tmp_path):
         values |= set(np.unique(label).tolist())
     assert 255 in values and 0 in values and len(values - {0, 255}) >= 3
     assert values <= set(range(len(DEMO_CLASSES))) | {255}
+
+
+def test_the_demo_dataset_folder_gets_the_mode_of_a_plain_mkdir(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        root = generate_demo_dataset(tmp_path / "VOC2012", num_train=2, num_val=1, seed=0)
+    finally:
+        os.umask(previous)
+    assert root.stat().st_mode & 0o777 == 0o755
 
 
 def test_demo_dataset_is_reused_and_regenerated_when_settings_change(tmp_path):

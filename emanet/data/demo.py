@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from emanet.data.palette import save_label_png
+from emanet.engine.checkpoint import current_umask
 
 DEMO_CLASSES = ("background", "disc", "ring", "square", "cross")
 
@@ -171,6 +172,8 @@ def write_demo_dataset(root: Path, settings: dict) -> None:
     num_train, num_val = settings["num_train"], settings["num_val"]
     min_size, max_size = settings["min_size"], settings["max_size"]
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    # mkdtemp makes the folder its owner's alone; the dataset gets a plain mkdir's mode.
+    os.chmod(staging, 0o777 & ~current_umask())
     try:
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (staging / sub).mkdir(parents=True)

@@ -25,6 +25,7 @@ from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
+from emanet.errors import DatasetError
 from emanet.models.segmentor import SegmentationModel, build_model
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ def evaluate_on_val(
         if writer is not None:
             log_prediction_images(model, dataset, cfg, device, writer, step)
     warn_skipped(dataset)
+    if int(result.confusion.sum()) == 0:  # every metric would be 0 / 0
+        raise DatasetError(
+            f"{dataset.root}: split {dataset.split!r} has no labelled pixels to score (every label is "
+            f"dataset.ignore_index={cfg.dataset.ignore_index}, or every image was skipped)"
+        )
     metrics = summarize(result, dataset.class_names, protocol_record(cfg, amp, eval_stride))
     protocol = "multi-scale + flip" if is_multi_scale(cfg.eval.scales, cfg.eval.flip) else "single scale"
     if world.is_main:
