@@ -61,8 +61,9 @@ def test_checkpoints_rotate_and_last_links_the_newest(full_run):
     assert names == ["iter_0000004.pt", "iter_0000005.pt", "iter_0000006.pt", "last.pt"]
     assert os.path.samefile(full_run / "checkpoints" / "last.pt", full_run / "checkpoints" / "iter_0000006.pt")
     state = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
-    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "config"}
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "batches_drawn", "config"}
     assert state["iteration"] == 6 and len(state["rng"]) == 1
+    assert state["batches_drawn"] == [6]  # one loader batch per step, none left out
 
 
 @pytest.mark.parametrize("interrupted_after", [4, 5])  # at an epoch boundary, and inside an epoch
@@ -93,6 +94,28 @@ def test_a_run_with_gradient_accumulation_resumes_bit_identically(data_root, tmp
     train(compose_config(overrides), tmp_path / "resumed")
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
     uninterrupted = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+
+
+def test_a_run_that_leaves_out_bad_samples_resumes_bit_identically(full_run, data_root, tmp_path):
+    # Half the images have a damaged label: with one image per step, the steps that meet one
+    # draw a second batch, so the data position is not the iteration count.
+    root = tmp_path / "damaged"
+    shutil.copytree(data_root / "demo" / "VOC2012", root)
+    for index in range(0, 10, 2):
+        (root / "SegmentationClass" / f"demo_train_{index:05d}.png").write_bytes(b"not a PNG")
+    overrides = [*TINY, f"data_root={data_root}", "schedule.batch_size=1", "dataset.skip_bad=true",
+                 "dataset.name=damaged", f"dataset.root={root}", "dataset.class_names=[a,b,c,d,e]"]
+    train(compose_config(overrides), tmp_path / "full")
+    drawn = torch.load(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", weights_only=True)["batches_drawn"]
+    assert drawn[0] > 4
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", tmp_path / "resumed" / "checkpoints")
+    train(compose_config(overrides), tmp_path / "resumed")
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["batches_drawn"] == uninterrupted["batches_drawn"]
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
 

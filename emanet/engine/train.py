@@ -153,28 +153,30 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def checkpoint_state(model, optimizer, scheduler, amp: AmpSettings, iteration: int, cfg: DictConfig) -> dict:
+def checkpoint_state(
+    model, optimizer, scheduler, amp: AmpSettings, iteration: int, cfg: DictConfig, batches_drawn: int
+) -> dict:
     """Everything a resumed run needs to continue bit-identically (the data order follows
-    from the seed and the iteration)."""
+    from the seed and each process's count of loader batches drawn)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": amp.scaler.state_dict(),
         "iteration": iteration,
-        "rng": gather_rng_states(),
+        "rng": gather_from_every_process(rng_states()),
+        "batches_drawn": gather_from_every_process(batches_drawn),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
 
-def gather_rng_states() -> list[dict]:
-    """Every process's RNG states, in rank order (dropout draws differ between processes)."""
-    states = rng_states()
+def gather_from_every_process(value: object) -> list:
+    """Every process's ``value``, in rank order (RNG states and data positions differ)."""
     if dist.is_available() and dist.is_initialized():
         gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, states)
+        dist.all_gather_object(gathered, value)
         return gathered
-    return [states]
+    return [value]
 
 
 # Settings that leave the trained weights as they are: a resumed run may change them quietly.
@@ -200,8 +202,9 @@ def config_changes(saved: object, current: object, key: str = "") -> list[str]:
 
 def resume(
     run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: World, cfg: DictConfig
-) -> tuple[int, Path | None]:
-    """Load the newest complete checkpoint of ``run_dir``, if any; returns (iteration, path).
+) -> tuple[int, Path | None, int]:
+    """Load the newest complete checkpoint of ``run_dir``, if any; returns (iteration, path,
+    the loader batches this process had drawn).
 
     Settings that differ from the checkpoint's (other than those that do not change the
     weights) are named in a warning: the run then continues with the new ones, and its
@@ -209,7 +212,7 @@ def resume(
     """
     path = newest_checkpoint(run_dir / "checkpoints")
     if path is None:
-        return 0, None
+        return 0, None, 0
     state = load_checkpoint(path)
     changes = config_changes(state["config"], OmegaConf.to_container(cfg, resolve=True)) if "config" in state else []
     if changes and world.is_main:
@@ -227,9 +230,12 @@ def resume(
     if len(states) != world.size:
         log.warning("checkpoint written by %d processes, resumed by %d: dropout draws differ", len(states), world.size)
     restore_rng_states(states[world.rank % len(states)])
+    drawn = state.get("batches_drawn")  # absent from checkpoints of earlier versions
+    if drawn is None or len(drawn) != world.size:
+        drawn = [state["iteration"] * cfg.schedule.accumulation_steps] * world.size
     if world.is_main:
         log.info("resuming from %s (iteration %d)", path, state["iteration"])
-    return state["iteration"], path
+    return state["iteration"], path, drawn[world.rank]
 
 
 def check_schedule(cfg: DictConfig) -> None:
@@ -305,7 +311,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_poly_scheduler(optimizer, schedule.iterations, schedule.power, schedule.lr_update_every)
     checkpoint_dir = run_dir / "checkpoints"
-    start, last_checkpoint = resume(run_dir, model, optimizer, scheduler, amp, world, cfg)
+    start, last_checkpoint, batches_drawn = resume(run_dir, model, optimizer, scheduler, amp, world, cfg)
     network = model
     if world.size > 1:
         network = wrap_ddp(model, device)
@@ -320,7 +326,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             schedule.accumulation_steps, device, run_dir,
         )
     writer = SummaryWriter(str(run_dir / "tensorboard")) if world.is_main else None
-    batches = epoch_batches(loader, sampler, start * schedule.accumulation_steps)
+    batches = EpochBatches(loader, sampler, batches_drawn)
     model.train()
     began = time.perf_counter()
     # Logged per window of log_every steps: the mean loss, and images/s of the training steps
@@ -353,7 +359,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
             window_start, window_images, window_losses = now, 0, []
         if done % schedule.checkpoint_every == 0 or done == total:
-            state = checkpoint_state(model, optimizer, scheduler, amp, done, cfg)  # collective: every rank
+            state = checkpoint_state(model, optimizer, scheduler, amp, done, cfg, batches.consumed)  # collective
             if world.is_main:
                 last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
         if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
@@ -383,16 +389,34 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def epoch_batches(loader: DataLoader, sampler: SeededSampler, start_batch: int) -> Iterator[dict]:
-    """Batches epoch after epoch (reshuffled each epoch), from batch ``start_batch`` on.
+class EpochBatches:
+    """Batches epoch after epoch (reshuffled each epoch), from loader batch ``start_batch`` on.
 
     A resumed run starts in the middle of an epoch: the sampler skips what was trained
     on, so the data order is the one of an uninterrupted run. A batch whose samples were
-    all left out (``dataset.skip_bad``) is passed over.
+    all left out (``dataset.skip_bad``) is passed over, but counted in ``consumed`` (the
+    loader batches drawn so far), which a checkpoint keeps for each process: a step that
+    passed over one has drawn more than ``accumulation_steps`` batches.
     """
-    per_epoch = len(sampler.sampler) // loader.batch_size
-    epoch, position = divmod(start_batch, per_epoch)
-    while True:
-        sampler.set_epoch(epoch, skip=position * loader.batch_size)
-        yield from (batch for batch in loader if batch is not None)
-        epoch, position = epoch + 1, 0
+
+    def __init__(self, loader: DataLoader, sampler: SeededSampler, start_batch: int) -> None:
+        self.loader, self.sampler = loader, sampler
+        self.consumed = start_batch
+        self._batches = self._each_batch()
+
+    def _each_batch(self) -> Iterator[dict]:
+        per_epoch = len(self.sampler.sampler) // self.loader.batch_size
+        epoch, position = divmod(self.consumed, per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch, skip=position * self.loader.batch_size)
+            for batch in self.loader:
+                self.consumed += 1
+                if batch is not None:
+                    yield batch
+            epoch, position = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
