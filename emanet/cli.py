@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -62,8 +63,17 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
     cause, not a traceback.
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
+    with one_line_errors():
         return job(cfg, run_dir)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """End the program (status 2) with one line naming the cause of a problem the user can
+    fix: an :class:`EmanetError`, or a required (``???``) config key left unset."""
+    try:
+        yield
+        return
     except EmanetError as error:
         message = one_line(error)
     except MissingMandatoryValue as error:  # a ??? key of the config, e.g. checkpoint

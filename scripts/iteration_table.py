@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from emanet.cli import compose_config
-from emanet.engine.checkpoint import write_json
+from emanet.engine.checkpoint import atomic_write, write_json
 from emanet.engine.evaluate import evaluate_checkpoint
 from emanet.tables import iteration_rows, read_metrics, write_iteration_table
 
@@ -80,15 +80,26 @@ def evaluate_missing(root: Path, t_train: int, max_stages: int, overrides: list[
         evaluate_checkpoint(cfg, out)
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-stages", type=int, default=8, help="largest T (the paper: 8)")
-    parser.add_argument("--train-stages", type=int, nargs="*", help="T values to train (default 1..max)")
+    parser.add_argument("--train-stages", nargs="*", metavar="T", help="T values to train (default 1..max)")
     parser.add_argument("--eval", default="ss", help="evaluation protocol (eval config group), default ss")
     parser.add_argument("--root", type=Path, help="where trainings and evaluations go")
     parser.add_argument("--output", type=Path, help="also copy the table files here")
     parser.add_argument("overrides", nargs="*", help="train.py overrides (experiment=..., schedule...)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.train_stages is not None:
+        # --train-stages takes any number of values, so the overrides after it land there too.
+        tokens, args.train_stages = args.train_stages, [int(t) for t in args.train_stages if t.isdigit()]
+        args.overrides += [t for t in tokens if not t.isdigit()]
+        if not args.train_stages:
+            parser.error("--train-stages needs at least one T (a positive whole number)")
+    return args
+
+
+def main() -> None:
+    args = parse_arguments()
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     cfg = compose_config("train", args.overrides)
     if cfg.model.head != "ema":
@@ -107,9 +118,8 @@ def main() -> None:
     title = f"Iteration table: {cfg.name} ({' '.join(args.overrides) or 'defaults'}), eval={args.eval}"
     paths = write_iteration_table(rows, args.max_stages, root, title)
     if args.output:
-        args.output.mkdir(parents=True, exist_ok=True)
         for path in paths:
-            shutil.copyfile(path, args.output / path.name)
+            atomic_write(args.output / path.name, lambda temp, path=path: shutil.copyfile(path, temp))
     print((root / "iteration_table.md").read_text())
 
 

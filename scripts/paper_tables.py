@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from emanet.engine.checkpoint import atomic_write
 from emanet.tables import (
     PAPER_TABLE3,
     PAPER_TABLE4,
@@ -38,26 +39,36 @@ TABLE1_ROWS = {
     "voc_fcn": "FCN",
 }
 RANKING_ROWS = {"context_emanet512": 3, "cocostuff10k_emanet512": 4}
+RANKING_TABLES = {3: PAPER_TABLE3, 4: PAPER_TABLE4}
 
 
 def collect(run_dirs: list[Path]) -> tuple[dict, dict, dict, list[str]]:
     """Table 1, 3 and 4 rows (method -> metrics) from the runs, and notes on the runs left
     out or trained otherwise than the paper's row."""
     table1, table3, table4, notes = {}, {}, {}, []
-    for run_dir in run_dirs:
-        metrics = read_metrics(run_dir)
+    for given in run_dirs:
+        run_dir = Path(given).parent if Path(given).is_file() else Path(given)  # a run or its metrics.json
+        try:
+            metrics = read_metrics(run_dir)
+        except ValueError as error:  # not JSON
+            notes.append(f"{run_dir / 'metrics.json'}: not a metrics.json ({error})")
+            continue
         if metrics is None:
             notes.append(f"{run_dir}: no metrics.json (not finished?)")
             continue
         experiment = metrics.get("experiment")
-        config_path = Path(run_dir) / "config.yaml"
-        config = OmegaConf.load(config_path) if config_path.is_file() else OmegaConf.create()
-        depth = OmegaConf.select(config, "model.backbone.depth", default=101)
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            notes.append(f"{run_dir}: no config.yaml beside metrics.json, so its backbone is unknown; left out")
+            continue
+        config = OmegaConf.load(config_path)
+        depth = OmegaConf.select(config, "model.backbone.depth")
+        row = f"EMANet (ResNet-{depth})"
         if experiment in TABLE1_ROWS and depth == 101:
             table1[TABLE1_ROWS[experiment]] = metrics
-        elif experiment in RANKING_ROWS:
+        elif experiment in RANKING_ROWS and row in RANKING_TABLES[RANKING_ROWS[experiment]]:
             target = table3 if RANKING_ROWS[experiment] == 3 else table4
-            target[f"EMANet (ResNet-{depth})"] = metrics
+            target[row] = metrics
         else:
             notes.append(f"{run_dir}: experiment {experiment!r} (depth {depth}) is in none of the tables")
             continue
@@ -82,7 +93,7 @@ def main() -> None:
         print(f"note: {line}", file=sys.stderr)
     print(text)
     if args.output:
-        args.output.write_text(text)
+        atomic_write(args.output, lambda temp: Path(temp).write_text(text))
 
 
 if __name__ == "__main__":

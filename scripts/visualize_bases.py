@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from emanet.cli import compose_config
+from emanet.cli import compose_config, one_line_errors
 from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
+from emanet.engine.checkpoint import atomic_write
 from emanet.engine.evaluate import evaluation_settings, load_trained_model
 from emanet.engine.visualize import denormalize
+from emanet.errors import ConfigError
 from emanet.models.ema import em_iterations
 from emanet.tables import colour_scale
 
@@ -81,18 +83,30 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("bases.png"))
     parser.add_argument("overrides", nargs="*", help="evaluate.py overrides: checkpoint=PATH, experiment=...")
     args = parser.parse_args()
+    with one_line_errors():
+        visualize(args)
+
+
+def visualize(args: argparse.Namespace) -> None:
     cfg = compose_config("evaluate", args.overrides)
     if cfg.model.head != "ema":
-        raise SystemExit(f"error: model.head is {cfg.model.head!r}; only the EMA head has bases")
+        raise ConfigError(f"model.head is {cfg.model.head!r}; only the EMA head has bases")
+    num_bases = cfg.model.ema.num_bases
+    if args.bases and not all(0 <= k < num_bases for k in args.bases):
+        raise ConfigError(f"--bases must lie in 0-{num_bases - 1} (model.ema.num_bases={num_bases}), got {args.bases}")
     model, _ = load_trained_model(cfg, torch.device("cpu"))
     transform = eval_transform(cfg.dataset.mean, cfg.dataset.std)
     if args.image:
-        tensor = transform(image=read_image(args.image))["image"]
+        tensor = transform(image=read_image(args.image, upright=True))["image"]
     else:
-        tensor = build_dataset(cfg.dataset, cfg.dataset.val_split, transform)[args.index]["image"]
+        dataset = build_dataset(cfg.dataset, cfg.dataset.val_split, transform)
+        if not 0 <= args.index < len(dataset):
+            raise ConfigError(f"--index must lie in 0-{len(dataset) - 1} (the {dataset.split} split), got {args.index}")
+        tensor = dataset[args.index]["image"]
     maps = evaluation_responsibilities(model, cfg, tensor)
     bases = args.bases or maps.sum(dim=(0, 1)).argsort(descending=True)[: args.count].tolist()
-    figure(denormalize(tensor, cfg.dataset.mean, cfg.dataset.std), maps, bases).save(args.output)
+    image = figure(denormalize(tensor, cfg.dataset.mean, cfg.dataset.std), maps, bases)
+    atomic_write(args.output, lambda temp: image.save(temp, format="PNG"))
     print(f"bases {bases} written to {args.output}")
 
 

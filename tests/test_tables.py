@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from emanet.tables import (
@@ -123,6 +124,23 @@ def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
     assert "pass --root DIR for the new settings" in changed.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--train-stages", "1", "3", "experiment=demo", "schedule.iterations=5"],
+        ["experiment=demo", "--train-stages", "1", "3", "schedule.iterations=5"],
+        ["experiment=demo", "schedule.iterations=5", "--train-stages", "1", "3"],
+    ],
+)
+def test_iteration_table_overrides_may_follow_the_train_stages(argv):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from iteration_table import parse_arguments
+
+    args = parse_arguments(argv)
+    assert args.train_stages == [1, 3]
+    assert args.overrides == ["experiment=demo", "schedule.iterations=5"]
+
+
 def test_base_responsibilities_are_the_units_last_e_step():
     import torch
     from hydra import compose, initialize_config_dir
@@ -187,13 +205,63 @@ def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
         (directory / "config.yaml").write_text(config)
         return directory
 
-    runs = [run("a", "voc_emanet512", 101), run("b", "context_emanet512", 50), run("c", "demo", 18),
-            tmp_path / "unfinished", run("d", "voc_emanet256", 101, aux_weight=0.4)]
+    no_config = run("e", "voc_emanet512", 101)
+    (no_config / "config.yaml").unlink()
+    not_json = tmp_path / "f"
+    not_json.mkdir()
+    (not_json / "metrics.json").write_text("hydra: {}")
+    runs = [run("a", "voc_emanet512", 101), run("b", "context_emanet512", 50) / "metrics.json", run("c", "demo", 18),
+            tmp_path / "unfinished", run("d", "voc_emanet256", 101, aux_weight=0.4),
+            run("g", "cocostuff10k_emanet512", 152), run("h", "voc_emanet512", 50) / "metrics.json", no_config,
+            not_json]
     table1, table3, table4, notes = collect(runs)
+    # A metrics.json given for its run counts as the run (its config says ResNet-50).
     assert list(table1) == ["EMANet(512)", "EMANet(256)"] and list(table3) == ["EMANet (ResNet-50)"]
     assert table4 == {}
-    assert notes == [
+    assert notes[:6] == [
         f"{runs[2]}: experiment 'demo' (depth 18) is in none of the tables",
         f"{runs[3]}: no metrics.json (not finished?)",
         f"{runs[4]}: trained with an auxiliary head (model.aux.weight=0.4), the paper without",
+        f"{runs[5]}: experiment 'cocostuff10k_emanet512' (depth 152) is in none of the tables",
+        f"{tmp_path / 'h'}: experiment 'voc_emanet512' (depth 50) is in none of the tables",
+        f"{no_config}: no config.yaml beside metrics.json, so its backbone is unknown; left out",
     ]
+    assert notes[6].startswith(f"{not_json / 'metrics.json'}: not a metrics.json (") and len(notes) == 7
+
+
+def test_visualize_bases_writes_the_figure_and_refuses_bad_options_in_one_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from emanet.cli import compose_config
+    from emanet.models.segmentor import build_model
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import visualize_bases
+
+    overrides = ["experiment=demo", f"data_root={tmp_path / 'data'}", "dataset.generate.num_train=2",
+                 "dataset.generate.num_val=2"]
+    cfg = compose_config("evaluate", overrides)
+    torch.save({"model": build_model(cfg.model, 5).state_dict()}, tmp_path / "model.pt")
+    overrides.append(f"checkpoint={tmp_path / 'model.pt'}")
+    output = tmp_path / "figures" / "bases.png"
+
+    def run(*argv):
+        monkeypatch.setattr(sys, "argv", ["visualize_bases.py", *argv, "--output", str(output), *overrides])
+        try:
+            visualize_bases.main()
+        except SystemExit as exit_:
+            return exit_.code, capsys.readouterr().err.strip().splitlines()[-1]
+        return 0, capsys.readouterr().out.strip()
+
+    num_bases = cfg.model.ema.num_bases
+    assert run("--bases", "1", str(num_bases)) == (
+        2, f"error: --bases must lie in 0-{num_bases - 1} (model.ema.num_bases={num_bases}), got [1, {num_bases}]"
+    )
+    assert run("--index", "2") == (2, "error: --index must lie in 0-1 (the val split), got 2")
+    assert not output.parent.exists()
+    status, line = run("--index", "1", "--bases", "0", "3")
+    assert (status, line) == (0, f"bases [0, 3] written to {output}")
+    figure = Image.open(output)
+    width, height = Image.open(tmp_path / "data" / "demo" / "VOC2012" / "JPEGImages" / "demo_val_00001.jpg").size
+    assert figure.format == "PNG" and figure.size == (3 * width, height)  # the image and two bases
+    assert [p.name for p in output.parent.iterdir()] == ["bases.png"]  # no temporary left
