@@ -133,3 +133,20 @@ def test_a_required_key_left_unset_is_named_without_a_traceback(tmp_path, script
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == f"error: {key} is not set: pass {key}=... on the command line"
     assert "Traceback" not in result.stderr
+
+
+def test_a_photo_is_segmented_the_way_up_its_exif_orientation_says(tmp_path, checkpoint):
+    path, _ = checkpoint
+    pixels = np.random.default_rng(4).integers(0, 256, (60, 100, 3), dtype=np.uint8)  # stored 100 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": shown 60 wide, 100 tall
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif)
+    assert read_image(tmp_path / "phone.jpg").shape == (60, 100, 3)  # datasets: the stored grid
+    assert read_image(tmp_path / "phone.jpg", upright=True).shape == (100, 60, 3)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    predict_files(compose_config("predict", [f"checkpoint={path}", f"input={tmp_path / 'phone.jpg'}", *QUIET]), run_dir)
+    with Image.open(run_dir / "predictions" / "phone.png") as png:
+        assert png.size == (60, 100)
+    with Image.open(run_dir / "overlays" / "phone.jpg") as overlay:
+        assert overlay.size == (60, 100)

@@ -148,6 +148,17 @@ def test_import_refuses_a_checkpoint_of_another_architecture(tmp_path):
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_keys_the_release_does_not_have_are_refused_naming_the_file(tmp_path):
+    from emanet.models.release import read_release_checkpoint
+
+    state = release_state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    torch.save({"net": state, "step": 1}, tmp_path / "release.pth")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'release.pth'}: keys the release's EMANet does not "
+                                              r"have: \['extra.weight'\]$"):
+        read_release_checkpoint(tmp_path / "release.pth")
+
+
 def test_import_script_reports_a_foreign_file(tmp_path):
     torch.save({"weights": {}}, tmp_path / "other.pth")
     result = subprocess.run(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
 from emanet.data.palette import read_label_png
@@ -38,15 +38,18 @@ VOC_LAYOUT = {
 DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)  # what Pillow raises on a bad file
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     """Decode an image file to RGB (H, W, 3) uint8 with Pillow.
 
     Training, evaluation and prediction all decode through here, so they see identical
-    pixels. A file that cannot be decoded raises DatasetError naming it.
+    pixels. ``upright`` turns a photo as its EXIF orientation says (a phone's portrait
+    shot is stored sideways), for prediction; datasets keep the stored pixel grid, on
+    which their labels were drawn. A file that cannot be decoded raises DatasetError
+    naming it.
     """
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            return np.array((ImageOps.exif_transpose(image) if upright else image).convert("RGB"))
     except DECODE_ERRORS as error:
         raise DatasetError(f"{path}: cannot decode the image ({error})") from None
 

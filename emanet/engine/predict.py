@@ -77,7 +77,7 @@ class ImageFiles(Dataset):
         return self.files[index]
 
     def __getitem__(self, index: int) -> dict:
-        image = read_image(self.files[index])
+        image = read_image(self.files[index], upright=True)
         return {"image": self.transform(image=image)["image"], "id": self.ids[index]}
 
 

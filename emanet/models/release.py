@@ -59,4 +59,8 @@ def read_release_checkpoint(path) -> tuple[dict[str, torch.Tensor], int]:
         raise CheckpointError(f"cannot read {path}: {error}") from error
     if not isinstance(checkpoint, Mapping) or "net" not in checkpoint:
         raise CheckpointError(f"{path} is not a release checkpoint (a dict with 'net' and 'step')")
-    return convert_release_state_dict(checkpoint["net"]), int(checkpoint.get("step", 0))
+    try:
+        state = convert_release_state_dict(checkpoint["net"])
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    return state, int(checkpoint.get("step", 0))
