@@ -116,3 +116,11 @@ def test_head_memory_counts_the_counted_modules_not_the_classifier():
     whole_head = saved_activation_bytes(model, images) - saved_activation_bytes(model.backbone, images)
     counted = saved_activation_bytes(model, images, [model.head.aspp], excluded=[model.backbone])
     assert whole_head - counted == 256 * 9 * 9 * 4
+
+
+def test_at_another_input_size_only_the_parameters_are_compared_with_the_paper(rows):
+    other = {row["method"]: row for row in measure(257, with_memory=False)}
+    for method, row in other.items():
+        assert row["paper_flops_g"] is None and row["paper_memory_m"] is None
+        assert row["paper_params_m"] == rows[method]["paper_params_m"] and row["params_m"] == rows[method]["params_m"]
+    assert other["EMANet(512)"]["flops_g"] < rows["EMANet(512)"]["flops_g"] / 3  # 33x33 against 65x65 positions
