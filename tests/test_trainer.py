@@ -84,18 +84,31 @@ def test_interrupted_run_resumes_bit_identically(full_run, data_root, tmp_path, 
     assert torch.equal(resumed["rng"][0]["torch"], uninterrupted["rng"][0]["torch"])
 
 
+def interrupted_and_resumed(overrides: list[str], tmp_path: Path, interrupted_after: int = 4) -> tuple[dict, dict]:
+    """Train ``overrides`` to the end, then again from its checkpoint at ``interrupted_after``
+    in a fresh directory; the last checkpoints of (the uninterrupted, the resumed) run."""
+    train(compose_config(overrides), tmp_path / "full")
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    name = f"iter_{interrupted_after:07d}.pt"
+    shutil.copy(tmp_path / "full" / "checkpoints" / name, tmp_path / "resumed" / "checkpoints")
+    train(compose_config(overrides), tmp_path / "resumed")
+    return tuple(
+        torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=True) for run in ("full", "resumed")
+    )
+
+
+def assert_same_weights(resumed: dict, uninterrupted: dict) -> None:
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+
+
 def test_a_run_with_gradient_accumulation_resumes_bit_identically(data_root, tmp_path):
     # The data stream is consumed accumulation_steps micro-batches per step: a resumed run
     # must start at the right micro-batch, not replay or skip any.
-    overrides = [*TINY, f"data_root={data_root}", "schedule.accumulation_steps=2"]
-    train(compose_config(overrides), tmp_path / "full")
-    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
-    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", tmp_path / "resumed" / "checkpoints")
-    train(compose_config(overrides), tmp_path / "resumed")
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
-    uninterrupted = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(resumed["model"][name], tensor), name
+    uninterrupted, resumed = interrupted_and_resumed(
+        [*TINY, f"data_root={data_root}", "schedule.accumulation_steps=2"], tmp_path
+    )
+    assert_same_weights(resumed, uninterrupted)
 
 
 def test_a_run_that_leaves_out_bad_samples_resumes_bit_identically(full_run, data_root, tmp_path):
@@ -107,17 +120,11 @@ def test_a_run_that_leaves_out_bad_samples_resumes_bit_identically(full_run, dat
         (root / "SegmentationClass" / f"demo_train_{index:05d}.png").write_bytes(b"not a PNG")
     overrides = [*TINY, f"data_root={data_root}", "schedule.batch_size=1", "dataset.skip_bad=true",
                  "dataset.name=damaged", f"dataset.root={root}", "dataset.class_names=[a,b,c,d,e]"]
-    train(compose_config(overrides), tmp_path / "full")
+    uninterrupted, resumed = interrupted_and_resumed(overrides, tmp_path)
     drawn = torch.load(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", weights_only=True)["batches_drawn"]
     assert drawn[0] > 4
-    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
-    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", tmp_path / "resumed" / "checkpoints")
-    train(compose_config(overrides), tmp_path / "resumed")
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
-    uninterrupted = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["batches_drawn"] == uninterrupted["batches_drawn"]
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(resumed["model"][name], tensor), name
+    assert_same_weights(resumed, uninterrupted)
 
 
 def test_resuming_with_other_settings_names_them(full_run, data_root, tmp_path, caplog):
@@ -172,14 +179,8 @@ def test_evaluations_during_training_do_not_change_what_a_resumed_run_computes(d
     # Iteration 4 is both checkpointed and evaluated: a run resumed from its checkpoint has
     # not evaluated, so evaluating must leave the training RNG where it was.
     overrides = [*TINY, f"data_root={data_root}", "schedule.eval_every=2"]
-    train(compose_config(overrides), tmp_path / "full")
-    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
-    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000004.pt", tmp_path / "resumed" / "checkpoints")
-    train(compose_config(overrides), tmp_path / "resumed")
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
-    uninterrupted = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(resumed["model"][name], tensor), name
+    uninterrupted, resumed = interrupted_and_resumed(overrides, tmp_path)
+    assert_same_weights(resumed, uninterrupted)
 
 
 @pytest.mark.parametrize(
