@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from emanet.engine.checkpoint import atomic_write
+from emanet.io import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 JSONL = REPO / "docs" / "benchmarks.jsonl"

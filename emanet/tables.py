@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from emanet.engine.checkpoint import atomic_write
 from emanet.engine.evaluator import is_multi_scale
+from emanet.io import atomic_write
 
 # PASCAL VOC val mIoU (%), ResNet-50: rows T used in training, columns T at evaluation.
 PAPER_ITERATION_TABLE = {

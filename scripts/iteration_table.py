@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 from emanet.cli import compose_config
-from emanet.engine.checkpoint import atomic_write, write_json
 from emanet.engine.evaluate import evaluate_checkpoint
+from emanet.io import atomic_write, write_json
 from emanet.tables import iteration_rows, read_metrics, write_iteration_table
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from emanet.engine.checkpoint import atomic_write
+from emanet.io import atomic_write
 from emanet.tables import (
     PAPER_TABLE3,
     PAPER_TABLE4,

@@ -23,10 +23,10 @@ from emanet.cli import compose_config, one_line_errors
 from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
-from emanet.engine.checkpoint import atomic_write
 from emanet.engine.evaluate import evaluation_settings, load_trained_model
 from emanet.engine.visualize import denormalize
 from emanet.errors import ConfigError
+from emanet.io import atomic_write
 from emanet.models.ema import em_iterations
 from emanet.tables import colour_scale
 

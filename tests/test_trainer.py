@@ -492,7 +492,8 @@ def test_compiled_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeyp
 
 
 def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
-    from emanet.engine.checkpoint import save_checkpoint, write_json
+    from emanet.engine.checkpoint import save_checkpoint
+    from emanet.io import write_json
 
     previous = os.umask(0o022)
     try:
@@ -507,7 +508,7 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
 
 
 def test_an_interrupted_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path):
-    from emanet.engine.checkpoint import atomic_write
+    from emanet.io import atomic_write
 
     path = tmp_path / "metrics.json"
     path.write_text("old")

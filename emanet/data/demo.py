@@ -18,20 +18,17 @@ same :class:`~emanet.data.segmentation.SegmentationDataset` class as the real be
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from emanet.data.palette import save_label_png
-from emanet.engine.checkpoint import current_umask
+from emanet.io import current_umask, exclusive_lock
 
 DEMO_CLASSES = ("background", "disc", "ring", "square", "cross")
 
@@ -154,18 +151,6 @@ def generate_demo_dataset(
             return root
         write_demo_dataset(root, settings)
     return root
-
-
-@contextlib.contextmanager
-def exclusive_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``directory`` (flock, released on close); locking
-    the directory itself leaves no lock file behind."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)
 
 
 def write_demo_dataset(root: Path, settings: dict) -> None:

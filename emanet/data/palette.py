@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emanet.engine.checkpoint import atomic_write
+from emanet.io import atomic_write
 
 
 def color_map(num_colors: int = 256) -> np.ndarray:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from emanet.data.classes import COCO_STUFF_UNUSED_IDS, CONTEXT59_CLASSES, CONTEXT_SOURCE_IDS
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.data.segmentation import DECODE_ERRORS
-from emanet.engine.checkpoint import atomic_write
 from emanet.errors import DatasetError, DatasetNotFoundError
+from emanet.io import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,43 +12,11 @@ import torch
 from torch import nn
 
 from emanet.errors import CheckpointError
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(temp_path)`` and rename the result onto ``path``.
-
-    The rename is atomic on POSIX file systems, so a reader never sees a half-written file
-    and an interrupted write leaves the previous version in place.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        # mkstemp creates the file readable by its owner only; give it the permissions a
-        # plain open() would (0666 less the umask).
-        os.chmod(temp, 0o666 & ~current_umask())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    umask = os.umask(0)  # the only way to read it is to set it
-    os.umask(umask)
-    return umask
+from emanet.io import atomic_write
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     atomic_write(Path(path), lambda temp: torch.save(state, temp))
-
-
-def write_json(data: Any, path: str | Path) -> None:
-    def write(temp: str) -> None:
-        Path(temp).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-    atomic_write(Path(path), write)
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -19,13 +19,14 @@ from torch.utils.tensorboard import SummaryWriter
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.engine.amp import AmpSettings
-from emanet.engine.checkpoint import atomic_write, checkpoint_file, load_checkpoint, load_model_weights, write_json
+from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
 from emanet.engine.distributed import World, init_distributed, shared_run_dir, shutdown_distributed
 from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
 from emanet.errors import DatasetError
+from emanet.io import atomic_write, write_json
 from emanet.models.segmentor import SegmentationModel, build_model
 
 log = logging.getLogger(__name__)

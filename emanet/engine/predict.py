@@ -14,7 +14,7 @@ from emanet.data import dataset_class_names
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine.amp import AmpSettings
-from emanet.engine.checkpoint import checkpoint_file, write_json
+from emanet.engine.checkpoint import checkpoint_file
 from emanet.engine.evaluate import (
     eval_inference,
     evaluation_settings,
@@ -25,6 +25,7 @@ from emanet.engine.evaluate import (
 from emanet.engine.evaluator import is_multi_scale, predict_classes
 from emanet.engine.runtime import configure_runtime, size_grouped_batches
 from emanet.errors import ConfigError
+from emanet.io import write_json
 
 log = logging.getLogger(__name__)
 

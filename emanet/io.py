@@ -1,0 +1,58 @@
+"""File-system helpers shared by the data, model and engine layers: atomic writes, the
+mode a plain ``open()`` would give, and an advisory lock on a folder."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(temp_path)`` and rename the result onto ``path``.
+
+    The rename is atomic on POSIX file systems, so a reader never sees a half-written file
+    and an interrupted write leaves the previous version in place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(temp)
+        # mkstemp creates the file readable by its owner only; give it the permissions a
+        # plain open() would (0666 less the umask).
+        os.chmod(temp, 0o666 & ~current_umask())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    def write(temp: str) -> None:
+        Path(temp).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+    atomic_write(Path(path), write)
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``directory`` (flock, released on close, so it
+    dies with the process); locking the directory itself leaves no lock file behind."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
