@@ -15,7 +15,7 @@ from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.palette import color_map, read_label_png, save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import RandomScaleFactor, eval_transform, seed_transform, train_transform
-from emanet.errors import ConfigError, DatasetNotFoundError
+from emanet.errors import ConfigError, DatasetError, DatasetNotFoundError
 
 
 def write_tiny_voc(root, ids=("2007_000032", "2007_000039"), size=(7, 9)):
@@ -166,6 +166,32 @@ def test_demo_dataset_is_reused_and_regenerated_when_settings_change(tmp_path):
     generate_demo_dataset(root, num_train=3, num_val=1, seed=0)
     assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["VOC2012"]  # no staging folder left
+
+
+def test_demo_refuses_a_folder_it_did_not_write_and_leaves_it_untouched(tmp_path):
+    root = tmp_path / "my_data"
+    root.mkdir()
+    (root / "notes.txt").write_bytes(b"months of work\n")
+    with pytest.raises(DatasetError) as raised:
+        generate_demo_dataset(root, num_train=2, num_val=1, seed=0)
+    assert str(raised.value) == (
+        f"{root} is neither empty nor a demo dataset (no demo_dataset.json), and the demo replaces its folder: "
+        "choose another dataset.root, or empty that folder"
+    )
+    assert [p.name for p in root.iterdir()] == ["notes.txt"]
+    assert (root / "notes.txt").read_bytes() == b"months of work\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["my_data"]  # no staging folder left
+    (root / "notes.txt").unlink()  # an empty folder may be used
+    generate_demo_dataset(root, num_train=2, num_val=1, seed=0)
+    assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 2
+
+
+def test_an_older_demo_is_still_regenerated_with_whatever_it_holds(tmp_path):
+    root = generate_demo_dataset(tmp_path / "VOC2012", num_train=2, num_val=1, seed=0)
+    (root / "stray.txt").write_text("written into the demo folder")
+    generate_demo_dataset(root, num_train=3, num_val=1, seed=1)
+    assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 3
+    assert not (root / "stray.txt").exists()
 
 
 def generate_and_read(rank, root, results):

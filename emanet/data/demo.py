@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from emanet.data.palette import save_label_png
+from emanet.errors import DatasetError
 from emanet.io import current_umask, exclusive_lock
 
 DEMO_CLASSES = ("background", "disc", "ring", "square", "cross")
@@ -137,7 +138,9 @@ def generate_demo_dataset(
     The folder is built in a temporary sibling and renamed into place, so an interrupted
     run never leaves a half-written dataset; a finished one is reused when its recorded
     settings match. Processes that ask for it at once (the ranks of a torchrun job,
-    parallel sweeps) take turns: the first writes it, the others find it written.
+    parallel sweeps) take turns: the first writes it, the others find it written. Only a
+    folder the demo wrote itself (its marker file present) is ever replaced; ``root`` may
+    also be missing or empty, and any other folder is refused with a DatasetError.
     """
     root = Path(root)
     settings = {
@@ -149,6 +152,11 @@ def generate_demo_dataset(
     with exclusive_lock(root.parent):
         if marker.is_file() and json.loads(marker.read_text()) == settings:
             return root
+        if not marker.is_file() and root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise DatasetError(
+                f"{root} is neither empty nor a demo dataset (no {MARKER}), and the demo replaces its folder: "
+                "choose another dataset.root, or empty that folder"
+            )
         write_demo_dataset(root, settings)
     return root
 
@@ -174,8 +182,10 @@ def write_demo_dataset(root: Path, settings: dict) -> None:
                 ids.append(image_id)
             (staging / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         (staging / MARKER).write_text(json.dumps(settings))
-        if root.exists():
-            shutil.rmtree(root)
+        if (root / MARKER).is_file():
+            shutil.rmtree(root)  # an earlier demo, written by this function
+        elif root.exists():
+            root.rmdir()  # an empty folder; anything else of the user's is never removed
         staging.rename(root)
     finally:
         if staging.exists():
