@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from emanet.errors import EmanetError, one_line
+from emanet.errors import EmanetError, TrainingStopped, one_line
 
 log = logging.getLogger("emanet")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+def compose_config(config_name: str, overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
     """The config ``train.py`` / ``evaluate.py`` would run with these overrides, for scripts
-    that call the engine directly (``config_name``: "train" or "evaluate")."""
+    that call the engine directly (``config_name``: "train", "evaluate" or "predict").
+
+    Inside a running Hydra application the application's own config search path is used.
+    """
+    overrides = quote_path_overrides(list(overrides))
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name, overrides, return_hydra_config=return_hydra_config)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name, quote_path_overrides(overrides))
+        return compose(config_name, overrides, return_hydra_config=return_hydra_config)
 
 
 def quote_path_overrides(overrides: list[str]) -> list[str]:
@@ -62,7 +70,11 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
     unset, a checkpoint that does not fit) end the program with one line naming the
     cause, not a traceback.
     """
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir)
+    note = eval_preset_note(hydra_config.job.config_name, list(hydra_config.overrides.task))
+    if note and int(os.environ.get("RANK", 0)) == 0:
+        log.warning("%s", note)
     with one_line_errors():
         return job(cfg, run_dir)
 
@@ -70,10 +82,13 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """End the program (status 2) with one line naming the cause of a problem the user can
-    fix: an :class:`EmanetError`, or a required (``???``) config key left unset."""
+    fix: an :class:`EmanetError`, or a required (``???``) config key left unset. Training
+    stopped by a signal ends with status 3 (its line is logged where it stopped)."""
     try:
         yield
         return
+    except TrainingStopped:  # not an error: its own status lets a job script requeue
+        sys.exit(TrainingStopped.exit_status)
     except EmanetError as error:
         message = one_line(error)
     except MissingMandatoryValue as error:  # a ??? key of the config, e.g. checkpoint
@@ -81,3 +96,51 @@ def one_line_errors() -> Iterator[None]:
     log.error("%s", message)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+# Window geometry only matters to windowed inference, the resizing convention only to
+# rescaled passes: an experiment's value of these is not worth a note otherwise.
+WINDOW_KEYS = ("crop_size", "stride", "crops_per_pass")
+
+
+def eval_preset_note(config_name: str, overrides: Sequence[str]) -> str | None:
+    """One line for an evaluation protocol chosen on the command line (``eval=NAME``) that
+    does not run exactly as that preset alone: the ``eval.*`` settings the experiment keeps
+    over it (an experiment's keys merge after the eval group's), and the experiment's own
+    protocol where the preset changes the mode. None when there is nothing to say.
+
+    A preset sets its own ``mode``, so ``eval=release_ss`` runs the release protocol even
+    for an experiment that evaluates in windows; keys given on the command line
+    (``eval.crop_size=...``) win over both and are not reported.
+    """
+    groups = [override.key_or_group for override in OverridesParser.create().parse_overrides(list(overrides))]
+    presets = [text.partition("=")[2] for text, group in zip(overrides, groups, strict=True) if group == "eval"]
+    if not presets:
+        return None
+    ran = compose_config(config_name, overrides, return_hydra_config=True)
+    experiment = ran.hydra.runtime.choices.get("experiment")
+    if experiment is None:
+        return None
+    eval_overrides = [text for text, group in zip(overrides, groups, strict=True) if group.split(".")[0] == "eval"]
+    alone = OmegaConf.to_container(compose_config(config_name, [*eval_overrides, "~experiment"]).eval)
+    ran_eval = OmegaConf.to_container(ran.eval)
+    ignored = set(WINDOW_KEYS) if ran_eval["mode"] != "slide" else set()
+    if list(ran_eval["scales"]) == [1.0]:
+        ignored.add("align_corners")
+    kept = [key for key, value in ran_eval.items() if key not in ignored and alone.get(key) != value]
+    parts = []
+    if kept:
+        settings = ", ".join(f"eval.{key}={ran_eval[key]}" for key in kept)
+        replaced = ", ".join(str(alone.get(key)) for key in kept)
+        parts.append(
+            f"experiment={experiment}'s {settings} {'wins' if len(kept) == 1 else 'win'} over the preset's "
+            f"{replaced} (pass eval.KEY=VALUE to change)"
+        )
+    without_preset = [text for text, group in zip(overrides, groups, strict=True) if group != "eval"]
+    default = compose_config(config_name, without_preset, return_hydra_config=True)
+    if default.eval.mode != ran_eval["mode"]:
+        parts.append(
+            f"mode {ran_eval['mode']} instead of experiment={experiment}'s own "
+            f"eval={default.hydra.runtime.choices.eval} (mode {default.eval.mode})"
+        )
+    return f"eval={presets[-1]}: " + "; ".join(parts) if parts else None

@@ -205,7 +205,10 @@ def test_prediction_panels_pass_over_samples_that_were_left_out():
     torch.manual_seed(0)
     good = {"image": torch.randn(3, 8, 10), "label": torch.randint(0, 3, (8, 10))}
     dataset = [None, good, None, good, good]  # what dataset.skip_bad returns for bad files
-    cfg = OmegaConf.create({"dataset": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    cfg = OmegaConf.create({
+        "dataset": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "eval": {"mode": "whole", "crop_size": 4, "stride": 4, "crops_per_pass": 1, "align_corners": False},
+    })
     writer = Writer()
     log_prediction_images(torch.nn.Conv2d(3, 3, 1), dataset, cfg, torch.device("cpu"), writer, 7, count=2)
     assert [(tag, step) for tag, _, step in writer.images] == [("val/prediction_0", 7), ("val/prediction_1", 7)]
@@ -217,14 +220,14 @@ def test_summary_line_names_the_protocol_and_the_run_directory(tmp_path, monkeyp
 
     metrics = {
         "experiment": "demo", "mIoU": 87.951, "aAcc": 96.888, "single_scale": {"mIoU": 75.99},
-        "eval": {"scales": [0.5, 1.0], "flip": True, "em_iterations": 3},
+        "eval": {"mode": "slide", "scales": [0.5, 1.0], "flip": True, "em_iterations": 3},
     }
     monkeypatch.chdir(tmp_path)
     assert one_line_summary(metrics, tmp_path / "runs" / "demo" / "d") == (
-        "demo: mIoU 87.95 (MS+flip, T=3), 75.99 single scale; aAcc 96.89; results in runs/demo/d"
+        "demo: mIoU 87.95 (MS+flip, slide, T=3), 75.99 single scale; aAcc 96.89; results in runs/demo/d"
     )
-    single = {**metrics, "eval": {"scales": [1.0], "flip": False, "em_iterations": 5}}
+    single = {**metrics, "eval": {"mode": "release", "scales": [1.0], "flip": False, "em_iterations": 5}}
     del single["single_scale"]
     assert one_line_summary(single, Path("/elsewhere/run")) == (
-        "demo: mIoU 87.95 (SS, T=5); aAcc 96.89; results in /elsewhere/run"
+        "demo: mIoU 87.95 (SS, release, T=5); aAcc 96.89; results in /elsewhere/run"
     )

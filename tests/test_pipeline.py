@@ -67,8 +67,8 @@ def test_demo_run_writes_every_promised_file(demo_run):
     assert saved == metrics
     assert set(saved["per_class_IoU"]) == {"background", "disc", "ring", "square", "cross"}
     assert saved["eval"] == {
-        "scales": [0.75, 1.0], "flip": True, "em_iterations": 3, "num_images": 3, "output_stride": 8,
-        "precision": "float32",
+        "mode": "slide", "scales": [0.75, 1.0], "flip": True, "crop_size": 64, "stride": 48, "align_corners": False,
+        "em_iterations": 3, "num_images": 3, "output_stride": 8, "precision": "float32",
     }
     assert 0.0 <= saved["mIoU"] <= 100.0 and 0.0 <= saved["aAcc"] <= 100.0
     assert set(saved["single_scale"]) >= {"mIoU", "aAcc", "per_class_IoU"}
@@ -263,12 +263,31 @@ def test_voc_experiment_resolves_the_paper_recipe():
         assert (inherited.schedule.lr_update_every, inherited.loss.normalization) == (10, "all_pixels"), baseline
 
 
-def test_psanet_is_evaluated_in_crop_sized_windows_under_every_protocol():
+def test_psanet_is_evaluated_in_crop_sized_windows_unless_another_mode_is_named():
     # Its attention grid is fixed (33x33 for 513 crops): whole images would be squeezed onto it.
     assert compose_config("train", ["experiment=voc_emanet512"]).eval.mode == "whole"
-    for overrides in (["experiment=voc_psanet"], ["experiment=voc_psanet", "checkpoint=x", "eval=ss"]):
-        cfg = compose_config("evaluate" if "eval=ss" in overrides else "train", overrides)
+    for overrides in (["experiment=voc_psanet"], ["experiment=voc_psanet", "checkpoint=x", "eval=ss_slide"]):
+        cfg = compose_config("evaluate" if "checkpoint=x" in overrides else "train", overrides)
         assert (cfg.eval.mode, cfg.eval.crop_size, cfg.model.psa.attention_size) == ("slide", 513, 33)
+    assert compose_config("evaluate", ["experiment=voc_psanet", "checkpoint=x", "eval=ss"]).eval.mode == "whole"
+
+
+def test_the_eval_preset_named_on_the_command_line_is_the_one_that_runs(demo_run, tmp_path):
+    # The demo evaluates in windows (eval=ms_flip_slide); eval=release_ss must run the release's protocol.
+    _, run_dir, _, data_root = demo_run
+    tiny = [override for override in TINY if not override.startswith("eval.")]
+    result = run_cli("evaluate.py", f"checkpoint={run_dir}", "eval=release_ss", *tiny, f"data_root={data_root}",
+                     f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr
+    output = (result.stdout + result.stderr).splitlines()
+    notes = [line for line in output if "eval=release_ss: " in line]
+    assert len(notes) == 1 and notes[0].endswith(
+        "eval=release_ss: mode release instead of experiment=demo's own eval=ms_flip_slide (mode slide)"
+    )
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (saved["eval"]["mode"], saved["eval"]["crop_size"], saved["eval"]["scales"]) == ("release", None, [1.0])
+    assert any(line.endswith(f"demo: mIoU {saved['mIoU']:.2f} (SS, release, T=3); aAcc {saved['aAcc']:.2f}; "
+                             f"results in {tmp_path / 'eval'}") for line in output)
 
 
 def test_evaluate_reports_missing_checkpoint(tmp_path):

@@ -59,7 +59,8 @@ def test_every_image_found_is_segmented_as_the_evaluator_segments_it(tmp_path, c
     assert json.loads((run_dir / "predictions.json").read_text()) == summary
     assert summary["iteration"] == 7 and summary["classes"][0] == "background"
     assert summary["eval"] == {
-        "scales": [0.75, 1.0], "flip": True, "em_iterations": 3, "output_stride": 8, "precision": "float32",
+        "mode": "slide", "scales": [0.75, 1.0], "flip": True, "crop_size": 64, "stride": 48, "align_corners": False,
+        "em_iterations": 3, "output_stride": 8, "precision": "float32",
     }
     assert (run_dir / "config.yaml").is_file()
     model.eval()

@@ -65,10 +65,12 @@ def evaluate_on_val(
     metrics = summarize(result, dataset.class_names, protocol_record(cfg, amp, eval_stride))
     protocol = "multi-scale + flip" if is_multi_scale(cfg.eval.scales, cfg.eval.flip) else "single scale"
     if world.is_main:
-        title = f"{dataset.split} ({protocol}, T={metrics['eval']['em_iterations']}, OS{eval_stride})"
+        settings = metrics["eval"]
+        title = f"{dataset.split} ({protocol}, {settings['mode']}, T={settings['em_iterations']}, OS{eval_stride})"
         log.info("\n%s", format_table(metrics, title))
         if "single_scale" in metrics:
-            log.info("\n%s", format_table(metrics["single_scale"], f"{dataset.split} (single scale)"))
+            single_title = f"{dataset.split} (single scale, {settings['mode']})"
+            log.info("\n%s", format_table(metrics["single_scale"], single_title))
     if writer is not None:
         writer.add_scalar("val/mIoU", metrics["mIoU"], step)
         if "single_scale" in metrics:
@@ -93,14 +95,20 @@ def evaluation_settings(model: SegmentationModel, cfg: DictConfig) -> Iterator[i
 
 
 def eval_inference(cfg: DictConfig) -> Inference:
-    return Inference(cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.crops_per_pass)
+    return Inference(
+        cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.crops_per_pass, cfg.eval.align_corners
+    )
 
 
 def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> dict:
     """How the ``eval`` protocol ran, for metrics.json and predictions.json."""
     return {
+        "mode": cfg.eval.mode,
         "scales": [float(scale) for scale in cfg.eval.scales],
         "flip": bool(cfg.eval.flip),
+        "crop_size": cfg.eval.crop_size if cfg.eval.mode == "slide" else None,
+        "stride": cfg.eval.stride if cfg.eval.mode == "slide" else None,
+        "align_corners": bool(cfg.eval.align_corners),
         "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None,
         "output_stride": output_stride,
         "precision": str(amp.dtype or torch.float32).removeprefix("torch."),
@@ -115,7 +123,7 @@ def log_prediction_images(model, dataset, cfg, device, writer, step, count: int 
     samples = (dataset[index] for index in range(len(dataset)))
     for index, sample in enumerate(itertools.islice((s for s in samples if s is not None), count)):
         image = sample["image"].unsqueeze(0).to(device)
-        probabilities, _ = predict(model, image, [1.0], flip=False)
+        probabilities, _ = predict(model, image, [1.0], flip=False, inference=eval_inference(cfg))
         panel = prediction_panel(
             sample["image"], sample["label"], probabilities.argmax(1)[0], cfg.dataset.mean, cfg.dataset.std
         )
@@ -198,7 +206,7 @@ def write_run_metrics(run_dir: Path, run: dict, metrics: dict) -> dict:
 def one_line_summary(metrics: dict, run_dir: Path) -> str:
     settings = metrics["eval"]
     protocol = "MS+flip" if is_multi_scale(settings["scales"], settings["flip"]) else "SS"
-    parts = [f"{metrics['experiment']}: mIoU {metrics['mIoU']:.2f} ({protocol}"]
+    parts = [f"{metrics['experiment']}: mIoU {metrics['mIoU']:.2f} ({protocol}, {settings['mode']}"]
     parts.append(f", T={settings['em_iterations']})")
     if "single_scale" in metrics:
         parts.append(f", {metrics['single_scale']['mIoU']:.2f} single scale")

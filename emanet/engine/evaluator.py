@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,12 +30,18 @@ class Inference:
       bottom/right to H, W = 1 (mod 8), so that the output-stride-8 grid and the
       align_corners=True upsampling line up with the pixels, and the logits cropped back.
     Padding is 0, the mean colour after normalisation.
+
+    ``align_corners`` is how :func:`logits_at_scale` rescales an image for another scale
+    and its logits back: False, half-pixel centres and sizes rounded (cv2, PIL and this
+    project's training rescale); True, corners aligned and sizes floored, as the release's
+    training rescale (``F.interpolate(scale_factor=s, align_corners=True)``).
     """
 
     mode: str = "whole"
     crop_size: int = 513
     stride: int = 341
     crops_per_pass: int = 12
+    align_corners: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide", "release"):
@@ -95,15 +102,15 @@ def logits_at_scale(
     """Logits for images (B, 3, H, W) rescaled by ``scale``: (B, classes, H, W), followed
     with ``flip`` by those of the mirrored images, mirrored back: (2B, classes, H, W).
 
-    The image is resized like the training pipeline resizes (bilinear, half-pixel centres)
-    and the logits are resized back to the original size the same way, in float32 whatever
+    The image is resized bilinearly with ``inference.align_corners``'s convention and the
+    logits are resized back to the original size the same way, in float32 whatever
     precision the network ran in.
     """
     height, width = images.shape[-2:]
     inputs = images
     if scale != 1.0:
-        size = (int(round(height * scale)), int(round(width * scale)))
-        inputs = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        size = scaled_size(height, width, scale, inference.align_corners)
+        inputs = F.interpolate(images, size=size, mode="bilinear", align_corners=inference.align_corners)
     if flip:
         # The images and their mirrors in one pass: half the passes (and kernel launches)
         # for the same result, since at evaluation the images of a batch do not interact.
@@ -113,8 +120,17 @@ def logits_at_scale(
         unflipped, mirrored = logits.chunk(2)
         logits = torch.cat([unflipped, mirrored.flip(-1)])
     if logits.shape[-2:] != (height, width):
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=inference.align_corners)
     return logits
+
+
+def scaled_size(height: int, width: int, scale: float, align_corners: bool) -> tuple[int, int]:
+    """The size of an image rescaled by ``scale``: floored (at least 1) under the release's
+    align_corners=True convention, as its ``F.interpolate(scale_factor=)`` gives; rounded
+    otherwise, as cv2 and PIL resizes are usually asked for."""
+    if align_corners:
+        return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 @torch.no_grad()
