@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from PIL import Image
 
+from emanet.data.palette import read_label_png, save_label_png
 from emanet.engine.checkpoint import load_checkpoint, load_model_weights
 from emanet.errors import CheckpointError
 from emanet.models.segmentor import build_model
@@ -169,14 +171,77 @@ def test_import_script_reports_a_foreign_file(tmp_path):
     assert "is not a release checkpoint (a dict with 'net' and 'step')" in result.stderr
 
 
-def test_release_experiment_feeds_the_weights_the_release_input():
+RELEASE_MEAN = np.array([0.485, 0.456, 0.406])
+RELEASE_STD = np.array([0.229, 0.224, 0.225])
+
+
+def release_fetch(image_path):
+    """The release's current ``fetch()`` for an image (dataset.py since its commit f2afd7f):
+    Pillow RGB, /255, (x - MEAN) / STD, CHW."""
+    image = np.array(Image.open(image_path).convert("RGB"), dtype=np.float64) / 255
+    return torch.from_numpy(((image - RELEASE_MEAN) / RELEASE_STD).transpose(2, 0, 1)).float()
+
+
+def release_eval_prediction(state, image_path):
+    """The release's ``eval.py`` for one image: fetch, pad bottom/right to H, W = 1 (mod 8)
+    with zeros, forward, crop the logits back, argmax."""
+    image = release_fetch(image_path)[None]
+    height, width = image.shape[-2:]
+    padded = F.pad(image, (0, (1 - width) % 8, 0, (1 - height) % 8))
+    with torch.no_grad():
+        logits = release_forward(state, padded)[..., :height, :width]
+    return logits.argmax(1)[0].numpy()
+
+
+def test_release_experiment_feeds_the_weights_the_release_input(tmp_path):
     from emanet.cli import compose_config
+    from emanet.data.segmentation import read_image
     from emanet.data.transforms import eval_transform
 
     cfg = compose_config("evaluate", ["experiment=voc_release", "checkpoint=x"])
     assert cfg.eval.mode == "release" and cfg.eval.scales == [1.0] and not cfg.eval.flip
-    image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    ours = eval_transform(cfg.dataset.mean, cfg.dataset.std)(image=image)["image"]
-    mean = torch.tensor([0.485, 0.456, 0.406])
-    release = ((torch.from_numpy(image).float() / 255 - mean) / mean).permute(2, 0, 1)  # divided by the mean
-    torch.testing.assert_close(ours, release)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.jpg", quality=90)
+    ours = eval_transform(cfg.dataset.mean, cfg.dataset.std)(image=read_image(tmp_path / "image.jpg"))["image"]
+    torch.testing.assert_close(ours, release_fetch(tmp_path / "image.jpg"), rtol=1e-6, atol=1e-6)
+
+
+def write_voc_val(root, ids, sizes, seed=0):
+    """VOC val in the trainaug layout of dataset=voc_aug (JPEGImages, SegmentationClassAug)."""
+    rng = np.random.default_rng(seed)
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    for image_id, size in zip(ids, sizes, strict=True):
+        # Smooth colour fields: the network sees structure, not only noise.
+        yy, xx = np.mgrid[: size[0], : size[1]]
+        image = np.stack([(xx * 7 + c * 40) % 256 for c in range(3)], axis=-1) + rng.integers(0, 40, (*size, 3))
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        label = rng.integers(0, CLASSES, size=size, dtype=np.uint8)
+        save_label_png(label, root / "SegmentationClassAug" / f"{image_id}.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+
+
+def test_evaluating_the_converted_checkpoint_predicts_what_the_release_eval_script_predicts(tmp_path):
+    from emanet.cli import compose_config
+    from emanet.engine.evaluate import evaluate_checkpoint
+
+    state = release_state_dict(seed=3)
+    torch.save({"net": {f"module.{k}": v for k, v in state.items()}, "step": 30000}, tmp_path / "release.pth")
+    import_checkpoint(tmp_path / "release.pth", tmp_path / "emanet.pt", "voc_release", OVERRIDES)
+    voc = tmp_path / "data" / "VOCdevkit" / "VOC2012"
+    ids, sizes = ["2007_000033", "2007_000042", "2007_000061"], [(37, 45), (41, 33), (30, 52)]
+    write_voc_val(voc, ids, sizes)
+    cfg = compose_config("evaluate", [
+        "experiment=voc_release", *OVERRIDES, f"checkpoint={tmp_path / 'emanet.pt'}", f"data_root={tmp_path / 'data'}",
+        "eval.save_predictions=true", "runtime.num_workers=0", "runtime.progress=false",
+    ])
+    (tmp_path / "run").mkdir()
+    metrics = evaluate_checkpoint(cfg, tmp_path / "run")
+    assert metrics["eval"]["mode"] == "release" and metrics["eval"]["num_images"] == 3
+    classes_seen = set()
+    for image_id in ids:
+        ours = read_label_png(tmp_path / "run" / "predictions" / f"{image_id}.png")
+        release = release_eval_prediction(state, voc / "JPEGImages" / f"{image_id}.jpg")
+        np.testing.assert_array_equal(ours, release, err_msg=image_id)
+        classes_seen |= set(np.unique(release).tolist())
+    assert len(classes_seen) > 2  # random weights that do not predict one class everywhere
