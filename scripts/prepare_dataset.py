@@ -7,7 +7,9 @@
 
 Paths default to the places the dataset configs read from, under $EMANET_DATA_ROOT (or
 data/). --workers (conversion processes, default: the cores, at most 8) may also come
-before the benchmark name. Re-running skips the label files already written. The split
+before the benchmark name. Re-running skips the label files already written; Ctrl-C ends
+it with exit status 130, and two runs on one dataset take turns. A source file that
+cannot be used ends it with one line naming the file and exit status 2. The split
 sizes are printed beside the published ones; a split of another size (an archive left out
 or unpacked partly) ends the script with exit status 1 once every file is written, unless
 --allow-partial says the copy is deliberately partial.
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     except EmanetError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Every file is written atomically, so nothing half-written is left to report.
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)  # 128 + SIGINT, as the shell reports a command Ctrl-C ended
     mismatches = prepare.count_mismatches(args.benchmark, counts)
     if mismatches and not args.allow_partial:
         print(

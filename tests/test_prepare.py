@@ -1,8 +1,13 @@
 """Dataset preparation on miniature copies of the original downloads, in their real formats."""
 
+import fcntl
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -306,6 +311,7 @@ def test_coco_stuff164k_undecodable_map_names_the_file_also_from_worker_processe
         write_jpeg(root / "images" / split / "000000000009.jpg")
         (root / "annotations" / split).mkdir(parents=True)
         Image.fromarray(np.zeros(SIZE, dtype=np.uint8)).save(root / "annotations" / split / "000000000009.png")
+    write_jpeg(root / "images" / "train2017" / "000000000025.jpg")
     bad = root / "annotations" / "train2017" / "000000000025.png"
     bad.write_bytes(b"garbage")
     for workers in (1, 2):
@@ -426,3 +432,290 @@ def test_context_json_mask_of_another_size_names_the_image(tmp_path):
         "2008_000002.jpg: trainval_merged.json has a mask of size [5, 7] for an image of [6, 8] "
         "(height, width); the file is damaged, download it again"
     )
+
+
+def write_context_mats(voc2010, ids, label_map):
+    """VOC 2010 images, Main/{train,val}.txt and a trainval/<id>.mat LabelMap for each id."""
+    for split, split_ids in ids.items():
+        write_list(voc2010 / "ImageSets" / "Main" / f"{split}.txt", split_ids)
+        for i in split_ids:
+            write_jpeg(voc2010 / "JPEGImages" / f"{i}.jpg")
+            (voc2010 / "trainval").mkdir(parents=True, exist_ok=True)
+            scipy.io.savemat(voc2010 / "trainval" / f"{i}.mat", {"LabelMap": label_map})
+
+
+def write_coco_stuff10k(root, ids):
+    for split, split_ids in ids.items():
+        write_list(root / "imageLists" / f"{split}.txt", split_ids)
+        for i in split_ids:
+            write_jpeg(root / "images" / f"{i}.jpg")
+            (root / "annotations").mkdir(parents=True, exist_ok=True)
+            scipy.io.savemat(root / "annotations" / f"{i}.mat", {"S": np.ones(SIZE, dtype=np.uint16)})
+
+
+def write_coco_stuff164k(root, names):
+    for split in ("train2017", "val2017"):
+        for name in names:
+            write_jpeg(root / "images" / split / f"{name}.jpg")
+            (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros(SIZE, dtype=np.uint8)).save(root / "annotations" / split / f"{name}.png")
+
+
+COCO10K_IDS = {"train": ["COCO_train2014_000000000077"], "test": ["COCO_train2014_000000000078"]}
+
+
+@pytest.mark.parametrize("benchmark", ["voc_aug", "pascal_context", "coco_stuff10k", "coco_stuff164k"])
+def test_every_converter_holds_the_lock_on_its_dataset_folder_while_converting(
+    benchmark, voc_and_sbd, tmp_path, monkeypatch
+):
+    voc, sbd, _, _ = voc_and_sbd
+    roots = {
+        "voc_aug": voc, "pascal_context": tmp_path / "VOC2010",
+        "coco_stuff10k": tmp_path / "cocostuff-10k-v1.1", "coco_stuff164k": tmp_path / "coco_stuff164k",
+    }
+    write_context_mats(roots["pascal_context"], {"train": ["2008_000002"], "val": []}, np.ones(SIZE, np.uint16))
+    write_coco_stuff10k(roots["coco_stuff10k"], COCO10K_IDS)
+    write_coco_stuff164k(roots["coco_stuff164k"], ["000000000009"])
+    root = roots[benchmark]
+    held = []
+    convert_labels = prepare.convert_labels
+
+    def probing_convert_labels(jobs, description, workers=1):
+        descriptor = os.open(root, os.O_RDONLY)  # a second open file: flock conflicts with the converter's
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(descriptor)
+        return convert_labels(jobs, description, workers)
+
+    monkeypatch.setattr(prepare, "convert_labels", probing_convert_labels)
+    if benchmark == "voc_aug":
+        prepare_voc_aug(voc, sbd)
+    elif benchmark == "pascal_context":
+        prepare_pascal_context(root, root)
+    elif benchmark == "coco_stuff10k":
+        prepare_coco_stuff10k(root)
+    else:
+        prepare_coco_stuff164k(root)
+    assert held and all(held)
+
+
+def convert_and_note(name, root, notes, hold_seconds):
+    """prepare_coco_stuff10k in a process of its own, noting in ``notes/<name>.json`` when
+    each label conversion started and ended and how many PNGs it wrote; the conversion
+    starts ``hold_seconds`` after ``notes/<name>.converting`` appears."""
+    convert_labels = prepare.convert_labels
+    calls = []
+
+    def noting_convert_labels(jobs, description, workers=1):
+        start = time.time()
+        (notes / f"{name}.converting").touch()
+        time.sleep(hold_seconds)
+        written = convert_labels(jobs, description, workers)
+        calls.append({"start": start, "end": time.time(), "written": written})
+        (notes / f"{name}.json").write_text(json.dumps(calls))
+        return written
+
+    prepare.convert_labels = noting_convert_labels
+    prepare_coco_stuff10k(root)
+
+
+def test_two_jobs_converting_into_one_folder_take_turns(tmp_path):
+    import multiprocessing
+
+    root = tmp_path / "cocostuff-10k-v1.1"
+    write_coco_stuff10k(root, COCO10K_IDS)
+    spawn = multiprocessing.get_context("spawn")
+    first = spawn.Process(target=convert_and_note, args=("first", root, tmp_path, 2.0))
+    first.start()
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "first.converting").exists() and first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = spawn.Process(target=convert_and_note, args=("second", root, tmp_path, 0.0))
+    second.start()  # while the first is converting
+    first.join(120)
+    second.join(120)
+    assert (first.exitcode, second.exitcode) == (0, 0)
+    first_calls = json.loads((tmp_path / "first.json").read_text())
+    second_calls = json.loads((tmp_path / "second.json").read_text())
+    assert min(call["start"] for call in second_calls) >= max(call["end"] for call in first_calls)
+    assert [call["written"] for call in first_calls] == [1, 1]
+    assert [call["written"] for call in second_calls] == [0, 0]  # the first's PNGs are used
+
+
+def test_sbd_struct_without_segmentation_is_one_error_with_status_2(voc_and_sbd, monkeypatch, capsys):
+    voc, sbd, _, _ = voc_and_sbd
+    mat = sbd / "dataset" / "cls" / "2008_d.mat"
+    scipy.io.savemat(mat, {"GTcls": {"Boundaries": np.zeros((20, 1), dtype=object), "CategoriesPresent": 1}})
+    status, err = run_cli(monkeypatch, capsys, "--workers", "1", "voc_aug", "--voc", str(voc), "--sbd", str(sbd))
+    assert status == 2
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: {mat}: GTcls has no field 'Segmentation' (has ['Boundaries', 'CategoriesPresent']): not an SBD "
+        "class map; unpack it again from benchmark.tgz (dataset/cls) and re-run"
+    ]
+
+
+def test_sbd_labels_outside_0_20_and_255_are_refused_not_wrapped(voc_and_sbd):
+    voc, sbd, _, _ = voc_and_sbd
+    mat = sbd / "dataset" / "cls" / "2008_d.mat"
+    segmentation = np.zeros(SIZE, dtype=np.uint16)
+    segmentation[0, :3] = 20, 255, 7
+    write_sbd_mat(mat, segmentation)  # the classes and 255 are kept
+    prepare_voc_aug(voc, sbd)
+    assert np.array_equal(read_label_png(voc / "SegmentationClassAug" / "2008_d.png"), segmentation)
+    (voc / "SegmentationClassAug" / "2008_d.png").unlink()
+    segmentation[1, :2] = 300, 21  # a uint8 cast would make 300 class 44
+    write_sbd_mat(mat, segmentation)
+    with pytest.raises(DatasetError) as raised:
+        prepare_voc_aug(voc, sbd)
+    assert str(raised.value) == (
+        f"{mat}: GTcls.Segmentation holds ids [21, 300] that are neither 0-20 nor 255: not an SBD class map"
+    )
+    assert not (voc / "SegmentationClassAug" / "2008_d.png").exists()
+
+
+def test_label_maps_with_fractional_values_are_refused_not_truncated(tmp_path):
+    voc2010 = tmp_path / "VOC2010"
+    label_map = np.full(SIZE, 2.0)  # whole numbers in a float map are fine: 2 is aeroplane, class 1
+    write_context_mats(voc2010, {"train": ["2008_000002"], "val": []}, label_map)
+    prepare_pascal_context(voc2010, voc2010)
+    assert np.array_equal(read_label_png(voc2010 / "SegmentationClassContext" / "2008_000002.png"), np.ones(SIZE))
+    (voc2010 / "SegmentationClassContext" / "2008_000002.png").unlink()
+    mat = voc2010 / "trainval" / "2008_000002.mat"
+    label_map[0, :2] = 2.5, np.nan
+    scipy.io.savemat(mat, {"LabelMap": label_map})
+    with pytest.raises(DatasetError) as raised:
+        prepare_pascal_context(voc2010, voc2010)
+    assert str(raised.value) == (
+        f"{mat}: LabelMap holds values that are not whole numbers ([2.5, nan]), so not class ids"
+    )
+    assert not (voc2010 / "SegmentationClassContext" / "2008_000002.png").exists()
+
+    coco = tmp_path / "annotation.mat"
+    scipy.io.savemat(coco, {"S": np.full(SIZE, 13.7)})
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(coco))}: S holds values that are not whole numbers"):
+        coco_stuff10k_label(coco, np.arange(182))
+    scipy.io.savemat(coco, {"S": "not a map"})
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(coco))}: S holds <U9 values, not class ids$"):
+        coco_stuff10k_label(coco, np.arange(182))
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, tmp_path):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "prepare_coco_stuff10k", interrupted)
+    try:
+        status, err = run_cli(monkeypatch, capsys, "coco_stuff10k", "--root", str(tmp_path))
+    except KeyboardInterrupt:  # escaping, it would stop the whole test session
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert (status, err) == (130, "interrupted; re-run the same command to resume\n")
+
+
+def test_ctrl_c_during_a_conversion_in_worker_processes_is_one_line(tmp_path):
+    # A named pipe as a label map: the worker reading it waits until the test writes, so
+    # Ctrl-C comes mid-conversion. A terminal sends its SIGINT to every process of the
+    # group at once; here the workers get it a second before the main process, so that a
+    # worker that does not ignore it prints its traceback before the main process ends it.
+    root = tmp_path / "coco_stuff164k"
+    write_coco_stuff164k(root, ["000000000009", "000000000025"])
+    fifo = root / "annotations" / "train2017" / "000000000025.png"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    command = [sys.executable, str(REPO / "scripts" / "prepare_dataset.py"), "--workers", "2", "coco_stuff164k",
+               "--root", str(root)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    writer = None
+    try:
+        deadline = time.monotonic() + 120
+        while writer is None and process.poll() is None and time.monotonic() < deadline:
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # succeeds once a worker reads it
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.05)
+        assert writer is not None
+        workers = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        for worker in workers:
+            os.kill(int(worker), signal.SIGINT)
+        time.sleep(1)
+        os.kill(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        if writer is not None:
+            os.close(writer)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.splitlines()[-1] == "interrupted; re-run the same command to resume"
+
+
+def test_temp_files_left_by_killed_runs_are_removed_at_the_start(voc_and_sbd, monkeypatch):
+    voc, sbd, _, _ = voc_and_sbd
+    lists = voc / "ImageSets" / "Segmentation"
+    stale = [
+        voc / "SegmentationClassAug" / ".2008_d.png.k3j2h1x0.tmp",
+        voc / "JPEGImages" / ".2008_e.jpg.a8b7c6d5.tmp",
+        lists / ".trainaug.txt.q1w2e3r4.tmp",
+    ]
+    kept = [
+        voc / "SegmentationClassAug" / ".keep", voc / "JPEGImages" / "notes.tmp",
+        voc / "SegmentationClass" / ".2007_a.png.z9y8x7w6.tmp",  # an input folder, not written by the converter
+    ]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left behind")
+    left_at_conversion = []
+    convert_labels = prepare.convert_labels
+
+    def noting_convert_labels(jobs, description, workers=1):
+        left_at_conversion.extend(path for path in stale if path.exists())
+        return convert_labels(jobs, description, workers)
+
+    monkeypatch.setattr(prepare, "convert_labels", noting_convert_labels)
+    prepare_voc_aug(voc, sbd)
+    assert left_at_conversion == []
+    assert [path.exists() for path in stale] == [False, False, False]
+    assert all(path.read_bytes() == b"left behind" for path in kept)
+
+
+def test_listed_ids_without_images_are_refused_naming_them_and_the_folder(voc_and_sbd, tmp_path):
+    voc, sbd, _, _ = voc_and_sbd
+    (sbd / "dataset" / "img" / "2008_d.jpg").unlink()  # SBD's copy is missing too: no image at all
+    with pytest.raises(DatasetError) as raised:
+        prepare_voc_aug(voc, sbd)
+    assert str(raised.value) == (
+        f"{voc / 'JPEGImages'}: no image <id>.jpg for 1 listed ids (2008_d); "
+        "unpack VOCtrainval_11-May-2012.tar and benchmark.tgz completely and re-run"
+    )
+    assert not (voc / "SegmentationClassAug").exists()  # refused before converting anything
+
+    voc2010 = tmp_path / "VOC2010"
+    write_context_mats(voc2010, {"train": ["2008_000002"], "val": ["2008_000007"]}, np.ones(SIZE, np.uint16))
+    (voc2010 / "JPEGImages" / "2008_000007.jpg").unlink()
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(voc2010 / 'JPEGImages'))}: no image <id>.jpg for 1 "
+                       r"listed ids \(2008_000007\); unpack VOCtrainval_03-May-2010.tar completely and re-run$"):
+        prepare_pascal_context(voc2010, voc2010)
+
+    coco = tmp_path / "cocostuff-10k-v1.1"
+    ids = [f"COCO_train2014_{n:012d}" for n in range(8)]
+    write_coco_stuff10k(coco, {"train": ids[:6], "test": ids[6:]})
+    for i in [ids[0], *ids[2:]]:
+        (coco / "images" / f"{i}.jpg").unlink()
+    with pytest.raises(DatasetError) as raised:
+        prepare_coco_stuff10k(coco)
+    assert str(raised.value) == (
+        f"{coco / 'images'}: no image <id>.jpg for 7 listed ids ({ids[0]}, {ids[2]}, {ids[3]}, {ids[4]}, {ids[5]} "
+        "and 2 more); unpack cocostuff-10k-v1.1.zip completely and re-run"
+    )
+
+    coco164k = tmp_path / "coco_stuff164k"
+    write_coco_stuff164k(coco164k, ["000000000009"])
+    (coco164k / "images" / "val2017" / "000000000009.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"no image <id>.jpg for 1 listed ids \(val2017/000000000009\); "
+                       "unpack COCO 2017's train2017.zip and val2017.zip completely"):
+        prepare_coco_stuff164k(coco164k)

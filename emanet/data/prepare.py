@@ -3,17 +3,21 @@
 Each ``prepare_*`` function converts the original label files into single-channel palette
 PNGs (index = class, 255 = ignore) and writes the split lists, then checks the counts
 against the published ones. Every file is written atomically (temp file + rename), so a
-re-run skips what is finished and an interrupted run leaves no half-written file.
+re-run skips what is finished and an interrupted run leaves no half-written file. A
+conversion holds a lock on the dataset folder it writes into, so two runs on one dataset
+take turns and the second finds the first's files written.
 ``scripts/prepare_dataset.py`` is the command line; data/README.md the walk-through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from emanet.data.classes import COCO_STUFF_UNUSED_IDS, CONTEXT59_CLASSES, CONTEX
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.data.segmentation import DECODE_ERRORS
 from emanet.errors import DatasetError, DatasetNotFoundError
-from emanet.io import atomic_write
+from emanet.io import atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +78,47 @@ def voc_label(png_path: Path) -> np.ndarray:
 
 def sbd_label(mat_path: Path) -> np.ndarray:
     """SBD ``cls/<id>.mat``: struct ``GTcls``, field ``Segmentation`` (H, W class map)."""
-    return np.asarray(_load_mat(mat_path, "GTcls", "benchmark.tgz").Segmentation, dtype=np.uint8)
+    gtcls = _load_mat(mat_path, "GTcls", "benchmark.tgz")
+    if not hasattr(gtcls, "Segmentation"):
+        raise DatasetError(
+            f"{mat_path}: GTcls has no field 'Segmentation' (has {sorted(getattr(gtcls, '_fieldnames', []))}): "
+            "not an SBD class map; unpack it again from benchmark.tgz (dataset/cls) and re-run"
+        )
+    ids = whole_numbers(gtcls.Segmentation, f"{mat_path}: GTcls.Segmentation")
+    outside = (ids < 0) | ((ids > 20) & (ids != 255))
+    if outside.any():
+        # A plain uint8 cast would wrap them around (300 -> 44) into valid-looking classes.
+        raise DatasetError(
+            f"{mat_path}: GTcls.Segmentation holds ids {sorted(np.unique(ids[outside]).tolist())[:10]} "
+            "that are neither 0-20 nor 255: not an SBD class map"
+        )
+    return ids.astype(np.uint8)
 
 
 def context_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
     """PASCAL Context ``trainval/<id>.mat``: ``LabelMap`` with 459-class ids -> 60 classes."""
-    label_map = np.asarray(_load_mat(mat_path, "LabelMap", "trainval.tar.gz"))
+    label_map = whole_numbers(_load_mat(mat_path, "LabelMap", "trainval.tar.gz"), f"{mat_path}: LabelMap")
     _check_context_ids(label_map, f"{mat_path}: LabelMap")
-    return table[label_map.astype(np.int64)]
+    return table[label_map]
+
+
+def whole_numbers(values, where: str) -> np.ndarray:
+    """``values`` as int64 class ids; DatasetError naming ``where`` unless all are whole numbers.
+
+    A float map cast to integers would be truncated silently (2.7 -> class 2).
+    """
+    values = np.asarray(values)
+    if values.dtype.kind in "biu":
+        return values.astype(np.int64)
+    if values.dtype.kind != "f":
+        raise DatasetError(f"{where} holds {values.dtype} values, not class ids")
+    fractional = ~np.isfinite(values) | (values != np.floor(values))
+    if fractional.any():
+        raise DatasetError(
+            f"{where} holds values that are not whole numbers ({np.unique(values[fractional]).tolist()[:5]}), "
+            "so not class ids"
+        )
+    return values.astype(np.int64)
 
 
 def _check_context_ids(ids: np.ndarray, where: str) -> None:
@@ -161,7 +198,7 @@ def context_json_label(image: dict, segments: list[dict], table: np.ndarray) -> 
 
 def coco_stuff10k_label(mat_path: Path, table: np.ndarray) -> np.ndarray:
     """COCO-Stuff 10k ``annotations/<id>.mat``: ``S`` with ids 1-182, 0 unlabelled."""
-    ids = np.asarray(_load_mat(mat_path, "S", "cocostuff-10k-v1.1.zip")).astype(np.int64)
+    ids = whole_numbers(_load_mat(mat_path, "S", "cocostuff-10k-v1.1.zip"), f"{mat_path}: S")
     outside = (ids < 0) | (ids > 182)
     if outside.any():
         raise DatasetError(
@@ -226,7 +263,16 @@ def convert_labels(
     todo = [job for job in jobs if not job[2].exists()]
     log.info("%s: %d label PNGs to write, %d already done", description, len(todo), len(jobs) - len(todo))
     if workers > 1 and len(todo) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # Ctrl-C sends SIGINT to the workers too. Started while this process ignores it,
+        # they ignore it for good (an ignored signal stays ignored across the spawn's exec,
+        # and Python leaves it so), so only this process reports it; leaving the with-block
+        # terminates them. A Ctrl-C in the instant the pool starts is lost.
+        default_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = multiprocessing.get_context("spawn").Pool(workers)
+        finally:
+            signal.signal(signal.SIGINT, default_handler)
+        with pool:
             for _ in tqdm(pool.imap_unordered(_convert_one, todo, chunksize=16), total=len(todo), desc=description):
                 pass
     else:
@@ -268,6 +314,38 @@ def _read_ids(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+@contextlib.contextmanager
+def converting_into(dataset_root: Path, output_folders: Iterable[Path]) -> Iterator[None]:
+    """Hold the lock on ``dataset_root`` for a whole conversion, after removing the temp
+    files of killed runs from ``output_folders``.
+
+    Two jobs preparing the same dataset take turns, and the second skips the files the
+    first wrote. Under the lock no other conversion writes there, so every
+    ``.<name>.<random>.tmp`` of :func:`~emanet.io.atomic_write` found is stale.
+    """
+    with exclusive_lock(dataset_root):
+        for folder in output_folders:
+            stale = list(folder.glob(".*.tmp"))
+            for temp in stale:
+                temp.unlink()
+            if stale:
+                log.info("%s: removed %d temp files an interrupted run left", folder, len(stale))
+        yield
+
+
+def check_images(folder: Path, ids_by_split: dict[str, list[str]], download: str) -> None:
+    """DatasetError naming the first missing ids unless ``folder/<id>.jpg`` exists for every
+    listed id: the loader would stop on them only once training reaches them."""
+    listed = dict.fromkeys(i for ids in ids_by_split.values() for i in ids)
+    missing = [i for i in listed if not (folder / f"{i}.jpg").is_file()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DatasetError(
+            f"{folder}: no image <id>.jpg for {len(missing)} listed ids ({', '.join(missing[:5])}{more}); "
+            f"unpack {download} completely and re-run"
+        )
+
+
 # ---------------------------------------------------------------------------- benchmarks
 
 
@@ -291,15 +369,20 @@ def prepare_voc_aug(voc_root: Path, sbd_root: Path, workers: int = 1) -> dict[st
     output = voc_root / "SegmentationClassAug"
     voc_labels = set(voc_train) | set(voc_val)
     jobs = []
-    for sample_id in sorted(voc_labels | set(sbd_ids)):
-        destination = output / f"{sample_id}.png"
-        if sample_id in voc_labels:
-            jobs.append((voc_label, (voc_root / "SegmentationClass" / f"{sample_id}.png",), destination))
-        else:
-            jobs.append((sbd_label, (sbd / "cls" / f"{sample_id}.mat",), destination))
-            _copy_if_missing(sbd / "img" / f"{sample_id}.jpg", voc_root / "JPEGImages" / f"{sample_id}.jpg")
-    convert_labels(jobs, "SegmentationClassAug", workers)
-    write_split(lists / "trainaug.txt", trainaug)
+    with converting_into(voc_root, [output, voc_root / "JPEGImages", lists]):
+        for sample_id in sorted(voc_labels | set(sbd_ids)):
+            destination = output / f"{sample_id}.png"
+            if sample_id in voc_labels:
+                jobs.append((voc_label, (voc_root / "SegmentationClass" / f"{sample_id}.png",), destination))
+            else:
+                jobs.append((sbd_label, (sbd / "cls" / f"{sample_id}.mat",), destination))
+                _copy_if_missing(sbd / "img" / f"{sample_id}.jpg", voc_root / "JPEGImages" / f"{sample_id}.jpg")
+        check_images(
+            voc_root / "JPEGImages", {"train": voc_train, "val": voc_val, "trainaug": trainaug},
+            "VOCtrainval_11-May-2012.tar and benchmark.tgz",
+        )
+        convert_labels(jobs, "SegmentationClassAug", workers)
+        write_split(lists / "trainaug.txt", trainaug)
     counts = {"train": len(voc_train), "val": len(voc_val), "trainaug": len(trainaug)}
     check_counts("voc_aug", counts)
     return counts
@@ -345,9 +428,12 @@ def prepare_pascal_context(voc2010_root: Path, context_root: Path, workers: int 
             split: [(context_label, (annotations / f"{i}.mat", table), output / f"{i}.png") for i in split_ids]
             for split, split_ids in ids.items()
         }
-    for split in ("train", "val"):
-        convert_labels(jobs[split], f"SegmentationClassContext ({split})", workers)
-        write_split(voc2010_root / "ImageSets" / "SegmentationContext" / f"{split}.txt", ids[split])
+    check_images(voc2010_root / "JPEGImages", ids, "VOCtrainval_03-May-2010.tar")
+    lists = voc2010_root / "ImageSets" / "SegmentationContext"
+    with converting_into(voc2010_root, [output, lists]):
+        for split in ("train", "val"):
+            convert_labels(jobs[split], f"SegmentationClassContext ({split})", workers)
+            write_split(lists / f"{split}.txt", ids[split])
     counts = {split: len(split_ids) for split, split_ids in ids.items()}
     check_counts("pascal_context", counts)
     return counts
@@ -382,15 +468,16 @@ def prepare_coco_stuff10k(root: Path, workers: int = 1) -> dict[str, int]:
     _require_dir(root / "images", "COCO-Stuff 10k images")
     _require_dir(root / "annotations", "COCO-Stuff 10k annotations")
     table = coco_stuff_lookup_table()
-    counts = {}
-    for split in ("train", "test"):
-        ids = _read_ids(root / "imageLists" / f"{split}.txt")
-        jobs = [
-            (coco_stuff10k_label, (root / "annotations" / f"{i}.mat", table), root / "labels171" / f"{i}.png")
-            for i in ids
-        ]
-        convert_labels(jobs, f"labels171 ({split})", workers)
-        counts[split] = len(ids)
+    ids = {split: _read_ids(root / "imageLists" / f"{split}.txt") for split in ("train", "test")}
+    check_images(root / "images", ids, "cocostuff-10k-v1.1.zip")
+    with converting_into(root, [root / "labels171"]):
+        for split, split_ids in ids.items():
+            jobs = [
+                (coco_stuff10k_label, (root / "annotations" / f"{i}.mat", table), root / "labels171" / f"{i}.png")
+                for i in split_ids
+            ]
+            convert_labels(jobs, f"labels171 ({split})", workers)
+    counts = {split: len(split_ids) for split, split_ids in ids.items()}
     check_counts("coco_stuff10k", counts)
     return counts
 
@@ -403,18 +490,21 @@ def prepare_coco_stuff164k(root: Path, workers: int = 1) -> dict[str, int]:
     """
     root = Path(root)
     table = coco_stuff_lookup_table()
-    counts = {}
+    ids = {}
     for split in ("train2017", "val2017"):
         _require_dir(root / "images" / split, f"COCO 2017 {split} images")
         maps = _require_dir(root / "annotations" / split, f"COCO-Stuff {split} maps (stuffthingmaps_trainval2017)")
-        ids = sorted(f"{split}/{path.stem}" for path in maps.glob("*.png"))
-        jobs = [
-            (coco_stuff164k_label, (root / "annotations" / f"{i}.png", table), root / "labels171" / f"{i}.png")
-            for i in ids
-        ]
-        convert_labels(jobs, f"labels171 ({split})", workers)
-        write_split(root / "splits" / f"{split}.txt", ids)
-        counts[split] = len(ids)
+        ids[split] = sorted(f"{split}/{path.stem}" for path in maps.glob("*.png"))
+    check_images(root / "images", ids, "COCO 2017's train2017.zip and val2017.zip")
+    with converting_into(root, [root / "splits", *(root / "labels171" / split for split in ids)]):
+        for split, split_ids in ids.items():
+            jobs = [
+                (coco_stuff164k_label, (root / "annotations" / f"{i}.png", table), root / "labels171" / f"{i}.png")
+                for i in split_ids
+            ]
+            convert_labels(jobs, f"labels171 ({split})", workers)
+            write_split(root / "splits" / f"{split}.txt", split_ids)
+    counts = {split: len(split_ids) for split, split_ids in ids.items()}
     check_counts("coco_stuff164k", counts)
     return counts
 
