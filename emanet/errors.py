@@ -38,3 +38,8 @@ def one_line(error: EmanetError) -> str:
 
 class TrainingDivergedError(EmanetError):
     """The loss stopped being finite."""
+
+
+class RunDirectoryInUseError(EmanetError):
+    """Another training run holds the lock of the run directory."""
+

@@ -1,5 +1,6 @@
 """File-system helpers shared by the data, model and engine layers: atomic writes, the
-mode a plain ``open()`` would give, and an advisory lock on a folder."""
+mode a plain ``open()`` would give, an advisory lock on a folder, and a lock file that
+names its holder."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +55,32 @@ def exclusive_lock(directory: Path) -> Iterator[None]:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+class LockHeld(Exception):
+    """Another process holds a lock file; the message is what it wrote there ("pid N on host H")."""
+
+
+@contextlib.contextmanager
+def held_lock_file(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``path`` (created if missing) without
+    waiting, with this process's pid and host written in it for whoever is refused.
+
+    flock is released when the descriptor closes, so the lock dies with the process: a
+    killed holder leaves no stale lock, only its outdated note. Raises :class:`LockHeld`
+    if another process holds it.
+    """
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(os.pread(descriptor, 256, 0).decode(errors="replace").strip()) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(descriptor)

@@ -52,11 +52,16 @@ def shared_run_dir(run_dir: Path) -> Path:
     Under torchrun each process resolves Hydra's timestamped ``hydra.run.dir`` itself, and
     processes that start in different seconds would write into different directories.
     """
+    return Path(broadcast_from_main(str(run_dir)))
+
+
+def broadcast_from_main(value: object) -> object:
+    """Rank 0's ``value`` on every process (``value`` itself without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return run_dir
-    shared = [str(run_dir)]
+        return value
+    shared = [value]
     dist.broadcast_object_list(shared, src=0)
-    return Path(shared[0])
+    return shared[0]
 
 
 def per_rank_batch(global_batch: int, world_size: int, accumulation_steps: int) -> int:

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from emanet.engine.distributed import (
     SeededSampler,
     World,
     all_reduce_mean,
+    broadcast_from_main,
     init_distributed,
     per_rank_batch,
     prepare_batch_norm,
@@ -48,7 +49,8 @@ from emanet.engine.optim import (
     restore_configured_hyperparameters,
 )
 from emanet.engine.runtime import build_train_loader, configure_runtime
-from emanet.errors import ConfigError, TrainingDivergedError
+from emanet.errors import ConfigError, RunDirectoryInUseError, TrainingDivergedError
+from emanet.io import LockHeld, held_lock_file
 from emanet.models.baseline_heads import ASPP
 from emanet.models.ema import one_bases_update_per_step
 from emanet.models.segmentor import build_model
@@ -267,13 +269,43 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train the configured model, evaluate it on the val split, and fill ``run_dir``.
 
     Runs as one process or as one of many under torchrun (DDP). Re-running with the same
-    run directory resumes from its newest checkpoint. Rank 0 writes ``config.yaml``,
-    ``checkpoints/``, TensorBoard events under ``tensorboard/`` and ``metrics.json``;
-    returns the metrics.
+    run directory resumes from its newest checkpoint. Rank 0 holds the run directory's lock
+    and writes ``config.yaml``, ``checkpoints/``, TensorBoard events under ``tensorboard/``
+    and ``metrics.json``; returns the metrics.
     """
     check_schedule(cfg)
     world = init_distributed(configure_runtime(cfg))
     run_dir = shared_run_dir(run_dir)
+    with run_directory_lock(run_dir, world):
+        return train_in_locked_directory(cfg, run_dir, world)
+
+
+RUN_LOCK_NAME = "train.lock"
+
+
+@contextmanager
+def run_directory_lock(run_dir: Path, world: World) -> Iterator[None]:
+    """Rank 0 holds the lock of ``run_dir`` meanwhile: two runs in one directory would
+    overwrite each other's checkpoints and metrics. Every process refuses a directory that
+    another run holds, naming its pid and host."""
+    with ExitStack() as held:
+        refusal = None
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(held_lock_file(run_dir / RUN_LOCK_NAME))
+            except LockHeld as holder:
+                refusal = (
+                    f"run directory {run_dir} is in use by another training run ({holder or 'holder unknown'}, "
+                    f"per {RUN_LOCK_NAME}): wait for it to end, or pass another hydra.run.dir"
+                )
+        refusal = broadcast_from_main(refusal)
+        if refusal:
+            raise RunDirectoryInUseError(refusal)
+        yield
+
+
+def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> dict:
     device = world.device
     amp = AmpSettings.from_config(cfg.runtime, device)
     eval_amp = AmpSettings.from_config(cfg.eval, device, key="eval")  # checked now, not after training
