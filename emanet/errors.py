@@ -43,3 +43,10 @@ class TrainingDivergedError(EmanetError):
 class RunDirectoryInUseError(EmanetError):
     """Another training run holds the lock of the run directory."""
 
+
+class TrainingStopped(Exception):
+    """A signal (SIGTERM, SIGINT, SIGUSR1) stopped training after a step, with a checkpoint at
+    that iteration. Not an error: it ends the program with its own status, so that a job
+    script can tell it from success and from failure and requeue the job."""
+
+    exit_status = 3
