@@ -58,7 +58,8 @@ def full_run(data_root, tmp_path_factory):
 
 def test_checkpoints_rotate_and_last_links_the_newest(full_run):
     names = sorted(p.name for p in (full_run / "checkpoints").iterdir())
-    assert names == ["iter_0000004.pt", "iter_0000005.pt", "iter_0000006.pt", "last.pt"]
+    assert names == ["iter_0000004.pt", "iter_0000004.pt.sha256", "iter_0000005.pt", "iter_0000005.pt.sha256",
+                     "iter_0000006.pt", "iter_0000006.pt.sha256", "last.pt"]  # each with its digest
     assert os.path.samefile(full_run / "checkpoints" / "last.pt", full_run / "checkpoints" / "iter_0000006.pt")
     state = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
     assert set(state) == {"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "batches_drawn", "config"}
@@ -72,6 +73,7 @@ def test_interrupted_run_resumes_bit_identically(full_run, data_root, tmp_path, 
     (tmp_path / "checkpoints").mkdir()
     source = tmp_path / "checkpoints" / f"iter_{interrupted_after:07d}.pt"
     shutil.copy(full_run / "checkpoints" / source.name, source)
+    shutil.copy(full_run / "checkpoints" / f"{source.name}.sha256", tmp_path / "checkpoints")
     with caplog.at_level(logging.INFO, logger="emanet.engine.train"):
         train(compose_config([*TINY, f"data_root={data_root}"]), tmp_path)
     assert f"resuming from {source} (iteration {interrupted_after})" in caplog.text
@@ -90,7 +92,8 @@ def interrupted_and_resumed(overrides: list[str], tmp_path: Path, interrupted_af
     train(compose_config(overrides), tmp_path / "full")
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     name = f"iter_{interrupted_after:07d}.pt"
-    shutil.copy(tmp_path / "full" / "checkpoints" / name, tmp_path / "resumed" / "checkpoints")
+    for copied in (name, f"{name}.sha256"):
+        shutil.copy(tmp_path / "full" / "checkpoints" / copied, tmp_path / "resumed" / "checkpoints")
     train(compose_config(overrides), tmp_path / "resumed")
     return tuple(
         torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=True) for run in ("full", "resumed")
@@ -211,7 +214,7 @@ def test_non_finite_loss_stops_before_the_update_and_names_the_last_checkpoint(d
     monkeypatch.setattr(train_module, "segmentation_loss", loss_that_explodes)
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at iteration 3; .*iter_0000002.pt"):
         train(compose_config([*TINY, f"data_root={data_root}"]), tmp_path)
-    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".pt")
     assert names == ["iter_0000001.pt", "iter_0000002.pt", "last.pt"]
 
 
@@ -503,7 +506,7 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
     finally:
         os.umask(previous)
     modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
-    assert modes == {"metrics.json": 0o644, "iter.pt": 0o644, "plain.txt": 0o644}
+    assert modes == {"metrics.json": 0o644, "iter.pt": 0o644, "iter.pt.sha256": 0o644, "plain.txt": 0o644}
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no temporary left
 
 

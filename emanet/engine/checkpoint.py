@@ -1,11 +1,16 @@
-"""Checkpoints written atomically, and loaded with errors that say what to do."""
+"""Checkpoints written atomically with a SHA-256 digest, and loaded after checking it, with
+errors that say what to do."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
 import random
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -14,9 +19,55 @@ from torch import nn
 from emanet.errors import CheckpointError
 from emanet.io import atomic_write
 
+log = logging.getLogger(__name__)
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    atomic_write(Path(path), lambda temp: torch.save(state, temp))
+    """Write ``state`` to ``path`` atomically, with its SHA-256 digest in ``<path>.sha256``.
+
+    The digest is recorded before the checkpoint takes its name, so no checkpoint of this
+    version exists without one. A full disk is reported in one line.
+    """
+    path = Path(path)
+
+    def write(temp: str) -> None:
+        torch.save(state, temp)
+        with open(temp, "rb") as file:
+            line = f"{sha256_of(file)}  {path.name}\n"  # the format of sha256sum, which can check it
+        atomic_write(digest_file(path), lambda digest_temp: Path(digest_temp).write_text(line))
+
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as error:
+        if not is_disk_full(error):
+            raise
+        raise CheckpointError(disk_full_message(path)) from error
+
+
+def digest_file(path: Path) -> Path:
+    """Where the SHA-256 digest of the checkpoint ``path`` is recorded."""
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_of(file: BinaryIO) -> str:
+    return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def is_disk_full(error: OSError | RuntimeError) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    # torch's archive writer reports a failed write without its errno ("unexpected pos 704 vs 598").
+    return "unexpected pos" in str(error) or "file write failed" in str(error)
+
+
+def disk_full_message(path: Path) -> str:
+    free = shutil.disk_usage(path.parent).free
+    previous = path if path.exists() else newest_checkpoint(path.parent)
+    intact = f"the previous checkpoint {previous} is intact" if previous else "no checkpoint was replaced"
+    return (
+        f"cannot write checkpoint {path}: the disk is full ({free:,} bytes free in {path.parent}); {intact}: "
+        "free some space and run the same command again"
+    )
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -39,9 +90,52 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "with checkpoints/last.pt"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as file:  # checked and read through one descriptor: the same file
+            if os.fstat(file.fileno()).st_size == 0:
+                raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+            check_digest(file, path)
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as error:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(error) or type(error).__name__}") from error
+
+
+def check_digest(file: BinaryIO, path: Path) -> None:
+    """Compare the open checkpoint ``file`` with its recorded SHA-256 digest; a checkpoint
+    without one (written by an earlier version of this project) loads with a warning."""
+    record = digest_record(path, os.fstat(file.fileno()))
+    if record is None:
+        log.warning(
+            "checkpoint %s has no SHA-256 digest (%s; written by an earlier version?): loading it unverified",
+            path, digest_file(path).name,
+        )
+        return
+    expected = (record.read_text().split() or [""])[0]
+    actual = sha256_of(file)
+    file.seek(0)
+    if actual != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its SHA-256 digest is {actual}, but {record} records {expected}"
+        )
+
+
+def digest_record(path: Path, opened: os.stat_result) -> Path | None:
+    """The digest file of ``path``, or for a hard link to a training checkpoint (``last.pt``)
+    that of the ``iter_*.pt`` it links, found as the file that is the opened one."""
+    if digest_file(path).is_file():
+        return digest_file(path)
+    for candidate in path.parent.glob(CHECKPOINT_PATTERN):
+        if digest_file(candidate).is_file() and is_same_file(candidate, opened):
+            return digest_file(candidate)
+    return None
+
+
+def is_same_file(path: Path, opened: os.stat_result) -> bool:
+    try:
+        return os.path.samestat(path.stat(), opened)
+    except FileNotFoundError:  # rotated away by a running training meanwhile
+        return False
 
 
 def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -111,11 +205,63 @@ def save_training_checkpoint(state: dict[str, Any], directory: Path, keep: int) 
     directory = Path(directory)
     path = directory / checkpoint_name(state["iteration"])
     save_checkpoint(state, path)
-    # last.pt is a hard link: no second copy of a large file, replaced atomically.
-    link = directory / ".last.pt.tmp"
-    link.unlink(missing_ok=True)
-    os.link(path, link)
-    os.replace(link, directory / "last.pt")
+    point_last_at(path)
     for old in sorted(directory.glob(CHECKPOINT_PATTERN))[:-keep]:
         old.unlink()
+        digest_file(old).unlink(missing_ok=True)
     return path
+
+
+def point_last_at(path: Path) -> None:
+    """Make ``last.pt`` beside ``path`` the checkpoint ``path``: a hard link, so no second copy
+    of a large file and no second digest, replaced atomically."""
+    link = path.parent / ".last.pt.tmp"
+    link.unlink(missing_ok=True)
+    os.link(path, link)
+    os.replace(link, path.parent / "last.pt")
+
+
+def newest_intact_checkpoint(directory: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint of ``directory`` that reads and passes its digest check, and its
+    state; (None, None) if there is none.
+
+    Each newer one that does not (truncated, empty, damaged) is set aside with a one-line
+    warning, so that a bad file never blocks resuming from an older intact one, and
+    ``last.pt`` is pointed at the one returned.
+    """
+    for path in sorted(Path(directory).glob(CHECKPOINT_PATTERN), reverse=True):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as error:
+            log.warning("%s; set it aside as %s and fell back to the previous checkpoint", error, set_aside(path).name)
+            continue
+        point_last_at(path)
+        return path, state
+    return None, None
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a bad checkpoint (and its digest) to ``<name>.corrupt``: kept for a look, no
+    longer one of the run's checkpoints."""
+    aside = path.with_name(path.name + ".corrupt")
+    if digest_file(path).exists():
+        os.replace(digest_file(path), digest_file(aside))
+    os.replace(path, aside)
+    return aside
+
+
+def remove_leftovers(directory: Path) -> None:
+    """Remove what checkpoint writes killed part-way left in ``directory``: temporary files,
+    and digests whose checkpoint never took its name. Only for a directory whose run lock
+    this process holds: another run's temporary files would be in use."""
+    leftovers = [
+        *Path(directory).glob(".*.tmp"),
+        *(digest for digest in Path(directory).glob("iter_*.pt.sha256") if not digest.with_suffix("").exists()),
+    ]
+    for leftover in leftovers:
+        leftover.unlink()
+    if leftovers:
+        log.info(
+            "removed %d file(s) left by an interrupted checkpoint write: %s", len(leftovers),
+            ", ".join(sorted(leftover.name for leftover in leftovers)),
+        )

@@ -25,7 +25,8 @@ from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import (
     load_checkpoint,
     load_model_weights,
-    newest_checkpoint,
+    newest_intact_checkpoint,
+    remove_leftovers,
     restore_rng_states,
     rng_states,
     save_training_checkpoint,
@@ -205,17 +206,20 @@ def config_changes(saved: object, current: object, key: str = "") -> list[str]:
 def resume(
     run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: World, cfg: DictConfig
 ) -> tuple[int, Path | None, int]:
-    """Load the newest complete checkpoint of ``run_dir``, if any; returns (iteration, path,
-    the loader batches this process had drawn).
+    """Load the newest intact checkpoint of ``run_dir``, if any; returns (iteration, path,
+    the loader batches this process had drawn). Rank 0 chooses it, setting aside newer ones
+    that fail to read or to match their digest (see :func:`newest_intact_checkpoint`).
 
     Settings that differ from the checkpoint's (other than those that do not change the
     weights) are named in a warning: the run then continues with the new ones, and its
     weights are not those of an uninterrupted run of either config.
     """
-    path = newest_checkpoint(run_dir / "checkpoints")
+    path, state = newest_intact_checkpoint(run_dir / "checkpoints") if world.is_main else (None, None)
+    path = broadcast_from_main(path)
     if path is None:
         return 0, None, 0
-    state = load_checkpoint(path)
+    if state is None:
+        state = load_checkpoint(path)
     changes = config_changes(state["config"], OmegaConf.to_container(cfg, resolve=True)) if "config" in state else []
     if changes and world.is_main:
         log.warning(
@@ -343,6 +347,8 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_poly_scheduler(optimizer, schedule.iterations, schedule.power, schedule.lr_update_every)
     checkpoint_dir = run_dir / "checkpoints"
+    if world.is_main:  # it holds the lock: no other run is writing there
+        remove_leftovers(checkpoint_dir)
     start, last_checkpoint, batches_drawn = resume(run_dir, model, optimizer, scheduler, amp, world, cfg)
     network = model
     if world.size > 1:
