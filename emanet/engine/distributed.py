@@ -156,6 +156,15 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def all_reduce_max(value: int) -> int:
+    """The largest of every process's ``value`` (``value`` itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor(value, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def shutdown_distributed() -> None:
     """Wait for every process, then leave the process group (a process that exits while
     others still use the group makes gloo abort them)."""

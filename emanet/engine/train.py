@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -23,6 +24,7 @@ from emanet.data import build_dataset, warn_skipped
 from emanet.data.transforms import train_transform
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import (
+    checkpoint_name,
     load_checkpoint,
     load_model_weights,
     newest_intact_checkpoint,
@@ -34,6 +36,7 @@ from emanet.engine.checkpoint import (
 from emanet.engine.distributed import (
     SeededSampler,
     World,
+    all_reduce_max,
     all_reduce_mean,
     broadcast_from_main,
     init_distributed,
@@ -50,7 +53,7 @@ from emanet.engine.optim import (
     restore_configured_hyperparameters,
 )
 from emanet.engine.runtime import build_train_loader, configure_runtime
-from emanet.errors import ConfigError, RunDirectoryInUseError, TrainingDivergedError
+from emanet.errors import ConfigError, RunDirectoryInUseError, TrainingDivergedError, TrainingStopped
 from emanet.io import LockHeld, held_lock_file
 from emanet.models.baseline_heads import ASPP
 from emanet.models.ema import one_bases_update_per_step
@@ -275,7 +278,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     Runs as one process or as one of many under torchrun (DDP). Re-running with the same
     run directory resumes from its newest checkpoint. Rank 0 holds the run directory's lock
     and writes ``config.yaml``, ``checkpoints/``, TensorBoard events under ``tensorboard/``
-    and ``metrics.json``; returns the metrics.
+    and ``metrics.json``; returns the metrics. SIGTERM, SIGINT or SIGUSR1 stop every process
+    after the same step with a checkpoint there (:class:`TrainingStopped`).
     """
     check_schedule(cfg)
     world = init_distributed(configure_runtime(cfg))
@@ -307,6 +311,39 @@ def run_directory_lock(run_dir: Path, world: World) -> Iterator[None]:
         if refusal:
             raise RunDirectoryInUseError(refusal)
         yield
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class StopRequest:
+    """While entered, SIGTERM (SLURM or Kubernetes before a kill), SIGINT (Ctrl-C) and SIGUSR1
+    (SLURM's ``--signal`` warning) only note that training should stop, so that the step
+    under way finishes and is checkpointed; a second SIGINT interrupts at once. The previous
+    handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.received = 0  # the signal's number; 0: none
+
+    def __enter__(self) -> StopRequest:
+        self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        for number, handler in self.previous.items():
+            # None: a handler installed outside Python, which cannot be put back; the default is the nearest.
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+    def handle(self, number: int, frame: object) -> None:
+        if number == signal.SIGINT and self.received:
+            raise KeyboardInterrupt
+        self.received = number
+
+    def agreed(self) -> str | None:
+        """The name of a stop signal any process received, on every process (a collective:
+        all stop after the same step); None if none did."""
+        number = all_reduce_max(self.received)
+        return signal.Signals(number).name if number else None
 
 
 def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> dict:
@@ -374,41 +411,57 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
         range(start, total), initial=start, total=total, desc="train",
         disable=not (cfg.runtime.progress and world.is_main), dynamic_ncols=True,
     )
-    for iteration in progress:
-        lr = optimizer.param_groups[0]["lr"]
-        micro_batches = [next(batches) for _ in range(schedule.accumulation_steps)]
-        loss = train_step(
-            network, micro_batches, optimizer, device, data_cfg.ignore_index, cfg.loss.normalization, amp,
-            iteration, last_checkpoint, cfg.model.aux.weight,
-        )
-        scheduler.step()
-        done = iteration + 1
-        window_images += schedule.batch_size
-        window_losses.append(loss)
-        if done % schedule.log_every == 0 or done == total:
-            now = time.perf_counter()
-            window_loss = sum(window_losses) / len(window_losses)
-            if writer is not None:
-                writer.add_scalar("train/loss", window_loss, done)
-                writer.add_scalar("train/lr", lr, done)
-                writer.add_scalar("train/images_per_second", window_images / (now - window_start), done)
-                if device.type == "cuda":
-                    writer.add_scalar("train/gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
-            progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
-            window_start, window_images, window_losses = now, 0, []
-        if done % schedule.checkpoint_every == 0 or done == total:
-            state = checkpoint_state(model, optimizer, scheduler, amp, done, cfg, batches.consumed)  # collective
-            if world.is_main:
-                last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
-        if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
-            # Evaluation must not draw from the training RNG (its data loader seeds itself
-            # from it): a run resumed after this iteration has not evaluated and would
-            # continue with other dropout masks.
-            evaluation_start = time.perf_counter()
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                evaluate_on_val(model, cfg, device, eval_amp, writer, done, world)
-            model.train()
-            window_start += time.perf_counter() - evaluation_start
+    # Only the training steps stop at a signal: the final evaluation can be redone by resuming.
+    with StopRequest() as stop_request:
+        for iteration in progress:
+            lr = optimizer.param_groups[0]["lr"]
+            micro_batches = [next(batches) for _ in range(schedule.accumulation_steps)]
+            loss = train_step(
+                network, micro_batches, optimizer, device, data_cfg.ignore_index, cfg.loss.normalization, amp,
+                iteration, last_checkpoint, cfg.model.aux.weight,
+            )
+            scheduler.step()
+            done = iteration + 1
+            window_images += schedule.batch_size
+            window_losses.append(loss)
+            if done % schedule.log_every == 0 or done == total:
+                now = time.perf_counter()
+                window_loss = sum(window_losses) / len(window_losses)
+                if writer is not None:
+                    writer.add_scalar("train/loss", window_loss, done)
+                    writer.add_scalar("train/lr", lr, done)
+                    writer.add_scalar("train/images_per_second", window_images / (now - window_start), done)
+                    if device.type == "cuda":
+                        writer.add_scalar("train/gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
+                progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
+                window_start, window_images, window_losses = now, 0, []
+            stop_signal = stop_request.agreed()  # collective: every process stops after the same step
+            if done % schedule.checkpoint_every == 0 or done == total or stop_signal:
+                state = checkpoint_state(model, optimizer, scheduler, amp, done, cfg, batches.consumed)  # collective
+                if world.is_main:
+                    last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
+            if stop_signal:
+                progress.close()
+                if writer is not None:
+                    writer.close()
+                shutdown_distributed()  # after rank 0 has written the checkpoint
+                stopped_at = checkpoint_dir / checkpoint_name(done)
+                message = (
+                    f"stopped by {stop_signal} at iteration {done}; checkpoint {stopped_at}; "
+                    "re-run the same command to resume"
+                )
+                if world.is_main:
+                    log.warning("%s", message)
+                raise TrainingStopped(message)
+            if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
+                # Evaluation must not draw from the training RNG (its data loader seeds itself
+                # from it): a run resumed after this iteration has not evaluated and would
+                # continue with other dropout masks.
+                evaluation_start = time.perf_counter()
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    evaluate_on_val(model, cfg, device, eval_amp, writer, done, world)
+                model.train()
+                window_start += time.perf_counter() - evaluation_start
     progress.close()
     train_seconds = time.perf_counter() - began
     warn_skipped(train_set)
