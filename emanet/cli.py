@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from emanet.errors import EmanetError, TrainingStopped, one_line
+from emanet.config_checks import check_config
+from emanet.errors import ConfigError, EmanetError, TrainingStopped, one_line
 
 log = logging.getLogger("emanet")
 
@@ -26,15 +28,19 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def compose_config(config_name: str, overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
     """The config ``train.py`` / ``evaluate.py`` would run with these overrides, for scripts
-    that call the engine directly (``config_name``: "train", "evaluate" or "predict").
+    that call the engine directly (``config_name``: "train", "evaluate" or "predict"),
+    its values checked (:func:`emanet.config_checks.check_config`).
 
     Inside a running Hydra application the application's own config search path is used.
     """
     overrides = quote_path_overrides(list(overrides))
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name, overrides, return_hydra_config=return_hydra_config)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name, overrides, return_hydra_config=return_hydra_config)
+        cfg = compose(config_name, overrides, return_hydra_config=return_hydra_config)
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name, overrides, return_hydra_config=return_hydra_config)
+    check_config(cfg)
+    return cfg
 
 
 def quote_path_overrides(overrides: list[str]) -> list[str]:
@@ -72,6 +78,12 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
     """
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
+    with one_line_errors():
+        try:
+            check_config(cfg)
+        except ConfigError:
+            remove_unused_run_dir(run_dir)
+            raise
     note = eval_preset_note(hydra_config.job.config_name, list(hydra_config.overrides.task))
     if note and int(os.environ.get("RANK", 0)) == 0:
         log.warning("%s", note)
@@ -96,6 +108,14 @@ def one_line_errors() -> Iterator[None]:
     log.error("%s", message)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def remove_unused_run_dir(run_dir: Path) -> None:
+    """Remove a run directory that holds only what Hydra wrote at startup (``.hydra/`` and
+    the job's log): a run refused before it started leaves nothing behind. A directory
+    with anything else in it (an earlier run's checkpoints) is left alone."""
+    if run_dir.is_dir() and all(entry.name == ".hydra" or entry.suffix == ".log" for entry in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
 
 
 # Window geometry only matters to windowed inference, the resizing convention only to
