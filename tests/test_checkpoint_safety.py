@@ -83,6 +83,30 @@ def test_last_pt_is_checked_against_the_digest_of_the_checkpoint_it_links(tmp_pa
         load_checkpoint(tmp_path / "last.pt")
 
 
+def test_last_pt_of_a_copied_folder_is_checked_against_its_own_digest(tmp_path, caplog):
+    save_training_checkpoint(small_state(1), tmp_path / "run", keep=3)
+    save_training_checkpoint(small_state(2), tmp_path / "run", keep=3)
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")  # as rsync without -H: the hard links are lost
+    assert not os.path.samefile(tmp_path / "copy" / "last.pt", tmp_path / "copy" / "iter_0000002.pt")
+    with caplog.at_level(logging.WARNING):
+        assert load_checkpoint(tmp_path / "copy")["iteration"] == 2
+    assert caplog.text == ""
+    flip_bytes_in_largest_tensor(tmp_path / "copy" / "last.pt")
+    with pytest.raises(CheckpointError, match=rf"but {tmp_path / 'copy' / 'last.pt.sha256'} records "):
+        load_checkpoint(tmp_path / "copy" / "last.pt")
+
+
+def test_resuming_from_a_checkpoint_without_a_digest_leaves_last_pt_without_one(tmp_path):
+    from emanet.engine.checkpoint import newest_intact_checkpoint
+
+    save_training_checkpoint(small_state(1), tmp_path, keep=3)
+    torch.save(small_state(2), tmp_path / "iter_0000002.pt")  # an earlier version's, no digest
+    path, state = newest_intact_checkpoint(tmp_path)
+    assert path == tmp_path / "iter_0000002.pt" and state["iteration"] == 2
+    assert os.path.samefile(tmp_path / "last.pt", path)
+    assert not (tmp_path / "last.pt.sha256").exists()  # iteration 1's would call last.pt damaged
+
+
 def test_a_checkpoint_without_a_digest_loads_with_a_one_line_warning(tmp_path, caplog):
     torch.save(small_state(3), tmp_path / "old.pt")  # as an earlier version wrote them
     with caplog.at_level(logging.WARNING, logger="emanet.engine.checkpoint"):
@@ -161,7 +185,9 @@ def test_leftovers_of_a_killed_checkpoint_write_are_removed_when_the_run_restart
     for name in leftovers:
         (directory / name).write_bytes(b"half a checkpoint")
     train(compose_config([*TINY, f"data_root={data_root}"]), tmp_path)  # resumes at the end: evaluates only
-    assert sorted(path.name for path in directory.iterdir()) == ["iter_0000006.pt", "iter_0000006.pt.sha256", "last.pt"]
+    assert sorted(path.name for path in directory.iterdir()) == [
+        "iter_0000006.pt", "iter_0000006.pt.sha256", "last.pt", "last.pt.sha256"
+    ]
 
 
 def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_the_newest(tmp_path, monkeypatch):
@@ -179,7 +205,9 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint_the_newest(tmp
         save_training_checkpoint(small_state(2), tmp_path, keep=3)
     assert newest_checkpoint(tmp_path) == tmp_path / "iter_0000001.pt"
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 1
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["iter_0000001.pt", "iter_0000001.pt.sha256", "last.pt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "iter_0000001.pt", "iter_0000001.pt.sha256", "last.pt", "last.pt.sha256"
+    ]
 
 
 @pytest.mark.parametrize("failure", [

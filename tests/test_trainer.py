@@ -59,8 +59,9 @@ def full_run(data_root, tmp_path_factory):
 def test_checkpoints_rotate_and_last_links_the_newest(full_run):
     names = sorted(p.name for p in (full_run / "checkpoints").iterdir())
     assert names == ["iter_0000004.pt", "iter_0000004.pt.sha256", "iter_0000005.pt", "iter_0000005.pt.sha256",
-                     "iter_0000006.pt", "iter_0000006.pt.sha256", "last.pt"]  # each with its digest
-    assert os.path.samefile(full_run / "checkpoints" / "last.pt", full_run / "checkpoints" / "iter_0000006.pt")
+                     "iter_0000006.pt", "iter_0000006.pt.sha256", "last.pt", "last.pt.sha256"]  # with digests
+    for last, newest in (("last.pt", "iter_0000006.pt"), ("last.pt.sha256", "iter_0000006.pt.sha256")):
+        assert os.path.samefile(full_run / "checkpoints" / last, full_run / "checkpoints" / newest)
     state = torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
     assert set(state) == {"model", "optimizer", "scheduler", "scaler", "iteration", "rng", "batches_drawn", "config"}
     assert state["iteration"] == 6 and len(state["rng"]) == 1

@@ -121,14 +121,16 @@ def check_digest(file: BinaryIO, path: Path) -> None:
 
 
 def digest_record(path: Path, opened: os.stat_result) -> Path | None:
-    """The digest file of ``path``, or for a hard link to a training checkpoint (``last.pt``)
-    that of the ``iter_*.pt`` it links, found as the file that is the opened one."""
-    if digest_file(path).is_file():
-        return digest_file(path)
+    """The digest file of the opened checkpoint ``path``.
+
+    For a hard link to a training checkpoint (``last.pt``), that of the ``iter_*.pt`` that
+    is the opened file: while a run moves ``last.pt`` on, its own digest may already be the
+    next one's. ``last.pt.sha256`` serves a copy of the folder, where the link is lost.
+    """
     for candidate in path.parent.glob(CHECKPOINT_PATTERN):
         if digest_file(candidate).is_file() and is_same_file(candidate, opened):
             return digest_file(candidate)
-    return None
+    return digest_file(path) if digest_file(path).is_file() else None
 
 
 def is_same_file(path: Path, opened: os.stat_result) -> bool:
@@ -213,12 +215,21 @@ def save_training_checkpoint(state: dict[str, Any], directory: Path, keep: int) 
 
 
 def point_last_at(path: Path) -> None:
-    """Make ``last.pt`` beside ``path`` the checkpoint ``path``: a hard link, so no second copy
-    of a large file and no second digest, replaced atomically."""
-    link = path.parent / ".last.pt.tmp"
+    """Make ``last.pt`` beside ``path`` the checkpoint ``path``, and ``last.pt.sha256`` its digest."""
+    last = path.parent / "last.pt"
+    replace_with_link(path, last)
+    if digest_file(path).is_file():
+        replace_with_link(digest_file(path), digest_file(last))
+    else:  # a checkpoint of an earlier version: no digest, and none of another file either
+        digest_file(last).unlink(missing_ok=True)
+
+
+def replace_with_link(source: Path, destination: Path) -> None:
+    """Make ``destination`` a hard link to ``source`` (no second copy of a large file), atomically."""
+    link = destination.with_name(f".{destination.name}.tmp")
     link.unlink(missing_ok=True)
-    os.link(path, link)
-    os.replace(link, path.parent / "last.pt")
+    os.link(source, link)
+    os.replace(link, destination)
 
 
 def newest_intact_checkpoint(directory: Path) -> tuple[Path | None, dict[str, Any] | None]:
