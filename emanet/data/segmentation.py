@@ -46,10 +46,36 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     shot is stored sideways), for prediction; datasets keep the stored pixel grid, on
     which their labels were drawn. A file that cannot be decoded raises DatasetError
     naming it.
+
+    16-bit images are scaled to 8 bits, round(value * 255 / 65535): Pillow's
+    ``convert("RGB")`` saturates 16-bit grayscale (modes I;16, I;16B, I;16L, I) to white,
+    and decodes 16-bit colour to the high byte (value // 256, up to one level off), so
+    16-bit colour is decoded with OpenCV instead. Mode I (32-bit integers) is read as
+    16-bit, the depth Pillow gives that mode to 16-bit grayscale files; values outside
+    0..65535 are clipped.
     """
+    import cv2  # here, not at the top of the module: only 16-bit colour files need it
+
+    def eight_bits(pixels: np.ndarray) -> np.ndarray:
+        # Exact in integers: value * 255 / 65535 = value / 257 never ends in .5.
+        return ((np.clip(pixels, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
     try:
         with Image.open(path) as image:
-            return np.array((ImageOps.exif_transpose(image) if upright else image).convert("RGB"))
+            rawmode = image.tile[0].args if image.tile else None  # the stored layout, e.g. "RGB;16B"
+            rawmode = rawmode[0] if isinstance(rawmode, tuple) else rawmode
+            if image.mode in ("RGB", "RGBA", "LA") and isinstance(rawmode, str) and ";16" in rawmode:
+                flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+                pixels = cv2.imread(str(path), flags)  # BGR uint16, alpha dropped as convert("RGB") drops it
+                if pixels is not None and pixels.dtype == np.uint16 and pixels.shape[:2] == image.size[::-1]:
+                    orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+                    image = Image.fromarray(eight_bits(pixels[..., ::-1]))
+                    image.getexif()[0x0112] = orientation  # for exif_transpose below
+            if upright:
+                image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return np.repeat(eight_bits(np.array(image))[..., None], 3, axis=2)
+            return np.array(image.convert("RGB"))
     except DECODE_ERRORS as error:
         raise DatasetError(f"{path}: cannot decode the image ({error})") from None
 
