@@ -4,12 +4,15 @@
 
 ``input`` is an image, a folder (searched recursively) or a list ``input=[a.jpg,b/]``.
 The images are segmented with the ``eval`` protocol of the experiment (multi-scale +
-flip by default; ``eval=ss`` for one pass, ``eval.mode=slide`` for large photos) and
-written into the run directory (``runs/<experiment>/predict_<date>``, or
-``hydra.run.dir=...``): ``predictions/<id>.png`` (class indices as VOC palette PNGs),
-``overlays/<id>.jpg`` (prediction colours over the image), ``predictions.json`` (the
-settings, the class names and the file each id came from) and ``config.yaml``. A file
-named ``photo.jpg`` gets the id ``photo``; inside a folder, the id keeps the sub-folders.
+flip by default; ``eval=ss`` for one pass) and written into the run directory
+(``runs/<experiment>/predict_<date>``, or ``hydra.run.dir=...``): ``predictions/<id>.png``
+(class indices as VOC palette PNGs), ``overlays/<id>.jpg`` (prediction colours over the
+image), ``predictions.json`` (the settings, the class names, the file each id came from
+and the size it was segmented at) and ``config.yaml``. A file named ``photo.jpg`` gets
+the id ``photo``; inside a folder, the id keeps the sub-folders. A photo whose long side
+is over ``max_side`` (2048; ``max_side=null`` for no limit) is segmented at a working
+size with that long side and its classes resized back to its full resolution, in
+bounded memory; 16-bit images are scaled to 8 bits.
 """
 
 import sys

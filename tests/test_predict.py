@@ -5,19 +5,22 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tests_paths import REPO
 
 from emanet.cli import compose_config
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
+from emanet.engine import predict as predict_module
 from emanet.engine.checkpoint import save_checkpoint
 from emanet.engine.evaluate import eval_inference
 from emanet.engine.evaluator import predict
-from emanet.engine.predict import find_images, predict_files
+from emanet.engine.predict import find_images, full_resolution_classes, predict_files
 from emanet.errors import CheckpointError, ConfigError, DatasetError
 from emanet.models.segmentor import build_model
 
@@ -151,3 +154,99 @@ def test_a_photo_is_segmented_the_way_up_its_exif_orientation_says(tmp_path, che
         assert png.size == (60, 100)
     with Image.open(run_dir / "overlays" / "phone.jpg") as overlay:
         assert overlay.size == (60, 100)
+
+
+def test_a_photo_over_max_side_is_segmented_at_that_size_and_its_classes_resized_strip_by_strip(
+    tmp_path, checkpoint, monkeypatch
+):
+    path, model = checkpoint
+    write_photo(tmp_path / "photos" / "large.png", 70, 90, seed=5)
+    write_photo(tmp_path / "photos" / "small.png", 30, 40, seed=6)  # long side = max_side: untouched
+    monkeypatch.setattr(predict_module, "STRIP_ELEMENTS", 5 * 90 * 4)  # 4 rows of 5 classes: 18 strips
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose_config("predict", [f"checkpoint={path}", f"input={tmp_path / 'photos'}", "max_side=40", *QUIET])
+
+    summary = predict_files(cfg, run_dir)
+
+    assert summary["max_side"] == 40
+    assert summary["working_sizes"] == {"large": [31, 40], "small": [30, 40]}  # 70 x 40/90 = 31.1
+    model.eval()
+    transform = eval_transform(cfg.dataset.mean, cfg.dataset.std)
+    large = read_image(tmp_path / "photos" / "large.png")
+    working = transform(image=cv2.resize(large, (40, 31), interpolation=cv2.INTER_AREA))["image"]
+    probabilities, _ = predict(model, working[None], [0.75, 1.0], True, eval_inference(cfg))
+    # The direct computation, the full-resolution probabilities at once: the same classes.
+    expected = F.interpolate(probabilities, size=(70, 90), mode="bilinear", align_corners=False).argmax(1)[0]
+    small = transform(image=read_image(tmp_path / "photos" / "small.png"))["image"]
+    expected_small = predict(model, small[None], [0.75, 1.0], True, eval_inference(cfg))[0].argmax(1)[0]
+    for sample_id, classes in [("large", expected), ("small", expected_small)]:
+        with Image.open(run_dir / "predictions" / f"{sample_id}.png") as png:
+            np.testing.assert_array_equal(np.array(png), classes.numpy())
+        with Image.open(run_dir / "overlays" / f"{sample_id}.jpg") as overlay:
+            assert overlay.size == (classes.shape[1], classes.shape[0])
+    assert len(np.unique(expected.numpy())) > 1
+
+
+@pytest.mark.parametrize("height, width, source_height, source_width", [(61, 95, 17, 23), (40, 3, 1, 9), (9, 9, 9, 9)])
+def test_strip_wise_resizing_picks_the_classes_of_the_full_resolution_probabilities(
+    monkeypatch, height, width, source_height, source_width
+):
+    probabilities = torch.rand(6, source_height, source_width, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(predict_module, "STRIP_ELEMENTS", 6 * width * 2)  # strips of 2 rows
+    expected = F.interpolate(probabilities[None], size=(height, width), mode="bilinear", align_corners=False)
+
+    classes = full_resolution_classes(probabilities, height, width)
+
+    assert classes.dtype == torch.uint8
+    np.testing.assert_array_equal(classes.numpy(), expected.argmax(1)[0].numpy())
+
+
+@pytest.mark.parametrize("protocol", ["eval=ms_flip_slide", "eval=ms_flip"])
+def test_the_smallest_images_are_segmented(tmp_path, checkpoint, protocol):
+    path, _ = checkpoint
+    sizes = {"dot": (1, 1), "row": (1, 5), "column": (5, 1), "strip": (2, 300)}  # strip: 1 x 40 at max_side=40
+    for name, (height, width) in sizes.items():
+        write_photo(tmp_path / "photos" / f"{name}.png", height, width, seed=7)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose_config("predict", [
+        f"checkpoint={path}", f"input={tmp_path / 'photos'}", "max_side=40", protocol, "runtime.num_workers=0",
+        "runtime.progress=false",
+    ])
+
+    summary = predict_files(cfg, run_dir)
+
+    assert summary["working_sizes"]["strip"] == [1, 40]
+    for name, (height, width) in sizes.items():
+        with Image.open(run_dir / "predictions" / f"{name}.png") as png:
+            assert png.size == (width, height)
+
+
+def test_a_16_bit_png_is_segmented_as_its_8_bit_equivalent(tmp_path, checkpoint):
+    path, _ = checkpoint
+    pixels = np.random.default_rng(8).integers(0, 65536, (40, 50), dtype=np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "deep.png")  # mode I;16
+    Image.fromarray(np.rint(pixels / 257).astype(np.uint8)).save(tmp_path / "flat.png")  # value * 255 / 65535
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose_config("predict", [
+        f"checkpoint={path}", f"input=[{tmp_path / 'deep.png'},{tmp_path / 'flat.png'}]", *QUIET,
+    ])
+
+    predict_files(cfg, run_dir)
+
+    for output in ("predictions/{}.png", "overlays/{}.jpg"):
+        with Image.open(run_dir / output.format("deep")) as deep, Image.open(run_dir / output.format("flat")) as flat:
+            np.testing.assert_array_equal(np.array(deep), np.array(flat))
+
+
+@pytest.mark.parametrize("max_side", ["0", "big"])
+def test_a_max_side_that_is_not_a_size_is_refused(tmp_path, checkpoint, max_side):
+    path, _ = checkpoint
+    write_photo(tmp_path / "a.png", 8, 8, seed=0)
+    cfg = compose_config(
+        "predict", [f"checkpoint={path}", f"input={tmp_path / 'a.png'}", f"max_side={max_side}", *QUIET]
+    )
+    with pytest.raises(ConfigError, match="max_side must be a number of pixels"):
+        predict_files(cfg, tmp_path / "run")
