@@ -48,10 +48,12 @@ def signal_after_step(monkeypatch, step: int, signal_number: int) -> None:
     monkeypatch.setattr(train_module, "train_step", step_then_signal)
 
 
-# A training run as train.py runs it (one_line_errors sets the exit status), which sends
-# itself the signal during its third step.
+# A training run as train.py runs it (one_line_errors sets the exit status), whose process
+# group (data-loading workers included) gets the signal from another process during its third
+# step, as SLURM signals every process of a job. (torch's workers take a SIGTERM from their
+# training process as the order to exit.)
 SIGNALLED_RUN = """
-import os, signal, sys
+import os, subprocess, sys
 from pathlib import Path
 import emanet.engine.train as train_module
 from emanet.cli import compose_config, one_line_errors
@@ -60,7 +62,7 @@ def step_then_signal(*args, **kwargs):
     loss = real_step(*args, **kwargs)
     steps.append(loss)
     if len(steps) == 3:
-        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+        subprocess.run(["kill", "-s", sys.argv[1], "--", f"-{os.getpgid(0)}"], start_new_session=True)
     return loss
 train_module.train_step = step_then_signal
 with one_line_errors():
@@ -73,8 +75,10 @@ def test_a_signalled_run_checkpoints_exits_3_and_resumes_bit_identically(
     uninterrupted, data_root, tmp_path, signal_name
 ):
     overrides = [*TINY, f"data_root={data_root}"]
-    finished = subprocess.run([sys.executable, "-c", SIGNALLED_RUN, signal_name, str(tmp_path), *overrides],
-                              capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_RUN, signal_name, str(tmp_path), *overrides, "runtime.num_workers=1"],
+        capture_output=True, text=True, timeout=300, start_new_session=True,  # a process group of its own
+    )
     assert finished.returncode == 3, finished.stderr
     checkpoint = tmp_path / "checkpoints" / "iter_0000003.pt"
     assert finished.stderr.splitlines()[-1] == (
