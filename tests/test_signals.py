@@ -144,3 +144,12 @@ def test_every_process_stops_after_the_step_one_of_them_was_signalled_in(data_ro
     assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [expected, expected]
     state = load_checkpoint(checkpoint)
     assert state["iteration"] == 2 and state["batches_drawn"] == [2, 2]
+
+
+def test_the_evaluation_loaders_workers_also_leave_stopping_to_the_training_process(data_root):
+    # A periodic evaluation's workers get the scheduler's SIGTERM too; torch's own handler
+    # would end them, and the run with them, before its checkpoint.
+    from emanet.engine.runtime import build_eval_loader, leave_stopping_to_the_training_process
+
+    cfg = compose_config([f"data_root={data_root}", "runtime.num_workers=1"])
+    assert build_eval_loader(cfg).worker_init_fn is leave_stopping_to_the_training_process

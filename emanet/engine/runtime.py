@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 from collections.abc import Iterable
 
 import numpy as np
@@ -61,7 +64,30 @@ def build_train_loader(
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
         collate_fn=collate_skipping_bad,
+        worker_init_fn=leave_stopping_to_the_training_process,
     )
+
+
+def leave_stopping_to_the_training_process(worker_id: int) -> None:
+    """A data-loading worker's stop signals: a job scheduler signals every process of the
+    job, and torch's handler in the worker would end it on SIGTERM, and the training
+    process with it, before the checkpoint.
+
+    SIGINT and SIGUSR1 are ignored; SIGTERM ends the worker only when its training process
+    sends it (as multiprocessing does to end workers), which only a thread waiting for the
+    signal can tell (Linux: elsewhere torch's handler stays).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=exit_at_sigterm_from_parent, daemon=True).start()
+
+
+def exit_at_sigterm_from_parent() -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != os.getppid():
+        pass  # the scheduler's: the training process stops the run
+    os._exit(0)
 
 
 def build_eval_loader(cfg: DictConfig, world: World | None = None, pin_memory: bool = False) -> DataLoader:
@@ -74,6 +100,7 @@ def build_eval_loader(cfg: DictConfig, world: World | None = None, pin_memory: b
     return DataLoader(
         dataset, batch_sampler=size_grouped_batches(dataset, shard, cfg.eval.batch_size),
         num_workers=cfg.runtime.num_workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad,
+        worker_init_fn=leave_stopping_to_the_training_process,
     )
 
 

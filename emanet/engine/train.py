@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -348,28 +346,6 @@ class StopRequest:
         return signal.Signals(number).name if number else None
 
 
-def leave_stopping_to_the_training_process(worker_id: int) -> None:
-    """A data-loading worker's stop signals: a job scheduler signals every process of the
-    job, and torch's handler in the worker would end it on SIGTERM, and the training
-    process with it, before the checkpoint.
-
-    SIGINT and SIGUSR1 are ignored; SIGTERM ends the worker only when its training process
-    sends it (as multiprocessing does to end workers), which only a thread waiting for the
-    signal can tell (Linux: elsewhere torch's handler stays).
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    if hasattr(signal, "sigwaitinfo"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        threading.Thread(target=exit_at_sigterm_from_parent, daemon=True).start()
-
-
-def exit_at_sigterm_from_parent() -> None:
-    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != os.getppid():
-        pass  # the scheduler's: the training process stops the run
-    os._exit(0)
-
-
 def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> dict:
     device = world.device
     amp = AmpSettings.from_config(cfg.runtime, device)
@@ -402,7 +378,6 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
     loader = build_train_loader(
         train_set, micro_batch, cfg.runtime.num_workers, sampler, cfg.seed, pin_memory=device.type == "cuda"
     )
-    loader.worker_init_fn = leave_stopping_to_the_training_process
 
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
