@@ -11,10 +11,19 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from emanet.engine.evaluator import is_multi_scale
+from emanet.engine.figures import (
+    MISSING,
+    PAD,
+    colour_bar_width,
+    colour_scale,
+    draw_colour_bar,
+    font,
+    text_colour,
+    text_size,
+)
 from emanet.io import atomic_write
 
 # PASCAL VOC val mIoU (%), ResNet-50: rows T used in training, columns T at evaluation.
@@ -125,45 +134,61 @@ def iteration_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def heatmap(rows: list[dict], max_stages: int, title: str, cell_size: int = 64) -> Image.Image:
-    """Ours (left) and the paper's (right) tables as coloured grids, values written in.
+def shared_value_range(rows: list[dict]) -> tuple[float, float]:
+    """The lowest and highest value of both tables: one colour scale for the two panels, so
+    that a colour means the same mIoU in ours and the paper's."""
+    values = [row[key] for row in rows for key in ("mIoU", "paper_mIoU") if row[key] is not None]
+    return (min(values), max(values)) if values else (0.0, 1.0)
 
-    Drawn with Pillow (no plotting library needed); the colour runs from dark blue
-    (lowest value of the grid) to yellow (highest).
+
+def heatmap(rows: list[dict], max_stages: int, title: str, cell_size: int = 64) -> Image.Image:
+    """Ours (left) and the paper's (right) tables as coloured grids, values written in, on one
+    colour scale (dark blue: the lowest value of both, yellow: the highest) shown by a colour bar.
+
+    Drawn with Pillow (no plotting library needed); the canvas is sized from the measured
+    title and captions, so nothing is cut off at any table size.
     """
-    font = ImageFont.load_default()
+    typeface = font(12)
     lookup = {(r["t_train"], r["t_eval"]): r for r in rows}
-    margin, gap = 40, 40
+    low, high = shared_value_range(rows)
     grid = cell_size * max_stages
-    image = Image.new("RGB", (2 * (margin + grid) + gap, margin + grid + 50), "white")
+    gap = 40
+    captions = ("ours", "paper (ResNet-50, PASCAL VOC val)")
+    axis_note = "rows: T in training, columns: T at evaluation"
+    title_width, line_height = text_size(title, typeface)
+    label_width = text_size(str(max_stages), typeface)[0] + 8
+    panel_width = max(label_width + grid, *(text_size(caption, typeface)[0] for caption in captions))
+    bar_width = colour_bar_width(low, high, cell, typeface)
+    content_width = 2 * panel_width + gap + 16 + bar_width
+    width = max(content_width, title_width, text_size(axis_note, typeface)[0]) + 2 * PAD
+    top = PAD + line_height + 10 + line_height + 6 + line_height + 4  # title, caption, column numbers
+    height = top + grid + 10 + line_height + PAD
+    image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((margin, 8), title, fill="black", font=font)
-    for panel, (key, name) in enumerate((("mIoU", "ours"), ("paper_mIoU", "paper"))):
-        left = margin + panel * (grid + gap + margin)
-        values = [r[key] for r in rows if r[key] is not None]
-        low, high = (min(values), max(values)) if values else (0.0, 1.0)
-        draw.text((left, margin + grid + 8), f"{name}: rows T_train, columns T_eval", fill="black", font=font)
+    draw.text((PAD, PAD), title, fill="black", font=typeface)
+    draw.text((PAD, top + grid + 10), axis_note, fill="black", font=typeface)
+    for panel, (key, caption) in enumerate(zip(("mIoU", "paper_mIoU"), captions, strict=True)):
+        left = PAD + panel * (panel_width + gap) + label_width
+        draw.text((left, PAD + line_height + 10), caption, fill="black", font=typeface)
         for t in range(1, max_stages + 1):
-            draw.text((left + (t - 1) * cell_size + cell_size // 2 - 3, margin - 14), str(t), fill="black", font=font)
-            draw.text((left - 14, margin + (t - 1) * cell_size + cell_size // 2 - 5), str(t), fill="black", font=font)
+            number_width, number_height = text_size(str(t), typeface)
+            centre = (t - 1) * cell_size + cell_size // 2
+            draw.text((left + centre - number_width // 2, top - 4 - number_height), str(t), fill="black", font=typeface)
+            draw.text((left - 8 - number_width, top + centre - number_height // 2), str(t), fill="black",
+                      font=typeface)
         for (t_train, t_eval), row in lookup.items():
-            x0, y0 = left + (t_eval - 1) * cell_size, margin + (t_train - 1) * cell_size
+            x0, y0 = left + (t_eval - 1) * cell_size, top + (t_train - 1) * cell_size
             value = row[key]
             fraction = 0.5 if value is None or high == low else (value - low) / (high - low)
-            colour = "lightgray" if value is None else colour_scale(fraction)
+            colour = MISSING if value is None else colour_scale(fraction)
             draw.rectangle([x0, y0, x0 + cell_size - 1, y0 + cell_size - 1], fill=colour, outline="white")
             text = cell(value)
-            draw.text((x0 + 8, y0 + cell_size // 2 - 5), text, fill="white" if fraction < 0.6 else "black", font=font)
+            text_width, text_height = text_size(text, typeface)
+            draw.text((x0 + (cell_size - text_width) // 2, y0 + (cell_size - text_height) // 2), text,
+                      fill=text_colour(fraction), font=typeface)
+    bar_left = PAD + 2 * panel_width + gap + 16
+    draw_colour_bar(draw, bar_left, top, grid, low, high, cell, typeface)
     return image
-
-
-def colour_scale(fraction: float) -> tuple[int, int, int]:
-    """Dark blue -> teal -> yellow, linearly between three stops."""
-    stops = np.array([[40, 30, 110], [30, 150, 140], [250, 230, 40]], dtype=float)
-    position = min(max(fraction, 0.0), 1.0) * (len(stops) - 1)
-    index = min(int(position), len(stops) - 2)
-    mix = stops[index] + (stops[index + 1] - stops[index]) * (position - index)
-    return tuple(int(round(v)) for v in mix)
 
 
 def write_iteration_table(rows: list[dict], max_stages: int, directory: Path, title: str) -> list[Path]:

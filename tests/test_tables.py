@@ -46,17 +46,35 @@ def test_iteration_table_layouts():
     assert lines[1] == "1,1,60.0,77.34" and lines[3] == "1,3,,77.6"
 
 
-def test_heatmap_colours_follow_the_values():
-    rows = iteration_rows({(1, 1): 50.0, (1, 2): 70.0, (2, 2): 60.0}, 2)
-    image = heatmap(rows, 2, "t", cell_size=64)
-    margin = 40
+def scale_colour_counts(image: Image.Image) -> dict[tuple[int, int, int], int]:
+    """How many pixels of the image have each colour of the heatmap's colour scale."""
+    scale = {colour_scale(fraction) for fraction in np.linspace(0, 1, 2001)}
+    return {colour: count for count, colour in image.getcolors(maxcolors=1 << 20) if colour in scale}
 
-    def corner(t_train, t_eval):
-        return image.getpixel((margin + (t_eval - 1) * 64 + 2, margin + (t_train - 1) * 64 + 2))
 
-    assert corner(1, 2) == colour_scale(1.0) == (250, 230, 40)  # the highest value
-    assert corner(1, 1) == colour_scale(0.0) == (40, 30, 110)  # the lowest
-    assert corner(2, 2) == colour_scale(0.5)
+def test_heatmap_panels_share_one_colour_scale_shown_by_a_colour_bar():
+    # Ours spans 17.09-17.11, the paper's 77.34-77.75: on one scale ours is all dark and only
+    # the paper's best cell is the brightest colour (each panel on its own scale made our 17.11
+    # as bright as the paper's 77.75, and our 17.09 as dark as its 77.34).
+    rows = iteration_rows({(1, 1): 17.09, (1, 2): 17.11, (2, 2): 17.10}, 2)
+    counts = scale_colour_counts(heatmap(rows, 2, "t", cell_size=64))
+    cell_pixels = 63 * 63 - 400  # filled inside a one-pixel white outline, less its written value
+    assert cell_pixels <= counts[colour_scale(1.0)] < 2 * cell_pixels  # the paper's (2, 2) only
+    # Our three cells differ by 0.02 of the 60.66 the scale spans: all the darkest colour.
+    assert 3 * cell_pixels <= counts[colour_scale(0.0)] < 4 * cell_pixels
+    # The colour bar runs through the scale: far more of its colours than the grids have cells.
+    assert len(counts) > 100
+
+
+@pytest.mark.parametrize("max_stages", [1, 2, 8])
+def test_heatmap_leaves_nothing_cut_off(max_stages):
+    # A long title (the command's, with its overrides) over a small table was cut off.
+    title = "Iteration table: voc_r50_ablation (schedule.iterations=30000 dataset.crop_size=513), eval=ss"
+    results = {(t, e): 60.0 + t + e / 10 for t in range(1, max_stages + 1) for e in range(t, max_stages + 1)}
+    pixels = np.asarray(heatmap(iteration_rows(results, max_stages), max_stages, title))
+    frame = np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3),
+                            pixels[:, :4].reshape(-1, 3), pixels[:, -4:].reshape(-1, 3)])
+    assert (frame == 255).all()  # a white margin on every side: every text and cell is inside
 
 
 def test_table1_puts_runs_beside_the_paper():
