@@ -5,8 +5,9 @@
         [--bases 3 17 40] [--count 6] [--output bases.png]
 
 Without --bases, the ``--count`` bases with the largest total responsibility on the image
-are shown. Each panel is the map z[:, k] over the feature grid, upsampled to the image,
-from dark (0) to yellow (the map's maximum).
+are shown. Each panel is the map z[:, k] over the feature grid, upsampled to the image
+(shown at least 256 pixels on its shorter side), all from dark (0) to yellow (the largest
+responsibility shown) as the colour bar beside them says.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine.evaluate import evaluation_settings, load_trained_model
+from emanet.engine.figures import PAD, colour_bar_width, colour_scale, draw_colour_bar, font, text_size
 from emanet.engine.visualize import denormalize
 from emanet.errors import ConfigError
 from emanet.io import atomic_write
 from emanet.models.ema import em_iterations
-from emanet.tables import colour_scale
 
 
 @torch.no_grad()
@@ -55,22 +56,50 @@ def evaluation_responsibilities(model, cfg, image: torch.Tensor) -> torch.Tensor
         return responsibilities(model, image)
 
 
-def colour_map(values: np.ndarray) -> np.ndarray:
+MIN_PANEL_SIDE = 256  # small images (the demo's are 64-80 pixels) are enlarged to at least this
+
+
+def colour_map(values: np.ndarray, high: float) -> np.ndarray:
+    """Responsibilities as colours, 0 dark blue to ``high`` yellow."""
     table = np.array([colour_scale(f) for f in np.linspace(0, 1, 256)], dtype=np.uint8)
-    scaled = values / values.max() if values.max() > 0 else values
+    scaled = np.clip(values / high, 0, 1) if high > 0 else values
     return table[np.round(scaled * 255).astype(int)]
 
 
 def figure(image: np.ndarray, maps: torch.Tensor, bases: list[int]) -> Image.Image:
+    """The image and one panel per base, all on one colour scale (0 to the largest
+    responsibility shown) given by a colour bar, so that the bases can be compared."""
+    typeface = font(12)
     height, width = image.shape[:2]
-    panels = [image]
-    for k in bases:
-        upsampled = F.interpolate(maps[..., k][None, None], size=(height, width), mode="bilinear", align_corners=True)
-        panels.append(colour_map(upsampled[0, 0].numpy()))
-    canvas = Image.fromarray(np.concatenate(panels, axis=1))
+    zoom = max(1.0, MIN_PANEL_SIDE / min(height, width))
+    panel_height, panel_width = round(height * zoom), round(width * zoom)
+    upsampled = [
+        F.interpolate(maps[..., k][None, None], size=(panel_height, panel_width), mode="bilinear",
+                      align_corners=True)[0, 0].numpy()
+        for k in bases
+    ]
+    high = max(float(values.max()) for values in upsampled)
+    panels = [np.asarray(Image.fromarray(image).resize((panel_width, panel_height), Image.Resampling.BICUBIC))]
+    panels += [colour_map(values, high) for values in upsampled]
+    names = ["image", *(f"base {k}" for k in bases)]
+
+    def bar_label(value: float) -> str:
+        return f"{value:.2f}"
+
+    gap = 8
+    bar_caption = "responsibility z"
+    _, line_height = text_size("base", typeface)
+    top = PAD + line_height + 6
+    bar_left = PAD + len(panels) * (panel_width + gap) + 4
+    width_needed = bar_left + max(colour_bar_width(0.0, high, bar_label, typeface), text_size(bar_caption, typeface)[0])
+    canvas = Image.new("RGB", (width_needed + PAD, top + panel_height + PAD), "white")
     draw = ImageDraw.Draw(canvas)
-    for position, k in enumerate(bases, start=1):
-        draw.text((position * width + 4, 4), f"base {k}", fill="white")
+    for position, (panel, name) in enumerate(zip(panels, names, strict=True)):
+        left = PAD + position * (panel_width + gap)
+        canvas.paste(Image.fromarray(panel), (left, top))
+        draw.text((left, PAD), name, fill="black", font=typeface)
+    draw.text((bar_left, PAD), bar_caption, fill="black", font=typeface)
+    draw_colour_bar(draw, bar_left, top, panel_height, 0.0, high, bar_label, typeface)
     return canvas
 
 

@@ -190,7 +190,7 @@ def test_base_responsibilities_are_the_units_last_e_step():
             mu = mu / (1e-6 + mu.norm(dim=1, keepdim=True))
     torch.testing.assert_close(maps.reshape(30, 16), z[0], rtol=1e-4, atol=1e-5)
     panel = figure(np.zeros((40, 48, 3), dtype=np.uint8), maps, [0, 3])
-    assert panel.size == (3 * 48, 40)
+    assert panel.width > 3 * round(48 * 256 / 40)  # the image and two bases enlarged, and a colour bar
 
 
 def test_base_maps_are_shown_at_the_evaluation_output_stride():
@@ -281,5 +281,28 @@ def test_visualize_bases_writes_the_figure_and_refuses_bad_options_in_one_line(t
     assert (status, line) == (0, f"bases [0, 3] written to {output}")
     figure = Image.open(output)
     width, height = Image.open(tmp_path / "data" / "demo" / "VOC2012" / "JPEGImages" / "demo_val_00001.jpg").size
-    assert figure.format == "PNG" and figure.size == (3 * width, height)  # the image and two bases
+    zoom = 256 / min(width, height)  # the demo's small images are enlarged
+    assert figure.format == "PNG" and figure.width > 3 * round(width * zoom)  # the image, two bases, a colour bar
     assert [p.name for p in output.parent.iterdir()] == ["bases.png"]  # no temporary left
+
+
+def test_base_figure_shows_the_image_large_and_every_map_on_one_scale_with_a_colour_bar():
+    import torch
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import visualize_bases
+
+    image = np.full((64, 80, 3), 128, dtype=np.uint8)  # the demo's size
+    maps = torch.zeros(8, 10, 4)
+    maps[..., 1], maps[..., 2] = 0.2, 0.8  # two flat maps, one four times the other
+    figure = visualize_bases.figure(image, maps, [1, 2])
+    pixels = np.asarray(figure)
+    assert ((pixels == 128).all(axis=2)).sum() >= 256 * 320  # the image enlarged to 256 x 320
+    counts = scale_colour_counts(figure)
+    # One scale for both maps: the weaker one is drawn at a quarter of it, not as bright.
+    assert counts[colour_scale(1.0)] >= 256 * 320
+    assert counts.get(colour_scale(round(0.25 * 255) / 255), 0) >= 256 * 320
+    assert len(counts) > 100  # the colour bar runs through the scale
+    frame = np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3),
+                            pixels[:, :4].reshape(-1, 3), pixels[:, -4:].reshape(-1, 3)])
+    assert (frame == 255).all()  # nothing cut off
