@@ -295,6 +295,8 @@ def main() -> None:
     rows = [random_kills(battery, reference, args.kills, args.seed), flipped_bytes(battery, reference),
             concurrent_run(battery), *signals(battery, reference), disk_full(battery), users_folder(battery)]
     seconds = time.monotonic() - started
+    for row in rows:  # the table speaks of the results folder, not of this machine's paths
+        row["observed"] = row["observed"].replace(str(out), "<out>")
     write_json({"machine": machine_description(), "seconds": seconds, "rows": rows}, out / "results.json")
     atomic_write(out / "results.md", lambda temp: Path(temp).write_text(table(rows)))
     print(table(rows))
