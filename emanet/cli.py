@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from emanet.config_checks import check_config
-from emanet.errors import ConfigError, EmanetError, TrainingStopped, one_line
+from emanet.errors import CheckpointMismatchError, ConfigError, EmanetError, TrainingStopped, one_line
 
 log = logging.getLogger("emanet")
 
@@ -94,8 +94,10 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
 @contextmanager
 def one_line_errors() -> Iterator[None]:
     """End the program (status 2) with one line naming the cause of a problem the user can
-    fix: an :class:`EmanetError`, or a required (``???``) config key left unset. Training
-    stopped by a signal ends with status 3 (its line is logged where it stopped)."""
+    fix: an :class:`EmanetError`, or a required (``???``) config key left unset. The line is
+    printed once, on stderr; the job's log file gets it too, with the full key lists of a
+    checkpoint that does not fit. Training stopped by a signal ends with status 3 (its line
+    is logged where it stopped)."""
     try:
         yield
         return
@@ -103,11 +105,25 @@ def one_line_errors() -> Iterator[None]:
         sys.exit(TrainingStopped.exit_status)
     except EmanetError as error:
         message = one_line(error)
+        details = error.details if isinstance(error, CheckpointMismatchError) else None
     except MissingMandatoryValue as error:  # a ??? key of the config, e.g. checkpoint
         message = f"{error.full_key} is not set: pass {error.full_key}=... on the command line"
-    log.error("%s", message)
+        details = None
+    log_to_file_only(logging.ERROR, message if details is None else f"{message}\n{details}")
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def log_to_file_only(level: int, message: str) -> None:
+    """Log ``message`` to the job's log file but not to the terminal, which gets its own line
+    on stderr: logged the usual way, the line would show twice there. Hydra's job logging
+    puts the file handler on the root logger, next to the console's."""
+    if not log.isEnabledFor(level):
+        return
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and level >= handler.level:
+            handler.handle(record)
 
 
 def remove_unused_run_dir(run_dir: Path) -> None:

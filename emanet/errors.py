@@ -19,6 +19,15 @@ class CheckpointError(EmanetError):
     """A checkpoint is missing, unreadable or does not fit the model."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint's tensors do not fit the model. The message summarises the differences;
+    ``details`` lists every key, too long for a terminal line: it goes to the run's log file."""
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class DatasetError(EmanetError):
     """A dataset file is missing, unreadable or inconsistent; the message names it."""
 

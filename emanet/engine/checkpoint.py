@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from emanet.errors import CheckpointError
+from emanet.errors import CheckpointError, CheckpointMismatchError
 from emanet.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -141,27 +142,54 @@ def is_same_file(path: Path, opened: os.stat_result) -> bool:
 
 
 def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Load ``checkpoint['model']`` strictly, explaining a mismatch in one sentence."""
+    """Load ``checkpoint['model']`` strictly. A mismatch is explained in one line that leads
+    with the cause and the fix and summarises the keys that differ; the error carries their
+    full lists for the run's log file (tens of thousands of characters for another
+    architecture)."""
     if "model" not in checkpoint:
         raise CheckpointError(f"{path} holds no 'model' entry; is it a checkpoint of this project?")
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
     except RuntimeError as error:
         trained_with = checkpoint.get("config", {}).get("name")
-        hint = f"; it was trained with experiment={trained_with}" if trained_with else ""
-        raise CheckpointError(
-            f"{path} does not fit the configured model ({state_dict_mismatch(error)}){hint}: "
-            "pass the experiment the checkpoint was trained with"
+        if trained_with:
+            cause = (
+                f"{path} was trained with experiment={trained_with} and does not fit the configured model: "
+                f"pass experiment={trained_with} (and any model.* setting it was trained with)"
+            )
+        else:
+            cause = f"{path} does not fit the configured model: pass the experiment the checkpoint was trained with"
+        raise CheckpointMismatchError(
+            f"{cause}. Differences: {state_dict_mismatch(error)} (every key in the run's log file)",
+            details=str(error),
         ) from error
 
 
+# A list of missing or unexpected keys is cut to its count and this many keys: a checkpoint
+# of another architecture lists hundreds of them.
+KEY_EXAMPLES = 3
+
+
 def state_dict_mismatch(error: RuntimeError) -> str:
-    """The first problem that ``load_state_dict`` lists (after its "Error(s) in loading"
-    heading), and how many more there are."""
+    """What ``load_state_dict`` found wrong (the lines after its "Error(s) in loading"
+    heading) in a few hundred characters: each list of missing or unexpected keys as its
+    count and first few keys, then the first other problem (a size mismatch) and how many
+    more there are."""
     lines = str(error).splitlines()
     problems = [line.strip() for line in lines[1:] if line.strip()] or lines[:1]
-    more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
-    return problems[0].rstrip(".") + more
+    summaries = []
+    others = []
+    for problem in problems:
+        key_list = re.match(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", problem)
+        if key_list:
+            keys = re.findall(r'"([^"]+)"', key_list[2])
+            examples = ", ".join(keys[:KEY_EXAMPLES]) + (", ..." if len(keys) > KEY_EXAMPLES else "")
+            summaries.append(f"{len(keys)} {key_list[1].lower()} key{'s' if len(keys) != 1 else ''} ({examples})")
+        else:
+            others.append(problem.rstrip("."))
+    if others:
+        summaries.append(others[0] + (f"; and {len(others) - 1} more" if len(others) > 1 else ""))
+    return "; ".join(summaries)
 
 
 def rng_states() -> dict[str, Any]:
