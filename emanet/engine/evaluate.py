@@ -22,6 +22,7 @@ from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
 from emanet.engine.distributed import World, init_distributed, shared_run_dir, shutdown_distributed
 from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
+from emanet.engine.figures import evaluation_figures, write_figures
 from emanet.engine.metrics import format_table
 from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
@@ -43,7 +44,10 @@ def evaluate_on_val(
     and evaluates them at OS8). The network runs with ``amp`` (from ``eval.amp`` and
     ``eval.channels_last``) and cuDNN autotuning as ``eval.cudnn_benchmark`` says, for the
     evaluation only. With ``eval.save_predictions`` / ``eval.save_overlays`` the
-    predictions are written under ``output_dir``.
+    predictions are written under ``output_dir``. The per-class IoU bar chart and the
+    row-normalised confusion matrix go to ``writer`` (``val/per_class_iou``,
+    ``val/confusion_matrix``) and to ``output_dir`` as ``per_class_iou.png`` and
+    ``confusion_matrix.png``.
     """
     world = world or World(device=device)
     loader = build_eval_loader(cfg, world, pin_memory=device.type == "cuda")
@@ -75,6 +79,13 @@ def evaluate_on_val(
         writer.add_scalar("val/mIoU", metrics["mIoU"], step)
         if "single_scale" in metrics:
             writer.add_scalar("val/mIoU_single_scale", metrics["single_scale"]["mIoU"], step)
+    if world.is_main and (writer is not None or output_dir is not None):
+        figures = evaluation_figures(metrics, result.confusion, dataset.class_names)
+        if writer is not None:
+            for name, image in figures.items():
+                writer.add_image(f"val/{name}", np.asarray(image), step, dataformats="HWC")
+        if output_dir is not None:
+            write_figures(figures, output_dir)
     return metrics
 
 

@@ -145,7 +145,7 @@ def confusion_matrix_figure(
     grid = cell_size * count
 
     def bar_label(value: float) -> str:
-        return f"{value:.1f}"
+        return f"{100 * value:.0f}"  # in percent, as the cells
 
     left = PAD + axis_label_height + 8 + name_width + 6
     top = PAD + title_height + 10 + axis_label_height + 8 + name_width + 6
