@@ -24,18 +24,6 @@ from emanet.engine.train import train
 from emanet.errors import CheckpointError
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def full_run(data_root, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("full")
-    train(compose_config([*TINY, f"data_root={data_root}"]), run_dir)
-    return run_dir
-
-
 def flip_bytes_in_largest_tensor(path: Path) -> None:
     """Flip 64 bytes inside the record of the checkpoint's largest tensor (stored as they are
     in the archive, so no check of torch's notices)."""

@@ -20,15 +20,8 @@ from emanet.errors import TrainingStopped
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(data_root, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("full")
-    train(compose_config([*TINY, f"data_root={data_root}"]), run_dir)
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+def uninterrupted(full_run):
+    return torch.load(full_run / "checkpoints" / "last.pt", weights_only=True)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)

@@ -44,18 +44,6 @@ def compose_config(overrides):
         return compose(config_name="train", overrides=overrides)
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def full_run(data_root, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("full")
-    train(compose_config([*TINY, f"data_root={data_root}"]), run_dir)
-    return run_dir
-
-
 def test_checkpoints_rotate_and_last_links_the_newest(full_run):
     names = sorted(p.name for p in (full_run / "checkpoints").iterdir())
     assert names == ["iter_0000004.pt", "iter_0000004.pt.sha256", "iter_0000005.pt", "iter_0000005.pt.sha256",
