@@ -1,4 +1,6 @@
-"""Benchmark results: one JSON line per measurement in docs/benchmarks.jsonl, tables in docs/benchmarks.md."""
+"""Benchmark results: one JSON line per measurement and Markdown tables of them. The published
+ones are docs/benchmarks.jsonl and docs/benchmarks.md; a measurement not meant for them
+goes to a run directory (:func:`benchmark_run_dir`)."""
 
 from __future__ import annotations
 
@@ -58,24 +60,42 @@ def append_record(benchmark: str, command: str, result: dict) -> dict:
     """Append one measurement to docs/benchmarks.jsonl (only if docs/benchmarks.md has a
     table for it, so that no record goes unshown)."""
     split_at_table(benchmark)
-    record = {
+    record = new_record(benchmark, command, result)
+    write_record(record, JSONL)
+    return record
+
+
+def new_record(benchmark: str, command: str, result: dict) -> dict:
+    """One measurement, with its date and the machine it ran on."""
+    return {
         "benchmark": benchmark,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "machine": machine_description(),
         **result,
     }
-    JSONL.parent.mkdir(parents=True, exist_ok=True)
-    with JSONL.open("a") as handle:
+
+
+def write_record(record: dict, jsonl: Path) -> None:
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    with jsonl.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
-    return record
 
 
-def records(benchmark: str) -> list[dict]:
-    if not JSONL.exists():
+def records(benchmark: str, jsonl: Path | None = None) -> list[dict]:
+    """The measurements of ``benchmark`` in ``jsonl`` (the published docs/benchmarks.jsonl
+    unless given)."""
+    jsonl = JSONL if jsonl is None else jsonl
+    if not jsonl.exists():
         return []
-    lines = (json.loads(line) for line in JSONL.read_text().splitlines() if line.strip())
+    lines = (json.loads(line) for line in jsonl.read_text().splitlines() if line.strip())
     return [record for record in lines if record.get("benchmark") == benchmark]
+
+
+def benchmark_run_dir() -> Path:
+    """Where a measurement goes unless it is published: ``runs/benchmarks/<date>/`` under
+    the working directory, like the runs of train.py (``runs/`` is ignored by git)."""
+    return Path("runs") / "benchmarks" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
 def split_at_table(benchmark: str) -> tuple[str, str]:

@@ -1,4 +1,9 @@
-"""Speed and memory benchmarks; each prints a table and records a JSON line in docs/benchmarks.jsonl.
+"""Speed and memory benchmarks; each prints a table and keeps its measurement as a JSON line.
+
+A measurement goes to a run directory, runs/benchmarks/<date>/ (--out DIR to choose):
+benchmarks.jsonl and the tables of what was measured there, benchmarks.md. --record
+publishes it instead: a line in docs/benchmarks.jsonl and the tables of docs/benchmarks.md
+rebuilt, for the numbers the README and the docs quote.
 
     python scripts/benchmark.py unit  [--sizes 33 65 97 129] [--channels 512] [--device cpu]
     python scripts/benchmark.py train [--variants fp32 bf16_cl bf16_cl_compile] [--preset full|small] [overrides...]
@@ -57,7 +62,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from emanet.benchmark_records import Column, append_record, demo_table, rebuild_table, rows_table
+from emanet.benchmark_records import (
+    Column,
+    append_record,
+    benchmark_run_dir,
+    demo_table,
+    new_record,
+    rebuild_table,
+    records,
+    rows_table,
+    write_record,
+)
 from emanet.cli import compose_config
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
@@ -69,6 +84,7 @@ from emanet.engine.evaluator import evaluate
 from emanet.engine.optim import build_optimizer
 from emanet.engine.runtime import configure_runtime
 from emanet.engine.train import train_step
+from emanet.io import atomic_write
 from emanet.models.baseline_heads import NonLocalBlock
 from emanet.models.ema import EMAUnit
 from emanet.models.segmentor import build_model
@@ -142,17 +158,46 @@ def data_benchmark(args: argparse.Namespace) -> None:
             rows.append({"workers": workers, "images_per_second": round(time_loader(dataset, workers), 1)})
     for row in rows:
         print(f"{row['workers']!s:>14}: {row['images_per_second']:7.1f} images/s")
-    record("data", {"images": args.images, "image_size": "500x375", "crop": 513, "rows": rows})
+    record(args, "data", {"images": args.images, "image_size": "500x375", "crop": 513, "rows": rows})
 
 
 # ------------------------------------------------------------------------------- helpers
 
 
-def record(benchmark: str, result: dict) -> None:
-    """Append ``result`` (with a list of ``rows``) to docs/benchmarks.jsonl and rebuild the
-    benchmark's tables in docs/benchmarks.md: one line per row of every record."""
-    append_record(benchmark, "python scripts/benchmark.py " + " ".join(sys.argv[1:]), result)
-    rebuild_tables(benchmark)
+def record(args: argparse.Namespace, benchmark: str, result: dict) -> None:
+    """Keep ``result`` (with a list of ``rows``). With ``--record``: append it to
+    docs/benchmarks.jsonl and rebuild the benchmark's tables in docs/benchmarks.md, one line
+    per row of every record. Otherwise in the run directory, so that a trial at toy sizes
+    leaves the published numbers and the checkout alone."""
+    # The command that measures it again: where the result went does not change that.
+    command = "python scripts/benchmark.py " + " ".join(arg for arg in sys.argv[1:] if arg != "--record")
+    if args.record:
+        append_record(benchmark, command, result)
+        rebuild_tables(benchmark)
+        print("recorded in docs/benchmarks.jsonl and docs/benchmarks.md")
+        return
+    run_dir = args.out or benchmark_run_dir()
+    write_record(new_record(benchmark, command, result), run_dir / RUN_RECORDS)
+    write_run_tables(run_dir)
+    print(f"results in {run_dir} (--record publishes them in docs/benchmarks.jsonl and docs/benchmarks.md)")
+
+
+# The records and tables of a run directory.
+RUN_RECORDS = "benchmarks.jsonl"
+RUN_TABLES = "benchmarks.md"
+
+
+def write_run_tables(run_dir: Path) -> None:
+    """The run directory's benchmarks.md: the tables of every benchmark measured there."""
+    sections = []
+    for benchmark, columns in TABLE_COLUMNS.items():
+        measured = records(benchmark, run_dir / RUN_RECORDS)
+        if measured:
+            sections.append(f"## {benchmark}\n\n{rows_table(measured, columns)}\n")
+        if measured and benchmark == "unit" and any(unit_growth(record["rows"]) for record in measured):
+            sections.append(f"## unit growth\n\n{unit_growth_table(measured)}\n")
+    text = "\n".join(sections)
+    atomic_write(run_dir / RUN_TABLES, lambda temp: Path(temp).write_text(text))
 
 
 def rebuild_tables(benchmark: str) -> None:
@@ -326,7 +371,7 @@ def unit_benchmark(args: argparse.Namespace) -> None:
               f"memory {ratio_cell(row['memory_ratio'])} (~N^{row['memory_exponent']})")
     memory_note = "peak GPU memory" if device.type == "cuda" else "activations kept for backward"
 
-    record("unit", {"channels": args.channels, "memory": memory_note, "rows": rows})
+    record(args, "unit", {"channels": args.channels, "memory": memory_note, "rows": rows})
 
 
 # ------------------------------------------------------------------------------- train
@@ -430,7 +475,7 @@ def train_benchmark(args: argparse.Namespace) -> None:
         "model": model_name(cfg), "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1),
         "cudnn_benchmark": cfg.runtime.cudnn_benchmark,
     }
-    record("train", {**settings, "rows": rows})
+    record(args, "train", {**settings, "rows": rows})
 
 
 # -------------------------------------------------------------------------------- eval
@@ -482,7 +527,7 @@ def eval_benchmark(args: argparse.Namespace) -> None:
                              "images_per_second": round(len(batches) / seconds, 2)})
                 print(f"{variant:>8} {protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
                       f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)")
-    record("eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": len(batches),
+    record(args, "eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": len(batches),
                     "mode": cfg.eval.mode, "cudnn_benchmark": cfg.eval.cudnn_benchmark, "rows": rows})
 
 
@@ -530,7 +575,7 @@ def targets_benchmark(args: argparse.Namespace) -> None:
         print(f"{row['workload']}: {row['tflop_per_image']} TFLOP per image x {row['target_images_per_second']} "
               f"images/s = {row['tflops_needed']} TFLOP/s ({row['fraction_of_bf16_peak']['H100']:.1%} of an "
               "H100's bf16 peak)")
-    record("targets", {"model": model_name(cfg), "rows": rows})
+    record(args, "targets", {"model": model_name(cfg), "rows": rows})
 
 
 # -------------------------------------------------------------------------------- tables
@@ -681,6 +726,12 @@ def main() -> None:
     targets = benchmarks.add_parser("targets", help="TFLOP/s that the GPU targets require (meta device)")
     targets.add_argument("overrides", nargs="*", help="train.py overrides")
     targets.set_defaults(run=targets_benchmark)
+    for measuring in (unit, train, evaluation, data, targets):
+        measuring.add_argument(
+            "--record", action="store_true",
+            help="publish: append to docs/benchmarks.jsonl and rebuild docs/benchmarks.md's tables",
+        )
+        measuring.add_argument("--out", type=Path, help="run directory (default: runs/benchmarks/<date>/)")
     tables = benchmarks.add_parser("tables", help="rebuild the tables of docs/benchmarks.md from the JSON lines")
     tables.set_defaults(run=tables_benchmark)
     args = parser.parse_args()

@@ -2,7 +2,10 @@
 (the paper's visualisation of what the bases stand for), saved as one PNG.
 
     python scripts/visualize_bases.py checkpoint=PATH [experiment=...] [--index 0 | --image PATH]
-        [--bases 3 17 40] [--count 6] [--output bases.png]
+        [--bases 3 17 40] [--count 6] [--output PATH]
+
+The figure is written to bases.png in the checkpoint's run directory (beside its
+checkpoints/ folder; the checkpoint's own folder for a file elsewhere), or to --output.
 
 Without --bases, the ``--count`` bases with the largest total responsibility on the image
 are shown. Each panel is the map z[:, k] over the feature grid, upsampled to the image
@@ -24,6 +27,7 @@ from emanet.cli import compose_config, one_line_errors
 from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
+from emanet.engine.checkpoint import checkpoint_file
 from emanet.engine.evaluate import evaluation_settings, load_trained_model
 from emanet.engine.figures import PAD, colour_bar_width, colour_scale, draw_colour_bar, font, text_size
 from emanet.engine.visualize import denormalize
@@ -109,7 +113,7 @@ def main() -> None:
     parser.add_argument("--image", type=Path, help="an image file instead")
     parser.add_argument("--bases", type=int, nargs="*", help="which bases to show")
     parser.add_argument("--count", type=int, default=6, help="how many bases when --bases is not given")
-    parser.add_argument("--output", type=Path, default=Path("bases.png"))
+    parser.add_argument("--output", type=Path, help="the PNG (default: bases.png in the checkpoint's run directory)")
     parser.add_argument("overrides", nargs="*", help="evaluate.py overrides: checkpoint=PATH, experiment=...")
     args = parser.parse_args()
     with one_line_errors():
@@ -135,8 +139,17 @@ def visualize(args: argparse.Namespace) -> None:
     maps = evaluation_responsibilities(model, cfg, tensor)
     bases = args.bases or maps.sum(dim=(0, 1)).argsort(descending=True)[: args.count].tolist()
     image = figure(denormalize(tensor, cfg.dataset.mean, cfg.dataset.std), maps, bases)
-    atomic_write(args.output, lambda temp: image.save(temp, format="PNG"))
-    print(f"bases {bases} written to {args.output}")
+    output = args.output or default_output(cfg.checkpoint)
+    atomic_write(output, lambda temp: image.save(temp, format="PNG"))
+    print(f"bases {bases} written to {output}")
+
+
+def default_output(checkpoint: str) -> Path:
+    """bases.png in the run directory the checkpoint belongs to, next to what the run
+    wrote, not in the working directory (the repository root, often)."""
+    path = checkpoint_file(checkpoint)
+    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return folder / "bases.png"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def docs(tmp_path, monkeypatch):
 
 
 def run_benchmark(monkeypatch, *argv):
-    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", *argv])
+    """Run a benchmark that publishes its result (--record) in the ``docs`` fixture's files."""
+    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", *argv, "--record"])
     benchmark.main()
     lines = records.JSONL.read_text().splitlines()
     return json.loads(lines[-1])
@@ -111,7 +112,8 @@ def test_unit_table_reads_records_from_before_the_layout_option_as_nchw(docs, mo
         {"size": 9, "module": "3x3 conv", "forward_ms": 2.0, "forward_backward_ms": 12.0, "memory_mib": 0.1},
     ]
     records.append_record("unit", "python scripts/benchmark.py unit", {"channels": 8, "rows": rows})
-    run_benchmark(monkeypatch, "tables")
+    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "tables"])
+    benchmark.main()
     lines = table_lines("unit")
     assert "| NCHW | 9 | EMA unit | 1.0 | 3.0 | 0.25x | 0.5 |" in lines[2]
 
@@ -242,6 +244,20 @@ def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs, monkeypatch):
         "| 160.0 | 226.7 | 0.229 | 31.5 |"
     )
     assert len(table_lines("unit")) == 2  # no unit records: header and rule only
+
+
+def test_without_record_a_measurement_goes_to_its_run_directory_and_the_docs_stay(docs, monkeypatch):
+    published = records.MARKDOWN.read_text()
+    run_dir = docs / "run"
+    argv = ["unit", "--sizes", "5", "--channels", "8", "--repeats", "1", "--memory-formats", "contiguous"]
+    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", *argv, "--out", str(run_dir)])
+    benchmark.main()
+    assert records.MARKDOWN.read_text() == published and not records.JSONL.exists()
+    [measured] = records.records("unit", run_dir / "benchmarks.jsonl")
+    assert measured["command"] == f"python scripts/benchmark.py {' '.join(argv)} --out {run_dir}"
+    table = (run_dir / "benchmarks.md").read_text()
+    assert table.startswith("## unit\n\n| date | machine | C | layout |")
+    assert len([line for line in table.splitlines() if "| NCHW | 5 |" in line]) == 3  # a line per module
 
 
 def test_a_missing_table_section_is_reported(docs, monkeypatch):
