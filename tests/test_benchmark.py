@@ -260,6 +260,16 @@ def test_without_record_a_measurement_goes_to_its_run_directory_and_the_docs_sta
     assert len([line for line in table.splitlines() if "| NCHW | 5 |" in line]) == 3  # a line per module
 
 
+def test_the_published_page_opens_with_a_summary_with_a_column_for_every_recorded_machine():
+    text = (REPO / "docs" / "benchmarks.md").read_text()
+    summary = text.split("\n## ", 1)[0]  # before the first section
+    header = next(line for line in summary.splitlines() if line.startswith("| measurement |"))
+    measured = [json.loads(line) for line in (REPO / "docs" / "benchmarks.jsonl").read_text().splitlines() if line]
+    machines = {record["machine"].get("gpu") or record["machine"].get("cpu_model") for record in measured}
+    named = {machine or "processor not recorded" for machine in machines}
+    assert [machine for machine in sorted(named) if machine not in header] == []
+
+
 def test_a_missing_table_section_is_reported(docs, monkeypatch):
     records.MARKDOWN.write_text("# Benchmarks\n")
     with pytest.raises(SystemExit, match="has no <!-- unit-table:begin --> ... <!-- unit-table:end --> section"):
