@@ -180,6 +180,8 @@ RULES: dict[str, Number | NumberList | Boolean | Word] = {
     "runtime.channels_last": Boolean(),
     "runtime.cudnn_benchmark": Boolean(),
     "runtime.compile": Boolean(),
+    # scripts/predict.py
+    "max_side": Number(integer=True, minimum=1, optional=True),
     # eval
     "eval.mode": Word(("whole", "slide", "release")),
     "eval.scales": NumberList(POSITIVE),

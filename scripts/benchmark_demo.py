@@ -1,11 +1,12 @@
-"""Time the built-in demo as a user runs it, and record the result in docs/benchmarks.md.
+"""Time the built-in demo as a user runs it.
 
-    python scripts/benchmark_demo.py [--runs 3] [extra train.py overrides...]
+    python scripts/benchmark_demo.py [--runs 3] [--record] [--out DIR] [extra train.py overrides...]
 
 Each run starts from an empty data root (so the dataset generation is timed too) and
 executes ``python train.py`` in a subprocess. The wall time, the MS+flip and single-scale
-mIoU are appended as JSON lines to docs/benchmarks.jsonl, and the demo table in
-docs/benchmarks.md is rebuilt from every demo line recorded there.
+mIoU of each run are written as JSON lines to ``runs/benchmarks/<date>/benchmarks.jsonl``
+(or ``--out``); with ``--record`` they are appended to docs/benchmarks.jsonl instead, and
+the demo table in docs/benchmarks.md is rebuilt from every demo line recorded there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from emanet.benchmark_records import append_record, demo_table, rebuild_table
+from emanet.benchmark_records import (
+    append_record,
+    benchmark_run_dir,
+    demo_table,
+    new_record,
+    rebuild_table,
+    write_record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,13 +52,25 @@ def run_demo(overrides: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1, help="how many times to run the demo")
+    parser.add_argument("--record", action="store_true",
+                        help="publish the results in docs/benchmarks.jsonl and docs/benchmarks.md")
+    parser.add_argument("--out", type=Path, help="results folder without --record (default runs/benchmarks/<date>)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = parser.parse_args()
+    run_dir = args.out or benchmark_run_dir()
+    command = " ".join(["python train.py", *args.overrides])
     for _ in range(args.runs):
-        result = run_demo(args.overrides)
-        command = " ".join(["python train.py", *args.overrides])
-        print(json.dumps(append_record("demo", command, {"overrides": args.overrides, **result})))
-    rebuild_table("demo", demo_table)
+        result = {"overrides": args.overrides, **run_demo(args.overrides)}
+        if args.record:
+            print(json.dumps(append_record("demo", command, result)))
+        else:
+            record = new_record("demo", command, result)
+            write_record(record, run_dir / "benchmarks.jsonl")
+            print(json.dumps(record))
+    if args.record:
+        rebuild_table("demo", demo_table)
+    else:
+        print(f"results in {run_dir} (--record publishes them in docs/benchmarks.jsonl and docs/benchmarks.md)")
 
 
 if __name__ == "__main__":

@@ -46,3 +46,17 @@ def test_visualize_bases_writes_into_the_checkpoints_run_directory(tmp_path, mon
     assert capsys.readouterr().out.strip() == f"bases [0] written to {run_dir / 'bases.png'}"
     assert (run_dir / "bases.png").is_file()
     assert list(working_directory.iterdir()) == []
+
+
+def test_a_demo_benchmark_goes_to_a_run_directory_unless_recorded(tmp_path):
+    before = [path.read_bytes() for path in PUBLISHED]
+    tiny = ["schedule.iterations=2", "schedule.batch_size=2", "dataset.generate.num_train=2",
+            "dataset.generate.num_val=1", "eval.scales=[1.0]", "runtime.num_workers=0", "runtime.progress=false"]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark_demo.py"), "--out", str(tmp_path / "out"), *tiny],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [path.read_bytes() for path in PUBLISHED] == before
+    [line] = (tmp_path / "out" / "benchmarks.jsonl").read_text().splitlines()
+    assert '"benchmark": "demo"' in line and '"iterations": 2' in line
