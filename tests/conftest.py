@@ -1,9 +1,23 @@
 """Fixtures several test modules share."""
 
 import pytest
+import torch
 from test_trainer import TINY, compose_config
 
 from emanet.engine.train import train
+
+# What a fresh process (a test's subprocess) runs with.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def default_thread_count():
+    """Code under test may set torch's thread count for the whole process (runtime.threads,
+    the benchmarks' one core); the next test starts from the default again, since runs in
+    this process are compared bit for bit with runs in subprocesses, and a sum over other
+    threads rounds differently."""
+    yield
+    torch.set_num_threads(DEFAULT_THREADS)
 
 
 @pytest.fixture(scope="session")

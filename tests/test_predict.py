@@ -245,8 +245,10 @@ def test_a_16_bit_png_is_segmented_as_its_8_bit_equivalent(tmp_path, checkpoint)
 def test_a_max_side_that_is_not_a_size_is_refused(tmp_path, checkpoint, max_side):
     path, _ = checkpoint
     write_photo(tmp_path / "a.png", 8, 8, seed=0)
-    cfg = compose_config(
-        "predict", [f"checkpoint={path}", f"input={tmp_path / 'a.png'}", f"max_side={max_side}", *QUIET]
-    )
+    overrides = [f"checkpoint={path}", f"input={tmp_path / 'a.png'}", *QUIET]
+    with pytest.raises(ConfigError, match=rf"^max_side={max_side}: expected an integer >= 1 or null$"):
+        compose_config("predict", [*overrides, f"max_side={max_side}"])  # at startup
+    cfg = compose_config("predict", overrides)
+    cfg.max_side = max_side  # a config made in code, never checked
     with pytest.raises(ConfigError, match="max_side must be a number of pixels"):
         predict_files(cfg, tmp_path / "run")
