@@ -4,6 +4,7 @@
     python scripts/prepare_dataset.py pascal_context [--voc2010 DIR] [--context DIR] [--workers N]
     python scripts/prepare_dataset.py coco_stuff10k [--root DIR] [--workers N]
     python scripts/prepare_dataset.py coco_stuff164k [--root DIR] [--workers N]
+    python scripts/prepare_dataset.py cityscapes [--root DIR] [--workers N]
     python scripts/prepare_dataset.py ade20k [--root DIR] [--workers N]
 
 Paths default to the places the dataset configs read from, under $EMANET_DATA_ROOT (or
@@ -24,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from emanet.data import ade20k, prepare
+from emanet.data import ade20k, cityscapes, prepare
 from emanet.errors import EmanetError
 
 
@@ -53,6 +54,10 @@ def build_parser(data_root: Path) -> argparse.ArgumentParser:
     coco10k.add_argument("--root", type=Path, default=data_root / "cocostuff-10k-v1.1")
     coco164k = benchmarks.add_parser("coco_stuff164k", parents=[common], help="COCO-Stuff 164k maps -> 171-class PNGs")
     coco164k.add_argument("--root", type=Path, default=data_root / "coco_stuff164k")
+    city = benchmarks.add_parser(
+        "cityscapes", parents=[common], help="Cityscapes gtFine labelIds -> labelTrainIds, split lists"
+    )
+    city.add_argument("--root", type=Path, default=data_root / "cityscapes")
     ade = benchmarks.add_parser(
         "ade20k", parents=[common], help="ADE20K SceneParsing: check the annotations, write the split lists"
     )
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
             counts = prepare.prepare_pascal_context(args.voc2010, args.context or args.voc2010, args.workers)
         elif args.benchmark == "coco_stuff10k":
             counts = prepare.prepare_coco_stuff10k(args.root, args.workers)
+        elif args.benchmark == "cityscapes":
+            counts = cityscapes.prepare_cityscapes(args.root, args.workers)
         elif args.benchmark == "ade20k":
             counts = ade20k.prepare_ade20k(args.root, args.workers)
         else:

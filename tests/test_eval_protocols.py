@@ -51,6 +51,8 @@ def test_the_preset_on_the_command_line_sets_the_mode_for_every_experiment(exper
 def test_the_experiments_that_set_eval_keys_are_the_ones_below():
     # A new experiment that sets eval keys joins the precedence cases of the next test.
     assert {name: keys for name in EXPERIMENTS if (keys := eval_keys_set_by(name))} == {
+        "cityscapes_emanet512": {"crop_size": 769, "stride": 513},
+        "cityscapes_r50_emanet512": {"crop_size": 769, "stride": 513},
         "demo": {"crop_size": 64, "stride": 48},
         "voc_release": {"align_corners": True},
     }
@@ -72,6 +74,9 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
     (["experiment=voc_release", "eval=ms_flip"],
      "eval=ms_flip: experiment=voc_release's eval.align_corners=True wins over the preset's False (pass "
      "eval.KEY=VALUE to change); mode whole instead of experiment=voc_release's own eval=release_ss (mode release)"),
+    (["experiment=cityscapes_emanet512", "eval=ss_slide"],
+     "eval=ss_slide: experiment=cityscapes_emanet512's eval.crop_size=769, eval.stride=513 win over the preset's "
+     "513, 341 (pass eval.KEY=VALUE to change)"),
     # Nothing to say: no preset named, the experiment's own preset, keys that do not matter to the mode.
     (["experiment=demo"], None),
     (["experiment=voc_release", "eval=release_ss"], None),

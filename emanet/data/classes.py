@@ -87,3 +87,11 @@ COCO_STUFF_CLASSES = (*COCO_THINGS, *COCO_STUFF)
 # COCO-Stuff numbers its 182 classes 0-181 in the 164k PNGs (1-182 in the 10k .mat files,
 # where 0 is unlabelled); these 11 thing ids were never annotated, the other 171 are used.
 COCO_STUFF_UNUSED_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+
+# Cityscapes' 19 training classes in trainId order (0-18) of the official label table
+# (cityscapesscripts.helpers.labels); every other label is ignored (255).
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+)

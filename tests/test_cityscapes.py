@@ -1,0 +1,256 @@
+"""Cityscapes: the labelIds -> trainIds mapping against cityscapesscripts' own table, the
+converter on a miniature tree in the official layout, and the experiments' configs."""
+
+import fcntl
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from tests_paths import REPO
+
+from emanet.cli import compose_config
+from emanet.config_checks import config_problems
+from emanet.data import build_dataset, cityscapes, prepare
+from emanet.data.cityscapes import cityscapes_label, cityscapes_lookup_table, prepare_cityscapes
+from emanet.data.classes import CITYSCAPES_CLASSES
+from emanet.data.palette import read_label_png
+from emanet.errors import DatasetError
+
+sys.path.insert(0, str(REPO / "scripts"))
+import prepare_dataset  # noqa: E402
+
+SIZE = (4, 6)
+# Every labelId of the official table (0-33) in one map; each image of the tree gets a
+# rotation of it.
+ALL_IDS = np.arange(34, dtype=np.uint8).reshape(2, 17)
+TREE = {
+    "train": {"aachen": ["aachen_000000_000019", "aachen_000001_000019"], "bochum": ["bochum_000000_000313"]},
+    "val": {"frankfurt": ["frankfurt_000000_000294"]},
+    "test": {"berlin": ["berlin_000000_000019", "berlin_000001_000019"]},
+}
+
+
+@pytest.fixture
+def official():
+    return pytest.importorskip("cityscapesscripts.helpers.labels")
+
+
+def source_ids(seed):
+    return np.roll(np.resize(ALL_IDS, SIZE), seed)
+
+
+def write_tree(root):
+    """leftImg8bit/<split>/<city>/<name>_leftImg8bit.png (RGB) and gtFine/<split>/<city>/
+    <name>_gtFine_labelIds.png (mode L); test's gtFine maps are the download's placeholders."""
+    sources = {}
+    for split, cities in TREE.items():
+        for city, names in cities.items():
+            for name in names:
+                seed = len(sources)
+                image = root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png"
+                image.parent.mkdir(parents=True, exist_ok=True)
+                pixels = np.random.default_rng(seed).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(image)
+                label = root / "gtFine" / split / city / f"{name}_gtFine_labelIds.png"
+                label.parent.mkdir(parents=True, exist_ok=True)
+                ids = np.zeros(SIZE, np.uint8) if split == "test" else source_ids(seed)
+                Image.fromarray(ids, mode="L").save(label)
+                sources[f"{split}/{city}/{name}"] = ids
+    return sources
+
+
+def expected_train_ids(ids, labels):
+    table = {label.id: (label.trainId if 0 <= label.trainId < 255 else 255) for label in labels}
+    return np.vectorize(table.__getitem__)(ids).astype(np.uint8)
+
+
+def test_mapping_matches_cityscapesscripts_id_by_id(official):
+    table = cityscapes_lookup_table()
+    assert sorted(label.id for label in official.labels) == [-1, *range(34)]
+    for label in official.labels:
+        if label.id == -1:  # license plate: never drawn into a labelIds PNG (json2labelImg skips id < 0)
+            assert label.trainId == -1
+            continue
+        expected = label.trainId if label.trainId not in (-1, 255) else 255
+        assert table[label.id] == expected, label.name
+    assert (table[34:] == -1).all()  # undefined ids are refused, not mapped
+    # The 19 trainIds in order are the dataset's class names, in classes.py and the config.
+    train_names = [label.name for label in sorted(official.labels, key=lambda x: x.trainId) if 0 <= label.trainId < 255]
+    assert train_names == list(CITYSCAPES_CLASSES)
+    cfg = compose_config("train", ["dataset=cityscapes"])
+    assert list(cfg.dataset.class_names) == train_names and cfg.dataset.num_classes == 19
+
+
+def test_converter_writes_train_ids_and_split_lists_the_dataset_reads(official, tmp_path, caplog):
+    root = tmp_path / "cityscapes"
+    sources = write_tree(root)
+    counts = prepare_cityscapes(root, workers=2)
+    assert counts == {"train": 3, "val": 1, "test": 2}
+    assert "cityscapes train: 3 images, but the published split has 2975" in caplog.text
+    splits = root / "splits"
+    assert (splits / "train.txt").read_text().split() == [
+        "train/aachen/aachen_000000_000019", "train/aachen/aachen_000001_000019", "train/bochum/bochum_000000_000313"
+    ]
+    assert (splits / "val.txt").read_text() == "val/frankfurt/frankfurt_000000_000294\n"
+    assert (splits / "test.txt").read_text().split() == [
+        "test/berlin/berlin_000000_000019", "test/berlin/berlin_000001_000019"
+    ]
+    for sample_id, ids in sources.items():
+        written = root / "gtFine" / f"{sample_id}_gtFine_labelTrainIds.png"
+        if sample_id.startswith("test/"):
+            assert not written.exists()  # test's placeholders are not converted
+        else:
+            assert np.array_equal(read_label_png(written), expected_train_ids(ids, official.labels))
+    cfg = compose_config("train", ["dataset=cityscapes", f"data_root={tmp_path}"])
+    dataset = build_dataset(cfg.dataset, cfg.dataset.val_split)
+    image, label = dataset.load(0)[:2]
+    assert image.shape == (*SIZE, 3)
+    assert np.array_equal(label, expected_train_ids(sources["val/frankfurt/frankfurt_000000_000294"], official.labels))
+    assert len(build_dataset(cfg.dataset, cfg.dataset.train_split)) == 3
+
+
+def test_rerun_skips_finished_files_redoes_missing_ones_and_removes_stale_temp_files(official, tmp_path):
+    root = tmp_path / "cityscapes"
+    sources = write_tree(root)
+    prepare_cityscapes(root)
+    folder = root / "gtFine" / "train" / "aachen"
+    finished = folder / "aachen_000000_000019_gtFine_labelTrainIds.png"
+    finished.write_bytes(b"sentinel")  # a skipped file keeps whatever it holds
+    redo = folder / "aachen_000001_000019_gtFine_labelTrainIds.png"
+    redo.unlink()
+    stale = folder / f".{redo.name}.x1y2.tmp"  # what an interrupted write leaves
+    stale.write_bytes(b"half")
+    prepare_cityscapes(root)
+    assert finished.read_bytes() == b"sentinel"
+    assert not stale.exists()
+    assert np.array_equal(
+        read_label_png(redo), expected_train_ids(sources["train/aachen/aachen_000001_000019"], official.labels)
+    )
+
+
+def test_converter_holds_the_lock_on_the_dataset_folder(official, tmp_path, monkeypatch):
+    root = tmp_path / "cityscapes"
+    write_tree(root)
+    held, convert_labels = [], prepare.convert_labels
+
+    def probing_convert_labels(jobs, description, workers=1):
+        descriptor = os.open(root, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(descriptor)
+        return convert_labels(jobs, description, workers)
+
+    monkeypatch.setattr(prepare, "convert_labels", probing_convert_labels)
+    prepare_cityscapes(root)
+    assert held == [True, True]
+
+
+def run_cli(monkeypatch, capsys, *argv):
+    monkeypatch.setattr(sys, "argv", ["scripts/prepare_dataset.py", *argv])
+    try:
+        prepare_dataset.main()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def error_lines(err):
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_label_values_outside_the_table_are_refused_naming_the_file(official, workers, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "cityscapes"
+    write_tree(root)
+    bad = root / "gtFine" / "train" / "bochum" / "bochum_000000_000313_gtFine_labelIds.png"  # 3 train maps: 2 workers
+    ids = source_ids(0)
+    ids[0, :2] = [34, 255]
+    Image.fromarray(ids, mode="L").save(bad)
+    status, err = run_cli(monkeypatch, capsys, "cityscapes", "--workers", workers, "--root", str(root))
+    assert status == 2 and "Traceback" not in err
+    assert error_lines(err) == [
+        f"error: {bad}: ids [34, 255] are not labelIds of the official Cityscapes table (0-33): not a "
+        "gtFine_labelIds.png; unpack it again from gtFine_trainvaltest.zip and re-run"
+    ]
+    assert not bad.with_name("bochum_000000_000313_gtFine_labelTrainIds.png").exists()
+    bad.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(bad))}: cannot read the label PNG"):
+        cityscapes_label(bad, cityscapes_lookup_table())
+
+
+def test_annotated_ids_without_images_are_refused_before_converting(official, tmp_path):
+    root = tmp_path / "cityscapes"
+    write_tree(root)
+    (root / "leftImg8bit" / "train" / "bochum" / "bochum_000000_000313_leftImg8bit.png").unlink()
+    with pytest.raises(DatasetError) as raised:
+        prepare_cityscapes(root)
+    assert str(raised.value) == (
+        f"{root / 'leftImg8bit'}: no image <id>_leftImg8bit.png for 1 annotated ids "
+        "(train/bochum/bochum_000000_000313); unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip "
+        "completely and re-run"
+    )
+    assert not list((root / "gtFine").rglob("*_labelTrainIds.png"))
+    assert not (root / "splits").exists()
+
+
+def test_split_counts_are_checked_unless_allow_partial(official, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "cityscapes"
+    write_tree(root)
+    monkeypatch.setenv("EMANET_DATA_ROOT", str(tmp_path))  # --root defaults to $EMANET_DATA_ROOT/cityscapes
+    status, err = run_cli(monkeypatch, capsys, "cityscapes", "--workers", "1")
+    assert status == 1
+    assert error_lines(err) == [
+        "error: cityscapes train: 3 images, but the published split has 2975; cityscapes val: 1 images, but the "
+        "published split has 500; cityscapes test: 2 images, but the published split has 1525. Check that every "
+        "archive of data/README.md is unpacked completely and re-run (files already written are kept), or pass "
+        "--allow-partial for a deliberately partial copy"
+    ]
+    assert len(list((root / "gtFine").rglob("*_labelTrainIds.png"))) == 4
+    assert run_cli(monkeypatch, capsys, "cityscapes", "--allow-partial")[0] == 0
+    # The published sizes pass.
+    assert prepare.count_mismatches("cityscapes", dict(cityscapes.EXPECTED_COUNTS)) == []
+
+
+def test_missing_cityscapesscripts_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "cityscapes"
+    (root / "leftImg8bit").mkdir(parents=True)
+    (root / "gtFine").mkdir()
+    monkeypatch.setitem(sys.modules, "cityscapesscripts.helpers.labels", None)  # import fails
+    status, err = run_cli(monkeypatch, capsys, "cityscapes", "--root", str(root))
+    assert status == 2 and "Traceback" not in err
+    assert error_lines(err) == [
+        "error: the Cityscapes conversion takes the official label table from the package cityscapesscripts, "
+        'which is not installed: pip install -e ".[cityscapes]"'
+    ]
+
+
+def test_missing_download_names_the_folder(tmp_path, monkeypatch, capsys):
+    status, err = run_cli(monkeypatch, capsys, "cityscapes", "--root", str(tmp_path / "nowhere"))
+    assert status == 2
+    assert error_lines(err) == [
+        f"error: Cityscapes images (leftImg8bit) not found at {tmp_path / 'nowhere' / 'leftImg8bit'}: "
+        "see data/README.md"
+    ]
+
+
+@pytest.mark.parametrize(("experiment", "depth"), [("cityscapes_emanet512", 101), ("cityscapes_r50_emanet512", 50)])
+def test_experiments_compose_with_the_cityscapes_recipe(experiment, depth):
+    cfg = compose_config("train", [f"experiment={experiment}"])
+    assert config_problems(cfg) == []
+    assert cfg.name == experiment and cfg.dataset.name == "cityscapes"
+    assert (cfg.model.backbone.depth, cfg.model.backbone.output_stride, cfg.model.ema.channels) == (depth, 8, 512)
+    assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.optim.lr) == (80000, 8, 0.01)
+    assert (cfg.dataset.crop_size, cfg.dataset.scale_sampling, list(cfg.dataset.train_scales)) == (
+        769, "continuous", [0.5, 2.0]
+    )
+    assert (cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.flip) == ("slide", 769, 513, True)
+    assert cfg.loss.normalization == "valid"
+    assert str(cfg.model.backbone.pretrained).endswith(f"resnet{depth}_deep_stem.pth")
