@@ -7,7 +7,14 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60_CLASSES, VOC_CLASSES
+from emanet.data.classes import (
+    ADE20K_CLASSES,
+    CITYSCAPES_CLASSES,
+    COCO_STUFF_CLASSES,
+    CONTEXT59_CLASSES,
+    CONTEXT60_CLASSES,
+    VOC_CLASSES,
+)
 from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.segmentation import SegmentationDataset
 from emanet.errors import ConfigError
@@ -20,6 +27,8 @@ CLASS_NAMES = {
     "pascal_context59": CONTEXT59_CLASSES,
     "coco_stuff10k": COCO_STUFF_CLASSES,
     "coco_stuff164k": COCO_STUFF_CLASSES,
+    "cityscapes": CITYSCAPES_CLASSES,
+    "ade20k": ADE20K_CLASSES,
     "demo": DEMO_CLASSES,
 }
 

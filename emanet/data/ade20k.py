@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from emanet.data.prepare import EXPECTED_COUNTS, check_counts, converting_into, read_source_png, write_split
+from emanet.data.prepare import check_counts, converting_into, read_source_png, write_split
 from emanet.data.segmentation import DECODE_ERRORS
 from emanet.errors import DatasetError, DatasetNotFoundError
 
@@ -33,11 +33,7 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD = "ADEChallengeData2016.zip"
 FOLDERS = ("training", "validation")  # also the split names (dataset.train_split / val_split)
-ADE20K_COUNTS = {"training": 20210, "validation": 2000}
 MAX_ID = 150  # 0 = other, 1-150 the classes
-
-# The published sizes, beside the other benchmarks' (prepare.count_mismatches reads them).
-EXPECTED_COUNTS.setdefault("ade20k", ADE20K_COUNTS)
 
 
 def check_annotation(root: Path, sample_id: str) -> None:

@@ -29,10 +29,6 @@ from emanet.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 LABELLED_SPLITS = ("train", "val")
-EXPECTED_COUNTS = {"train": 2975, "val": 500, "test": 1525}
-# check_counts / count_mismatches of emanet.data.prepare (and so the script's exit
-# status) read the published sizes from there.
-prepare.EXPECTED_COUNTS.setdefault("cityscapes", EXPECTED_COUNTS)
 
 DOWNLOADS = "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip"
 IMAGE_SUFFIX = "_leftImg8bit.png"

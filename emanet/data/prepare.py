@@ -38,6 +38,8 @@ EXPECTED_COUNTS = {
     "pascal_context": {"train": 4998, "val": 5105},
     "coco_stuff10k": {"train": 9000, "test": 1000},
     "coco_stuff164k": {"train2017": 118287, "val2017": 5000},
+    "cityscapes": {"train": 2975, "val": 500, "test": 1525},
+    "ade20k": {"training": 20210, "validation": 2000},
 }
 
 CONTEXT_MAX_ID = 459  # PASCAL Context's classes are ids 1-459; 0 is unlabelled
