@@ -16,16 +16,13 @@ image has its annotation, of its size, with values in 0-150.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from emanet.data.prepare import check_counts, converting_into, read_source_png, write_split
+from emanet.data.prepare import check_counts, converting_into, read_source_png, run_jobs, write_split
 from emanet.data.segmentation import DECODE_ERRORS
 from emanet.errors import DatasetError, DatasetNotFoundError
 
@@ -64,20 +61,7 @@ def _check_one(job: tuple[Path, str]) -> None:
 
 def check_annotations(root: Path, ids: Sequence[str], description: str, workers: int = 1) -> None:
     """:func:`check_annotation` for every id, in ``workers`` processes; the first bad file raises."""
-    jobs = [(root, sample_id) for sample_id in ids]
-    if workers > 1 and len(jobs) > 1:
-        # As prepare.convert_labels: the workers ignore Ctrl-C, this process reports it.
-        default_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            pool = multiprocessing.get_context("spawn").Pool(workers)
-        finally:
-            signal.signal(signal.SIGINT, default_handler)
-        with pool:
-            for _ in tqdm(pool.imap_unordered(_check_one, jobs, chunksize=64), total=len(jobs), desc=description):
-                pass
-    else:
-        for job in tqdm(jobs, desc=description):
-            _check_one(job)
+    run_jobs(_check_one, [(root, sample_id) for sample_id in ids], description, workers, chunksize=64)
 
 
 def _listed(path: Path) -> set[str]:

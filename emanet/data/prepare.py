@@ -264,7 +264,15 @@ def convert_labels(
     """
     todo = [job for job in jobs if not job[2].exists()]
     log.info("%s: %d label PNGs to write, %d already done", description, len(todo), len(jobs) - len(todo))
-    if workers > 1 and len(todo) > 1:
+    run_jobs(_convert_one, todo, description, workers, chunksize=16)
+    return len(todo)
+
+
+def run_jobs(function: Callable, jobs: Sequence, description: str, workers: int = 1, chunksize: int = 16) -> None:
+    """``function(job)`` for every job, in ``workers`` spawned processes (with more than one
+    job), with a progress bar; the first exception raised ends it. ``function`` must be a
+    module-level function so that worker processes can receive it."""
+    if workers > 1 and len(jobs) > 1:
         # Ctrl-C sends SIGINT to the workers too. Started while this process ignores it,
         # they ignore it for good (an ignored signal stays ignored across the spawn's exec,
         # and Python leaves it so), so only this process reports it; leaving the with-block
@@ -275,12 +283,11 @@ def convert_labels(
         finally:
             signal.signal(signal.SIGINT, default_handler)
         with pool:
-            for _ in tqdm(pool.imap_unordered(_convert_one, todo, chunksize=16), total=len(todo), desc=description):
+            for _ in tqdm(pool.imap_unordered(function, jobs, chunksize=chunksize), total=len(jobs), desc=description):
                 pass
     else:
-        for job in tqdm(todo, desc=description):
-            _convert_one(job)
-    return len(todo)
+        for job in tqdm(jobs, desc=description):
+            function(job)
 
 
 def count_mismatches(dataset: str, counts: dict[str, int]) -> list[str]:
