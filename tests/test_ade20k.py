@@ -1,14 +1,10 @@
 """ADE20K (SceneParsing): the dataset config, the reduce-zero-label mapping through the
 dataset reader, and the split-list preparation, on a miniature ADEChallengeData2016 tree."""
 
-import fcntl
-import os
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
-from tests_paths import REPO
+from test_prepare import folder_is_locked, run_cli
 
 from emanet.cli import compose_config
 from emanet.config_checks import config_problems
@@ -16,9 +12,6 @@ from emanet.data import ade20k, build_dataset, dataset_class_names
 from emanet.data.ade20k import prepare_ade20k
 from emanet.data.classes import ADE20K_CLASSES
 from emanet.errors import DatasetError, DatasetNotFoundError
-
-sys.path.insert(0, str(REPO / "scripts"))
-import prepare_dataset  # noqa: E402
 
 SIZE = (6, 8)  # height, width
 # Raw annotation values (0 = other, 1-150 the classes) and what the reader gives.
@@ -47,16 +40,6 @@ def ade(tmp_path):
 
 def ade_config(data_root, *overrides):
     return compose_config("train", ["dataset=ade20k", f"data_root={data_root}", *overrides])
-
-
-def run_cli(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(sys, "argv", ["scripts/prepare_dataset.py", *argv])
-    try:
-        prepare_dataset.main()
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
 
 
 def test_150_class_names_in_the_official_order_in_the_module_and_the_config(tmp_path):
@@ -174,14 +157,7 @@ def test_the_check_runs_under_the_lock_on_the_dataset_folder(ade, monkeypatch):
     held = []
 
     def probing(*args, **kwargs):
-        descriptor = os.open(root, os.O_RDONLY)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held.append(False)
-        except BlockingIOError:
-            held.append(True)
-        finally:
-            os.close(descriptor)
+        held.append(folder_is_locked(root))
 
     monkeypatch.setattr(ade20k, "check_annotations", probing)
     prepare_ade20k(root)

@@ -1,15 +1,13 @@
 """Cityscapes: the labelIds -> trainIds mapping against cityscapesscripts' own table, the
 converter on a miniature tree in the official layout, and the experiments' configs."""
 
-import fcntl
-import os
 import re
 import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from tests_paths import REPO
+from test_prepare import folder_is_locked, run_cli
 
 from emanet.cli import compose_config
 from emanet.config_checks import config_problems
@@ -18,9 +16,6 @@ from emanet.data.cityscapes import cityscapes_label, cityscapes_lookup_table, pr
 from emanet.data.classes import CITYSCAPES_CLASSES
 from emanet.data.palette import read_label_png
 from emanet.errors import DatasetError
-
-sys.path.insert(0, str(REPO / "scripts"))
-import prepare_dataset  # noqa: E402
 
 SIZE = (4, 6)
 # Every labelId of the official table (0-33) in one map; each image of the tree gets a
@@ -137,29 +132,12 @@ def test_converter_holds_the_lock_on_the_dataset_folder(official, tmp_path, monk
     held, convert_labels = [], prepare.convert_labels
 
     def probing_convert_labels(jobs, description, workers=1):
-        descriptor = os.open(root, os.O_RDONLY)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held.append(False)
-        except BlockingIOError:
-            held.append(True)
-        finally:
-            os.close(descriptor)
+        held.append(folder_is_locked(root))
         return convert_labels(jobs, description, workers)
 
     monkeypatch.setattr(prepare, "convert_labels", probing_convert_labels)
     prepare_cityscapes(root)
     assert held == [True, True]
-
-
-def run_cli(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(sys, "argv", ["scripts/prepare_dataset.py", *argv])
-    try:
-        prepare_dataset.main()
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
 
 
 def error_lines(err):

@@ -275,6 +275,19 @@ def test_pascal_context_from_trainval_merged_json(tmp_path):
     assert (voc2010 / "ImageSets" / "SegmentationContext" / "val.txt").read_text() == "2008_000007\n"
 
 
+def folder_is_locked(folder) -> bool:
+    """Whether another open file holds the flock on ``folder`` (a second descriptor's flock
+    conflicts with it, even in the same process)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+
+
 def run_cli(monkeypatch, capsys, *argv):
     """``python scripts/prepare_dataset.py ARGV``: its exit status (0 when it returns) and stderr."""
     monkeypatch.setattr(sys, "argv", ["scripts/prepare_dataset.py", *argv])
@@ -481,14 +494,7 @@ def test_every_converter_holds_the_lock_on_its_dataset_folder_while_converting(
     convert_labels = prepare.convert_labels
 
     def probing_convert_labels(jobs, description, workers=1):
-        descriptor = os.open(root, os.O_RDONLY)  # a second open file: flock conflicts with the converter's
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held.append(False)
-        except BlockingIOError:
-            held.append(True)
-        finally:
-            os.close(descriptor)
+        held.append(folder_is_locked(root))
         return convert_labels(jobs, description, workers)
 
     monkeypatch.setattr(prepare, "convert_labels", probing_convert_labels)
