@@ -44,20 +44,30 @@ def signal_after_step(monkeypatch, step: int, signal_number: int) -> None:
 # A training run as train.py runs it (one_line_errors sets the exit status), whose process
 # group (data-loading workers included) gets the signal from another process during its third
 # step, as SLURM signals every process of a job. (torch's workers take a SIGTERM from their
-# training process as the order to exit.)
+# training process as the order to exit.) A signal from another process may reach the
+# training process a moment after `kill` returns (the kernel wakes any of its threads, and
+# Python runs the handler on the main thread later): the step waits until the handler has
+# run, so that the run stops after step 3 and not, by chance, after step 4.
 SIGNALLED_RUN = """
-import os, subprocess, sys
+import os, subprocess, sys, time
 from pathlib import Path
 import emanet.engine.train as train_module
 from emanet.cli import compose_config, one_line_errors
-real_step, steps = train_module.train_step, []
+real_step, real_handle, steps, handled = train_module.train_step, train_module.StopRequest.handle, [], []
+def noting_handle(self, number, frame):
+    real_handle(self, number, frame)
+    handled.append(number)
 def step_then_signal(*args, **kwargs):
     loss = real_step(*args, **kwargs)
     steps.append(loss)
     if len(steps) == 3:
         subprocess.run(["kill", "-s", sys.argv[1], "--", f"-{os.getpgid(0)}"], start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not handled and time.monotonic() < deadline:
+            time.sleep(0.01)
     return loss
 train_module.train_step = step_then_signal
+train_module.StopRequest.handle = noting_handle
 with one_line_errors():
     train_module.train(compose_config("train", sys.argv[3:]), Path(sys.argv[2]))
 """
