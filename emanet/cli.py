@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from emanet.config_checks import check_config
+from emanet.engine.distributed import export_launcher_environment
 from emanet.errors import CheckpointMismatchError, ConfigError, EmanetError, TrainingStopped, one_line
 
 log = logging.getLogger("emanet")
@@ -84,6 +85,7 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
         except ConfigError:
             remove_unused_run_dir(run_dir)
             raise
+    export_launcher_environment()  # a SLURM or submitit task: its rank, as torchrun would set it
     note = eval_preset_note(hydra_config.job.config_name, list(hydra_config.overrides.task))
     if note and int(os.environ.get("RANK", 0)) == 0:
         log.warning("%s", note)

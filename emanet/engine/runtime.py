@@ -73,12 +73,13 @@ def leave_stopping_to_the_training_process(worker_id: int) -> None:
     job, and torch's handler in the worker would end it on SIGTERM, and the training
     process with it, before the checkpoint.
 
-    SIGINT and SIGUSR1 are ignored; SIGTERM ends the worker only when its training process
+    SIGINT, SIGUSR1 and SIGUSR2 are ignored; SIGTERM ends the worker only when its training process
     sends it (as multiprocessing does to end workers), which only a thread waiting for the
     signal can tell (Linux: elsewhere torch's handler stays).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=exit_at_sigterm_from_parent, daemon=True).start()

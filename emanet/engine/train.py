@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -278,7 +279,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     Runs as one process or as one of many under torchrun (DDP). Re-running with the same
     run directory resumes from its newest checkpoint. Rank 0 holds the run directory's lock
     and writes ``config.yaml``, ``checkpoints/``, TensorBoard events under ``tensorboard/``
-    and ``metrics.json``; returns the metrics. SIGTERM, SIGINT or SIGUSR1 stop every process
+    and ``metrics.json``; returns the metrics. SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 stop every process
     after the same step with a checkpoint there (:class:`TrainingStopped`).
     """
     check_schedule(cfg)
@@ -313,21 +314,40 @@ def run_directory_lock(run_dir: Path, world: World) -> Iterator[None]:
         yield
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """STOP_SIGNALS, and the preemption signal submitit was told to use instead of its
+    default SIGUSR2 (``SUBMITIT_PREEMPT_SIGNAL``), if any."""
+    named = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+    return STOP_SIGNALS if named in STOP_SIGNALS else (*STOP_SIGNALS, named)
 
 
 class StopRequest:
-    """While entered, SIGTERM (SLURM or Kubernetes before a kill), SIGINT (Ctrl-C) and SIGUSR1
-    (SLURM's ``--signal`` warning) only note that training should stop, so that the step
-    under way finishes and is checkpointed; a second SIGINT interrupts at once. The previous
-    handlers are restored on exit."""
+    """While entered, SIGTERM (SLURM or Kubernetes before a kill), SIGINT (Ctrl-C), SIGUSR1
+    and SIGUSR2 (SLURM's ``--signal`` warning; submitit's preemption signal) only note that
+    training should stop, so that the step under way finishes and is checkpointed; a second
+    SIGINT interrupts at once. The previous handlers are restored on exit.
+
+    A job manager's own handler of the signal (submitit's, which requeues the job) gets it
+    once the checkpoint is written: :meth:`pass_on`.
+    """
 
     def __init__(self) -> None:
         self.received = 0  # the signal's number; 0: none
 
     def __enter__(self) -> StopRequest:
-        self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
+        self.previous = {number: signal.signal(number, self.handle) for number in stop_signals()}
         return self
+
+    def pass_on(self) -> None:
+        """Call the handler that was installed before for the signal received, if a Python
+        program installed it: submitit's requeues the job and exits. Python's own SIGINT
+        handler (KeyboardInterrupt) is left out: training stopped, it did not crash."""
+        previous = self.previous.get(self.received)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.received, None)
 
     def __exit__(self, *exception: object) -> None:
         for number, handler in self.previous.items():
@@ -452,6 +472,7 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
                 )
                 if world.is_main:
                     log.warning("%s", message)
+                stop_request.pass_on()
                 raise TrainingStopped(message)
             if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
                 # Evaluation must not draw from the training RNG (its data loader seeds itself
