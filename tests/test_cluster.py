@@ -251,3 +251,21 @@ def test_a_job_preempted_under_submitit_is_requeued_and_ends_bit_identically(ful
     assert "Requeued job" in logs
     assert_same_weights(load_checkpoint(run_dir / "checkpoints" / "last.pt"), last_state(full_run))
     assert (run_dir / "metrics.json").is_file()
+
+
+def test_the_readmes_cluster_commands_compose():
+    # Every `python train.py -m ...` of the README's cluster section, with the first value of
+    # each sweep, is a config Hydra accepts (launcher presets and settings included).
+    from test_install_docs import code_blocks
+
+    from emanet.cli import compose_config
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n### Running on a cluster\n", 1)[1].split("\n### ", 1)[0]
+    commands = [line.split() for block in code_blocks(section) for line in block if line.startswith("python train.py")]
+    assert len(commands) == 4
+    for command in commands:
+        overrides = [word.split(",")[0] if "=" in word and "{" not in word else word for word in command[3:]]
+        assert command[2] == "-m"
+        cfg = compose_config("train", overrides, return_hydra_config=True)
+        assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher.")
