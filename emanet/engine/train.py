@@ -276,7 +276,7 @@ def check_image_pooling_batch(model: nn.Module, micro_batch: int, cfg: DictConfi
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train the configured model, evaluate it on the val split, and fill ``run_dir``.
 
-    Runs as one process or as one of many under torchrun (DDP). Re-running with the same
+    Runs as one process or as one of many (DDP) under torchrun, SLURM or submitit. Re-running with the same
     run directory resumes from its newest checkpoint. Rank 0 holds the run directory's lock
     and writes ``config.yaml``, ``checkpoints/``, TensorBoard events under ``tensorboard/``
     and ``metrics.json``; returns the metrics. SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 stop every process
