@@ -1,6 +1,7 @@
 """The paper's tables: its numbers, ours from metrics.json files, and how they are written.
 
-Used by ``scripts/iteration_table.py`` and ``scripts/paper_tables.py``.
+Used by ``emanet.reproduce`` and the scripts iteration_table.py, paper_tables.py and
+reproduce_paper.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from emanet.engine.evaluator import is_multi_scale
 from emanet.engine.figures import (
+    BAR_COLOUR,
     MISSING,
     PAD,
     colour_bar_width,
@@ -68,6 +71,23 @@ PAPER_TABLE4 = {
     "DSSPN (ResNet-101)": 37.3, "EMANet (ResNet-50)": 37.6, "SGR (ResNet-101)": 39.1,
     "DANet (ResNet-101)": 39.7, "EMANet (ResNet-101)": 39.9,
 }
+
+
+# The experiments behind each row: Table 1's by experiment (ResNet-101), Tables 3 and 4 by
+# experiment and backbone depth ("EMANet (ResNet-<depth>)").
+TABLE1_ROWS = {
+    "voc_emanet512": "EMANet(512)",
+    "voc_emanet256": "EMANet(256)",
+    "voc_deeplabv3": "DeeplabV3",
+    "voc_deeplabv3plus": "DeeplabV3+",
+    "voc_psanet": "PSANet",
+    "voc_nonlocal": "Non-local",
+    "voc_fcn": "FCN",
+}
+RANKING_ROWS = {"context_emanet512": 3, "cocostuff10k_emanet512": 4}
+RANKING_TABLES = {3: PAPER_TABLE3, 4: PAPER_TABLE4}
+RANKING_TITLES = {3: "Table 3: PASCAL Context", 4: "Table 4: COCO-Stuff 10k"}
+PAPER_COLOUR = (190, 190, 190)
 
 
 def read_metrics(path: Path) -> dict | None:
@@ -126,12 +146,7 @@ def iteration_markdown(rows: list[dict], max_stages: int, title: str) -> str:
 
 
 def iteration_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["t_train", "t_eval", "mIoU", "paper_mIoU"], lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buffer.getvalue()
+    return records_csv(rows)
 
 
 def shared_value_range(rows: list[dict]) -> tuple[float, float]:
@@ -204,6 +219,43 @@ def write_iteration_table(rows: list[dict], max_stages: int, directory: Path, ti
 # --------------------------------------------------------------------- Tables 1, 3 and 4
 
 
+def collect(run_dirs: Sequence[Path]) -> tuple[dict, dict, dict, list[str]]:
+    """Table 1, 3 and 4 rows (method -> metrics) from run directories (or their metrics.json),
+    matched by experiment name and backbone depth; where several runs fill one row, the last
+    wins. Also notes on the runs left out or trained otherwise than the paper's row."""
+    table1, table3, table4, notes = {}, {}, {}, []
+    for given in run_dirs:
+        run_dir = Path(given).parent if Path(given).is_file() else Path(given)
+        try:
+            metrics = read_metrics(run_dir)
+        except ValueError as error:  # not JSON
+            notes.append(f"{run_dir / 'metrics.json'}: not a metrics.json ({error})")
+            continue
+        if metrics is None:
+            notes.append(f"{run_dir}: no metrics.json (not finished?)")
+            continue
+        experiment = metrics.get("experiment")
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            notes.append(f"{run_dir}: no config.yaml beside metrics.json, so its backbone is unknown; left out")
+            continue
+        config = OmegaConf.load(config_path)
+        depth = OmegaConf.select(config, "model.backbone.depth")
+        row = f"EMANet (ResNet-{depth})"
+        if experiment in TABLE1_ROWS and depth == 101:
+            table1[TABLE1_ROWS[experiment]] = metrics
+        elif experiment in RANKING_ROWS and row in RANKING_TABLES[RANKING_ROWS[experiment]]:
+            target = table3 if RANKING_ROWS[experiment] == 3 else table4
+            target[row] = metrics
+        else:
+            notes.append(f"{run_dir}: experiment {experiment!r} (depth {depth}) is in none of the tables")
+            continue
+        aux = OmegaConf.select(config, "model.aux.weight", default=0.0)
+        if aux:
+            notes.append(f"{run_dir}: trained with an auxiliary head (model.aux.weight={aux}), the paper without")
+    return table1, table3, table4, notes
+
+
 def table1_markdown(runs: dict[str, dict], complexity: Sequence[dict]) -> str:
     """Table 1: SS / MS+flip from runs (by method name), FLOPs / memory / params computed;
     the extra baselines last, with `-` in the paper's columns."""
@@ -247,3 +299,120 @@ def ranking_markdown(title: str, paper: dict[str, float], runs: dict[str, dict])
         ours, mark = (multi, "") if multi is not None else (single, " (SS)" if single is not None else "")
         lines.append(f"| {method} | {value:.1f} | {cell(ours)}{mark} | {difference(ours, value)} |")
     return "\n".join(lines)
+
+
+def table1_rows(runs: dict[str, dict], complexity: Sequence[dict]) -> list[dict]:
+    """Table 1 as records: ours and the paper's SS and MS+flip mIoU, and the computed
+    FLOPs / memory / params (increments over the backbone for the heads)."""
+    by_method = {row["method"]: row for row in complexity}
+    rows = []
+    for method, (paper_ss, paper_ms) in {**PAPER_TABLE1, **{m: (None, None) for m in EXTRA_TABLE1}}.items():
+        ss, ms = single_and_multi_scale(runs.get(method))
+        measured = by_method.get(method, {})
+        rows.append({
+            "method": method, "ss": ss, "paper_ss": paper_ss, "ms_flip": ms, "paper_ms_flip": paper_ms,
+            "flops_g": measured.get("flops_g"), "memory_m": measured.get("memory_m"),
+            "params_m": measured.get("params_m"),
+        })
+    return rows
+
+
+def ranking_rows(paper: dict[str, float], runs: dict[str, dict]) -> list[dict]:
+    """Table 3 or 4 as records: the paper's mIoU, ours (multi-scale + flip, else single
+    scale, said in ``ours_protocol``)."""
+    rows = []
+    for method, value in paper.items():
+        single, multi = single_and_multi_scale(runs.get(method))
+        ours, protocol = (multi, "ms_flip") if multi is not None else (single, "ss" if single is not None else "")
+        rows.append({"method": method, "paper_mIoU": value, "mIoU": ours, "ours_protocol": protocol})
+    return rows
+
+
+def records_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def comparison_chart(title: str, groups: list[tuple[str, list[tuple[str, float | None, bool]]]],
+                     bar_length: int = 360) -> Image.Image:
+    """Horizontal bars, one group per method, one bar per (label, mIoU, is the paper's)
+    with its value written beside it: ours blue, the paper's grey, "-" where there is none.
+    The axis starts below the lowest value, so that differences of a point stay visible."""
+    typeface = font(12)
+    values = [value for _, bars in groups for _, value, _ in bars if value is not None]
+    low = 10 * int(min(values) // 10) - 10 if values else 0
+    low = max(low, 0)
+    high = 10 * -int(-max(values) // 10) if values else 100
+    high = max(high, low + 10)
+    bar_height, gap = 16, 10
+    labels = [f"{method}, {label}" for method, bars in groups for label, _, _ in bars]
+    label_width = max(text_size(label, typeface)[0] for label in labels)
+    title_width, title_height = text_size(title, typeface)
+    left = PAD + label_width + 8
+    top = PAD + title_height + 10
+    rows = sum(len(bars) for _, bars in groups)
+    axis_y = top + rows * bar_height + gap * len(groups)
+    width = max(left + bar_length + 8 + text_size("100.00", typeface)[0], PAD + title_width) + PAD
+    height = axis_y + 24 + PAD
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((PAD, PAD), title, fill="black", font=typeface)
+    y = top
+    for method, bars in groups:
+        for label, value, is_paper in bars:
+            text = f"{method}, {label}"
+            draw.text((left - 8 - text_size(text, typeface)[0], y + 2), text, fill="black", font=typeface)
+            if value is None:
+                draw.text((left + 4, y + 2), "-", fill="gray", font=typeface)
+            else:
+                length = max(1, round((value - low) / (high - low) * bar_length))
+                draw.rectangle([left, y + 1, left + length - 1, y + bar_height - 2],
+                               fill=PAPER_COLOUR if is_paper else BAR_COLOUR)
+                draw.text((left + length + 6, y + 2), cell(value), fill="black", font=typeface)
+            y += bar_height
+        y += gap
+    draw.line([(left, top), (left, axis_y)], fill="black")
+    draw.line([(left, axis_y), (left + bar_length, axis_y)], fill="black")
+    for tick in range(low, high + 1, 10):
+        x = left + round((tick - low) / (high - low) * bar_length)
+        draw.line([(x, axis_y), (x, axis_y + 3)], fill="black")
+        draw.text((x - text_size(str(tick), typeface)[0] // 2, axis_y + 5), str(tick), fill="black", font=typeface)
+    return image
+
+
+def write_table_files(stem: Path, markdown: str, rows: list[dict], chart: Image.Image) -> list[Path]:
+    """STEM.md, STEM.csv and STEM.png, each written atomically."""
+    paths = [stem.with_suffix(suffix) for suffix in (".md", ".csv", ".png")]
+    atomic_write(paths[0], lambda temp: Path(temp).write_text(markdown + "\n"))
+    atomic_write(paths[1], lambda temp: Path(temp).write_text(records_csv(rows)))
+    atomic_write(paths[2], lambda temp: chart.save(temp, format="PNG"))
+    return paths
+
+
+def write_table1(runs: dict[str, dict], complexity: Sequence[dict], directory: Path) -> list[Path]:
+    """table1.{md,csv,png} in ``directory``; the chart shows mIoU, ours beside the paper's."""
+    rows = table1_rows(runs, complexity)
+    # The backbone's row holds complexity only: neither the paper nor a run gives it an mIoU.
+    groups = [(row["method"], [("SS", row["ss"], False), ("SS paper", row["paper_ss"], True),
+                               ("MS+flip", row["ms_flip"], False), ("MS+flip paper", row["paper_ms_flip"], True)])
+              for row in rows if row["method"] in TABLE1_ROWS.values()]
+    chart = comparison_chart("Table 1: PASCAL VOC val mIoU (%), ResNet-101; grey: the paper's", groups)
+    return write_table_files(Path(directory) / "table1", table1_markdown(runs, complexity), rows, chart)
+
+
+def write_ranking_table(number: int, runs: dict[str, dict], directory: Path) -> list[Path]:
+    """table<number>.{md,csv,png} (Table 3 or 4) in ``directory``."""
+    title, paper = RANKING_TITLES[number], RANKING_TABLES[number]
+    rows = ranking_rows(paper, runs)
+    groups = []
+    for row in rows:
+        bars = [("paper", row["paper_mIoU"], True)]
+        if row["method"].startswith("EMANet"):  # the rows this project trains
+            bars.append((f"ours {row['ours_protocol']}".strip(), row["mIoU"], False))
+        groups.append((row["method"], bars))
+    chart = comparison_chart(f"{title} mIoU (%); grey: the paper's (MS+flip)", groups)
+    return write_table_files(Path(directory) / f"table{number}", ranking_markdown(title, paper, runs), rows, chart)

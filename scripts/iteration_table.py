@@ -7,77 +7,29 @@ evaluated with every T >= it, beside the paper's numbers.
     python scripts/iteration_table.py experiment=voc_r50_ablation     # the paper's setting
 
 Trainings run as one Hydra multirun (``train.py -m model.ema.train_stages=...``) into
-ROOT/T<t>/ (default ROOT: runs/iteration_table/<experiment name>); evaluations go to
-ROOT/T<t>/eval_<protocol>_T<t_eval>/. Re-running skips every training and evaluation that
-has its metrics.json, and an interrupted training resumes from its last checkpoint; ROOT
-records the training overrides (iteration_table.json) and refuses different ones. The
-table is written as iteration_table.{md,csv,png} to ROOT (and to --output). Relative
-paths (data_root=..., --root) are taken from the current directory, as train.py does.
+ROOT/T<t>/ (default ROOT: runs/iteration_table/<experiment name>); the evaluations of each
+training as one more (``evaluate.py -m model.ema.eval_stages=...``) into
+ROOT/T<t>/eval_<protocol>_T<t_eval>/. hydra/launcher=... and hydra.launcher.*=... go to
+every multirun (e.g. hydra/launcher=submitit_slurm for one job array each). Re-running
+skips every training and evaluation that has its metrics.json, and an interrupted
+training resumes from its last checkpoint; ROOT records the training overrides
+(iteration_table.json) and refuses different ones. The table is written as
+iteration_table.{md,csv,png} to ROOT (and to --output). Relative paths (data_root=...,
+--root) are taken from the current directory, as train.py does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from emanet import reproduce
 from emanet.cli import compose_config
-from emanet.engine.evaluate import evaluate_checkpoint
-from emanet.io import atomic_write, write_json
-from emanet.tables import iteration_rows, read_metrics, write_iteration_table
-
-REPO = Path(__file__).resolve().parents[1]
-log = logging.getLogger("iteration_table")
-
-
-def train_missing(root: Path, stages: list[int], overrides: list[str], eval_protocol: str) -> None:
-    missing = [t for t in stages if read_metrics(root / f"T{t}") is None]
-    if not missing:
-        return
-    log.info("training T = %s into %s", missing, root)
-    command = [
-        sys.executable, str(REPO / "train.py"), "-m", *overrides, f"eval={eval_protocol}",
-        f"model.ema.train_stages={','.join(str(t) for t in missing)}",
-        f"hydra.sweep.dir={root}", "hydra.sweep.subdir=T${model.ema.train_stages}",
-    ]
-    subprocess.run(command, check=True)  # in this directory, like the evaluations
-
-
-def evaluation_dir(root: Path, t_train: int, t_eval: int, eval_protocol: str) -> Path:
-    return root / f"T{t_train}" / f"eval_{eval_protocol}_T{t_eval}"
-
-
-def check_overrides(root: Path, overrides: list[str]) -> None:
-    """Record the training overrides in ROOT, or refuse ones that differ from those recorded:
-    the trainings found there would not be the ones asked for."""
-    record = root / "iteration_table.json"
-    if record.is_file():
-        recorded = json.loads(record.read_text())["overrides"]
-        if recorded != overrides:
-            raise SystemExit(
-                f"error: {root} holds trainings with the overrides {recorded}, not {overrides}: "
-                "re-run with those, or pass --root DIR for the new settings"
-            )
-        return
-    write_json({"overrides": overrides}, record)
-
-
-def evaluate_missing(root: Path, t_train: int, max_stages: int, overrides: list[str], eval_protocol: str) -> None:
-    checkpoint = root / f"T{t_train}" / "checkpoints" / "last.pt"
-    for t_eval in range(t_train, max_stages + 1):
-        out = evaluation_dir(root, t_train, t_eval, eval_protocol)
-        if read_metrics(out) is not None:
-            continue
-        out.mkdir(parents=True, exist_ok=True)
-        cfg = compose_config("evaluate", [
-            *overrides, f"eval={eval_protocol}", f"checkpoint={checkpoint}",
-            f"model.ema.train_stages={t_train}", f"model.ema.eval_stages={t_eval}", "runtime.progress=false",
-        ])
-        evaluate_checkpoint(cfg, out)
+from emanet.io import atomic_write
+from emanet.tables import iteration_rows, write_iteration_table
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,21 +53,24 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_arguments()
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    cfg = compose_config("train", args.overrides)
+    job_overrides, hydra_overrides = reproduce.split_hydra_overrides(args.overrides)
+    cfg = compose_config("train", job_overrides)
     if cfg.model.head != "ema":
         raise SystemExit(f"error: the iteration table needs the EMA head, experiment {cfg.name} has {cfg.model.head}")
     root = (args.root or Path("runs") / "iteration_table" / cfg.name).resolve()
     stages = args.train_stages or list(range(1, args.max_stages + 1))
 
-    check_overrides(root, args.overrides)
-    train_missing(root, stages, args.overrides, args.eval)
-    results = {}
-    for t_train in stages:
-        evaluate_missing(root, t_train, args.max_stages, args.overrides, args.eval)
-        for t_eval in range(t_train, args.max_stages + 1):
-            results[(t_train, t_eval)] = read_metrics(evaluation_dir(root, t_train, t_eval, args.eval))["mIoU"]
-    rows = iteration_rows(results, args.max_stages)
-    title = f"Iteration table: {cfg.name} ({' '.join(args.overrides) or 'defaults'}), eval={args.eval}"
+    reproduce.check_recorded_settings(root / "iteration_table.json", {"overrides": job_overrides})
+    runs = reproduce.iteration_runs(root, reproduce.as_pairs(job_overrides), stages, args.max_stages, args.eval)
+    failures = reproduce.launch(
+        reproduce.unfinished_sweeps(runs), hydra_overrides, reproduce.uses_cluster_launcher(hydra_overrides)
+    )
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    if failures:
+        sys.exit(1)
+    rows = iteration_rows(reproduce.iteration_results(runs), args.max_stages)
+    title = f"Iteration table: {cfg.name} ({' '.join(job_overrides) or 'defaults'}), eval={args.eval}"
     paths = write_iteration_table(rows, args.max_stages, root, title)
     if args.output:
         for path in paths:

@@ -212,7 +212,7 @@ def test_base_maps_are_shown_at_the_evaluation_output_stride():
 
 def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
-    from paper_tables import collect
+    from emanet.tables import collect
 
     def run(name, experiment, depth, aux_weight=0.0):
         directory = tmp_path / name

@@ -1,0 +1,488 @@
+"""The paper's experiments as runs under one root: which trainings and evaluations there are,
+what each needs, what it costs, how they are launched as Hydra multiruns, and the tables.
+
+Used by ``scripts/reproduce_paper.py`` (every table) and ``scripts/iteration_table.py`` (the
+iteration table of any experiment). A run is a Hydra job of ``train.py`` or ``evaluate.py``
+whose run directory is finished once it holds ``metrics.json``; the runs that differ in one
+override only (``experiment``, ``model.ema.train_stages``...) are launched as one multirun
+(``-m key=a,b,c``), which a cluster launcher (``hydra/launcher=submitit_slurm``) submits as
+one job array. An unfinished run is launched again into the same directory, where the
+trainer resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from emanet.data.prepare import EXPECTED_COUNTS
+from emanet.io import write_json
+from emanet.tables import (
+    TABLE1_ROWS,
+    iteration_rows,
+    read_metrics,
+    write_iteration_table,
+    write_ranking_table,
+    write_table1,
+)
+
+log = logging.getLogger("reproduce")
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("table1", "table3", "table4", "iteration")
+ITERATION_EXPERIMENT = "voc_r50_ablation"
+# Tables 3 and 4 list EMANet on both backbones; the ResNet-50 runs start from the release's
+# ResNet-50, as the ablation experiment does.
+RANKING_EXPERIMENTS = {"table3": "context_emanet512", "table4": "cocostuff10k_emanet512"}
+RESNET50 = {
+    "model.backbone.depth": "50",
+    "model.backbone.pretrained": "'${data_root}/pretrained/resnet50_deep_stem.pth'",
+}
+# --smoke: the demo's data and a tiny network for every experiment. The head keys are set
+# with ++ for every head (a head ignores the others' keys), so that the runs of a multirun
+# still differ in their experiment only.
+SMOKE_HEAD_WIDTH = "32"
+# The throughput assumed where docs/benchmarks.jsonl has no measurement of the run on a GPU:
+# about what convolutional training sustains on one H100-class GPU (a tenth of its dense bf16 peak).
+ASSUMED_TFLOPS = 100.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training or evaluation: the Hydra job ``script -m`` runs for one sweep value."""
+
+    part: str  # table1 | table3 | table4 | iteration
+    row: str  # the table row or cell it fills
+    script: str  # train | evaluate
+    sweep_dir: Path
+    subdir: str  # hydra.sweep.subdir, which Hydra resolves to ``name`` for this job
+    name: str
+    overrides: tuple[tuple[str, str], ...]  # the job's config overrides, the swept key among them
+    sweep_key: str
+    needs: Path | None = None  # the training run whose checkpoint an evaluation reads
+
+    @property
+    def run_dir(self) -> Path:
+        return self.sweep_dir / self.name
+
+    @property
+    def finished(self) -> bool:
+        return read_metrics(self.run_dir) is not None
+
+    def override_list(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.overrides]
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def split_hydra_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the job's config overrides, Hydra's own: ``hydra/launcher=...``, ``hydra.launcher.*=...``).
+    Hydra's are passed to every ``-m`` call but are not part of what a run computes."""
+    hydra = [o for o in overrides if o.lstrip("+~").startswith(("hydra/", "hydra."))]
+    return [o for o in overrides if o not in hydra], hydra
+
+
+def as_pairs(overrides: Sequence[str]) -> dict[str, str]:
+    pairs = {}
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if not separator:
+            raise SystemExit(f"error: {override!r} is not a key=value override (e.g. runtime.threads=1)")
+        pairs[key] = value
+    return pairs
+
+
+def uses_cluster_launcher(hydra_overrides: Sequence[str]) -> bool:
+    """True when a launcher other than Hydra's basic one (jobs one after another in this
+    process) is chosen: its jobs run elsewhere or side by side, so multiruns may be started
+    together instead of one after another."""
+    choices = [o.partition("=")[2] for o in hydra_overrides if o.lstrip("+").startswith("hydra/launcher=")]
+    return bool(choices) and choices[-1] != "basic"
+
+
+def check_recorded_settings(record: Path, settings: dict) -> None:
+    """Record the settings the runs under ``record.parent`` are made with, or refuse other
+    ones: the runs found there would not be the ones asked for."""
+    if record.is_file():
+        recorded = json.loads(record.read_text())
+        if recorded != settings:
+            raise SystemExit(
+                f"error: {record.parent} holds runs made with {recorded}, not {settings} ({record}): "
+                "re-run with those, or pass --root DIR for the new settings"
+            )
+        return
+    write_json(settings, record)
+
+
+def smoke_overrides(demo: DictConfig, iterations: int) -> dict[str, str]:
+    """The demo's data and network (``demo``: the composed ``experiment=demo`` config) and a
+    schedule of ``iterations`` steps for any experiment: the whole pipeline in minutes on CPU."""
+    backbone, model = demo.model.backbone, demo.model
+    multi_grid = ",".join(str(v) for v in backbone.multi_grid)
+    return {
+        "dataset": "demo",
+        "dataset.generate.num_train": "4",
+        "dataset.generate.num_val": "2",
+        "model.backbone.depth": str(backbone.depth),
+        "model.backbone.width": str(backbone.width),
+        "model.backbone.multi_grid": f"[{multi_grid}]",
+        "model.backbone.pretrained": "null",
+        "model.bn_momentum": str(model.bn_momentum),
+        "++model.mid_channels": str(model.mid_channels),
+        "++model.ema.channels": str(model.ema.channels),
+        "++model.ema.num_bases": str(model.ema.num_bases),
+        "++model.channels": SMOKE_HEAD_WIDTH,
+        "++model.aspp.channels": SMOKE_HEAD_WIDTH,
+        "++model.psa.channels": SMOKE_HEAD_WIDTH,
+        "++model.psa.attention_size": "5",
+        "++model.attention_channels": SMOKE_HEAD_WIDTH,
+        "schedule.iterations": str(iterations),
+        "schedule.batch_size": "2",
+        "schedule.log_every": "1",
+        "eval.crop_size": str(demo.eval.crop_size),
+        "eval.stride": str(demo.eval.stride),
+    }
+
+
+# --------------------------------------------------------------------------------- plan
+
+
+def table_runs(root: Path, parts: Sequence[str], shared: dict[str, str]) -> list[Run]:
+    """The trainings of Tables 1, 3 and 4 (those of ``parts``): every ResNet-101 experiment in
+    ROOT/resnet101/<experiment>, the ResNet-50 ones in ROOT/resnet50/<experiment>, so each
+    backbone is one multirun over ``experiment``. Each training ends with the experiment's
+    evaluation (multi-scale + flip, the single-scale result beside it)."""
+    rows = []  # (part, row, experiment, depth overrides)
+    if "table1" in parts:
+        rows += [("table1", method, experiment, {}) for experiment, method in TABLE1_ROWS.items()]
+    for part, experiment in RANKING_EXPERIMENTS.items():
+        if part in parts:
+            rows += [(part, "EMANet (ResNet-101)", experiment, {}), (part, "EMANet (ResNet-50)", experiment, RESNET50)]
+    runs = []
+    for part, row, experiment, depth in rows:
+        backbone = "resnet50" if depth else "resnet101"
+        overrides = {"experiment": experiment, **depth, **shared}
+        runs.append(Run(part, row, "train", root / backbone, "${name}", experiment, tuple(overrides.items()),
+                        "experiment"))
+    return runs
+
+
+def iteration_runs(
+    root: Path, shared: dict[str, str], stages: Sequence[int], max_stages: int, eval_protocol: str
+) -> list[Run]:
+    """The iteration table: one training per T in ``stages`` into ROOT/T<t> (one multirun over
+    ``model.ema.train_stages``), each evaluated with every T_eval from T to ``max_stages`` into
+    ROOT/T<t>/eval_<protocol>_T<t_eval> (one multirun over ``model.ema.eval_stages`` per
+    training). ``shared``: the overrides of every run (the experiment among them)."""
+    runs = []
+    protocol = {"eval": eval_protocol}
+    for t_train in stages:
+        overrides = {**shared, **protocol, "model.ema.train_stages": str(t_train)}
+        runs.append(Run("iteration", f"T_train={t_train}", "train", root, "T${model.ema.train_stages}", f"T{t_train}",
+                        tuple(overrides.items()), "model.ema.train_stages"))
+    for t_train in stages:
+        training = root / f"T{t_train}"
+        for t_eval in range(t_train, max_stages + 1):
+            overrides = {
+                **shared, **protocol, "checkpoint": str(training / "checkpoints" / "last.pt"),
+                "model.ema.train_stages": str(t_train), "model.ema.eval_stages": str(t_eval),
+            }
+            runs.append(Run(
+                "iteration", f"T_train={t_train}, T_eval={t_eval}", "evaluate", training,
+                f"eval_{eval_protocol}_T${{model.ema.eval_stages}}", f"eval_{eval_protocol}_T{t_eval}",
+                tuple(overrides.items()), "model.ema.eval_stages", needs=training,
+            ))
+    return runs
+
+
+def paper_runs(
+    root: Path, parts: Sequence[str], job_overrides: Sequence[str], smoke: dict[str, str] | None, max_stages: int
+) -> list[Run]:
+    """Every run behind the paper's tables in ``parts``, with the user's overrides (and the
+    smoke test's, which win) on top of each experiment's."""
+    shared = {**as_pairs(job_overrides), **(smoke or {})}
+    runs = table_runs(root, parts, shared)
+    if "iteration" in parts:
+        shared_iteration = {"experiment": ITERATION_EXPERIMENT, **shared}
+        runs += iteration_runs(root / "iteration", shared_iteration, range(1, max_stages + 1), max_stages, "ss")
+    return runs
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+@dataclass
+class Sweep:
+    """The unfinished runs launched by one ``script -m`` call: same script, sweep directory
+    and overrides but for ``sweep_key``."""
+
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def needs(self) -> set[Path]:
+        return {run.needs for run in self.runs if run.needs is not None}
+
+    def command(self, hydra_overrides: Sequence[str]) -> list[str]:
+        first = self.runs[0]
+        values = ",".join(dict(run.overrides)[first.sweep_key] for run in self.runs)
+        overrides = [
+            f"{key}={values if key == first.sweep_key else value}" for key, value in first.overrides
+        ]
+        return [
+            sys.executable, str(REPO / f"{first.script}.py"), "-m", *overrides,
+            f"hydra.sweep.dir={first.sweep_dir}", f"hydra.sweep.subdir={first.subdir}", *hydra_overrides,
+        ]
+
+    def describe(self) -> str:
+        first = self.runs[0]
+        names = ", ".join(run.name for run in self.runs)
+        return f"{first.script} {len(self.runs)} run(s) in {first.sweep_dir}: {names}"
+
+
+def unfinished_sweeps(runs: Sequence[Run]) -> list[Sweep]:
+    sweeps: dict[tuple, Sweep] = {}
+    for run in runs:
+        if run.finished:
+            continue
+        shared = tuple((key, value) for key, value in run.overrides if key != run.sweep_key)
+        key = (run.script, run.sweep_dir, run.subdir, run.sweep_key, shared)
+        sweeps.setdefault(key, Sweep()).runs.append(run)
+    return list(sweeps.values())
+
+
+def launch(sweeps: Sequence[Sweep], hydra_overrides: Sequence[str], together: bool) -> list[str]:
+    """Run every sweep once the trainings it evaluates have finished: all that can start at
+    once together (``together``: a cluster launcher) or one after another. Returns a line
+    for each sweep that failed or could not start."""
+    problems = []
+    pending = list(sweeps)
+    running: dict[Future, Sweep] = {}
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, len(sweeps))) as pool:
+        while pending or running:
+            ready = [s for s in pending if all(read_metrics(path) is not None for path in s.needs)]
+            waiting_on = {run.run_dir for s in [*pending, *running.values()] for run in s.runs}
+            stuck = [s for s in pending if s not in ready and not (s.needs & waiting_on)]
+            for sweep in stuck:
+                pending.remove(sweep)
+                missing = ", ".join(str(p) for p in sorted(sweep.needs) if read_metrics(p) is None)
+                problems.append(f"not started: {sweep.describe()} (its training did not finish: {missing})")
+            for sweep in ready:
+                if running and not together:
+                    break
+                pending.remove(sweep)
+                command = sweep.command(hydra_overrides)
+                log.info("starting %s\n  %s", sweep.describe(), " ".join(command))
+                running[pool.submit(subprocess.run, command)] = sweep
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                sweep = running.pop(future)
+                status = future.result().returncode
+                elapsed = time.monotonic() - started
+                unfinished = [run.name for run in sweep.runs if not run.finished]
+                if status or unfinished:
+                    problems.append(
+                        f"failed (exit status {status}): {sweep.describe()}; unfinished: {', '.join(unfinished)}"
+                    )
+                log.info("%s %s after %.0f s", "failed" if status else "finished", sweep.describe(), elapsed)
+    return problems
+
+
+# ------------------------------------------------------------------------- prerequisites
+
+
+def prepare_command(dataset: str, data_root: Path) -> str:
+    command = f"python scripts/prepare_dataset.py {dataset}"
+    default_root = Path(os.environ.get("EMANET_DATA_ROOT", "data")).resolve()
+    return command if data_root.resolve() == default_root else f"EMANET_DATA_ROOT={data_root} {command}"
+
+
+def dataset_problems(cfg: DictConfig) -> list[str]:
+    """A line for each split the run reads that is missing or not of its published size."""
+    dataset = cfg.dataset
+    problems = []
+    for split in (dataset.train_split, dataset.val_split):
+        split_file = Path(dataset.root) / dataset.layout.split.format(split=split)
+        expected = EXPECTED_COUNTS.get(dataset.name, {}).get(split)
+        size = f", {expected} images" if expected else ""
+        make = prepare_command(dataset.name, Path(cfg.data_root))
+        if not split_file.is_file():
+            problems.append(f"missing: {split_file} ({dataset.name} {split} split{size}): {make}")
+            continue
+        count = sum(1 for line in split_file.read_text().splitlines() if line.strip())
+        if expected is not None and count != expected:
+            problems.append(
+                f"incomplete: {split_file} lists {count} images, the published {dataset.name} {split} split "
+                f"{expected}: {make}"
+            )
+    return problems
+
+
+def torchvision_weights_file(depth: int) -> Path:
+    import torch
+    import torchvision
+
+    url = torchvision.models.get_model_weights(f"resnet{depth}").IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def backbone_problems(cfg: DictConfig) -> list[str]:
+    """A line for ImageNet weights the run starts from that are not there."""
+    backbone = cfg.model.backbone
+    if backbone.pretrained is None:
+        return []
+    if backbone.pretrained == "torchvision":
+        path = torchvision_weights_file(backbone.depth)
+        if path.is_file():
+            return []
+        fetch = (f"python -c \"import torchvision; torchvision.models.get_model_weights('resnet{backbone.depth}')"
+                 ".IMAGENET1K_V1.get_state_dict(progress=True)\"")
+        return [f"missing: {path} (torchvision ResNet-{backbone.depth} weights): {fetch}"]
+    path = Path(backbone.pretrained).expanduser()
+    if path.is_file():
+        return []
+    return [
+        f"missing: {path} (model.backbone.pretrained): save the release's ImageNet deep-stem "
+        f"ResNet-{backbone.depth} there (README.md, \"Pretrained backbones\")"
+    ]
+
+
+def missing_prerequisites(configs: Sequence[DictConfig]) -> list[str]:
+    """Every dataset split and pretrained backbone the runs need that is not ready, once each."""
+    problems: list[str] = []
+    for cfg in configs:
+        for line in [*dataset_problems(cfg), *backbone_problems(cfg)]:
+            if line not in problems:
+                problems.append(line)
+    return problems
+
+
+# --------------------------------------------------------------------------------- costs
+
+
+@dataclass(frozen=True)
+class Cost:
+    gpu_hours: float
+    source: str  # "estimate" or "measured on <GPU>"
+
+
+def benchmark_variant(cfg: DictConfig) -> str:
+    """The row of scripts/benchmark.py's train benchmark that runs as this config trains."""
+    precision = "bf16" if cfg.runtime.amp == "bf16" else "fp32"
+    return f"{precision}{'_cl' if cfg.runtime.channels_last else ''}{'_compile' if cfg.runtime.compile else ''}"
+
+
+def measured_images_per_second(records: Sequence[dict], model: str, cfg: DictConfig) -> tuple[float, str] | None:
+    """(images/s, GPU) of the newest GPU measurement of this model, crop and training variant."""
+    variant = benchmark_variant(cfg)
+    for record in reversed(records):
+        gpu = record.get("machine", {}).get("gpu")
+        if gpu and record.get("model") == model and record.get("crop") == cfg.dataset.crop_size:
+            for row in record.get("rows", []):
+                if row.get("variant") == variant:
+                    return row["images_per_second"], gpu
+    return None
+
+
+def evaluation_flops(cfg: DictConfig, crop_step_flops: float) -> float:
+    """An evaluation's FLOPs: each validation image taken as one training crop, its forward
+    pass a third of a training step, once per scale (times its area) and flip."""
+    images = EXPECTED_COUNTS.get(cfg.dataset.name, {}).get(cfg.dataset.val_split, 0)
+    passes = sum(scale * scale for scale in cfg.eval.scales) * (2 if cfg.eval.flip else 1)
+    return images * passes * crop_step_flops / 3
+
+
+def run_cost(
+    run: Run, cfg: DictConfig, crop_step_flops: float, measured: tuple[float, str] | None, tflops: float
+) -> Cost:
+    """GPU-hours of a run: training steps (and the final evaluation) from the measured
+    throughput where there is one, else from the FLOPs of a training step on one crop
+    (``crop_step_flops``) at ``tflops`` sustained."""
+    crops = cfg.schedule.iterations * cfg.schedule.batch_size if run.script == "train" else 0
+    if measured is not None and run.script == "train":
+        images_per_second, gpu = measured
+        return Cost(crops / images_per_second / 3600, f"measured on {gpu}")
+    flops = crops * crop_step_flops + evaluation_flops(cfg, crop_step_flops)
+    return Cost(flops / (tflops * 1e12) / 3600, "estimate")
+
+
+def plan_lines(runs: Sequence[Run], costs: Sequence[Cost], tflops: float) -> list[str]:
+    """The run list: part, kind, finished, GPU-hours, run directory, overrides."""
+    lines = [f"{len(runs)} runs ({sum(r.finished for r in runs)} finished):"]
+    for run, cost in zip(runs, costs, strict=True):
+        state = "finished" if run.finished else "to run"
+        mark = "" if cost.source == "estimate" else f" ({cost.source})"
+        lines.append(
+            f"  {run.part:<9} {run.script:<8} {state:<8} {cost.gpu_hours:8.2f} GPU-h{mark}  {run.run_dir}  "
+            f"{' '.join(run.override_list())}"
+        )
+    left = sum(cost.gpu_hours for run, cost in zip(runs, costs, strict=True) if not run.finished)
+    total = sum(cost.gpu_hours for cost in costs)
+    estimated = sum(cost.source == "estimate" for cost in costs)
+    lines.append(f"GPU-hours: {total:.1f} in all, {left:.1f} still to run")
+    if estimated:
+        lines.append(
+            f"  {estimated} of them an estimate: no GPU measurement of theirs in docs/benchmarks.jsonl, so the "
+            f"training FLOPs (counted on the meta device) at an assumed {tflops:g} TFLOP/s sustained, "
+            "evaluations from the forward FLOPs"
+        )
+    return lines
+
+
+def run_configs(runs: Sequence[Run], compose: Callable[[str, list[str]], DictConfig]) -> list[DictConfig]:
+    """Each run's config, resolved (a run without its config is none of ours to launch)."""
+    configs = []
+    for run in runs:
+        cfg = compose(run.script, run.override_list())
+        OmegaConf.resolve(cfg)
+        configs.append(cfg)
+    return configs
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+def iteration_results(runs: Sequence[Run]) -> dict[tuple[int, int], float]:
+    """(T_train, T_eval) -> mIoU of the finished iteration-table evaluations among ``runs``."""
+    results = {}
+    for run in runs:
+        metrics = read_metrics(run.run_dir) if run.script == "evaluate" else None
+        if metrics is not None:
+            overrides = dict(run.overrides)
+            stages = int(overrides["model.ema.train_stages"]), int(overrides["model.ema.eval_stages"])
+            results[stages] = metrics["mIoU"]
+    return results
+
+
+def write_paper_tables(
+    root: Path, runs: Sequence[Run], parts: Sequence[str], complexity: Sequence[dict], max_stages: int, title: str
+) -> list[Path]:
+    """The tables of ``parts`` from the finished runs, as md, csv and png files in ``root``."""
+    finished = {}
+    for run in runs:
+        metrics = read_metrics(run.run_dir) if run.script == "train" else None
+        if metrics is not None:
+            finished.setdefault(run.part, {})[run.row] = metrics
+    paths = []
+    if "table1" in parts:
+        paths += write_table1(finished.get("table1", {}), complexity, root)
+    for part in ("table3", "table4"):
+        if part in parts:
+            paths += write_ranking_table(int(part[-1]), finished.get(part, {}), root)
+    if "iteration" in parts:
+        rows = iteration_rows(iteration_results(runs), max_stages)
+        paths += write_iteration_table(rows, max_stages, root, f"Iteration table: {ITERATION_EXPERIMENT}{title}")
+    return paths
