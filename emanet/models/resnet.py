@@ -1,15 +1,20 @@
 """Dilated ResNet backbones for dense prediction.
 
-Two stems are supported:
+Three stems are supported:
 
 * ``"deep"``: the ResNet-v1c stem of the EMANet release (three 3x3 convs 64, 64, 128),
   parameter names ``conv1.{0,1,3,4,6}`` and ``bn1`` as in the release's ImageNet weights.
+* ``"v1c"``: mmsegmentation's ResNetV1c stem (three 3x3 convs 32, 32, 64, each followed
+  by BN and ReLU), parameter names ``stem.{0,1,3,4,6,7}`` as in mmsegmentation's
+  checkpoints and ImageNet weights.
 * ``"torchvision"``: the classic 7x7 stem; parameter names match torchvision's ``resnet*``
   so that torchvision's ImageNet weights load without renaming.
 
-Blocks put the stride on the 3x3 conv (ResNet v1.5), which is what both the release and
-torchvision do. The output stride (8 or 16) is reached by replacing the strides of
-layer3/layer4 with dilation, following the release's multi-grid rule.
+Blocks put the stride on the 3x3 conv (ResNet v1.5, mmsegmentation's ``style="pytorch"``),
+which is what the release, mmsegmentation and torchvision do. The output stride (8 or 16)
+is reached by replacing the strides of layer3/layer4 with dilation, following the
+release's multi-grid rule; multi-grid factors of 1 give mmsegmentation's "D8" layout
+(``contract_dilation=True``: layer3 = 1, 2, 2, ...; layer4 = 2, 4, 4).
 """
 
 from __future__ import annotations
@@ -164,11 +169,14 @@ class ResNet(nn.Module):
 
     Args:
         depth: 18, 34, 50, 101 or 152.
-        stem: ``"deep"`` (release, 3x3 convs) or ``"torchvision"`` (7x7 conv).
+        stem: ``"deep"`` (release, 3x3 convs 64-64-128), ``"v1c"`` (mmsegmentation, 3x3
+            convs 32-32-64) or ``"torchvision"`` (7x7 conv).
         output_stride: 8, 16 or 32.
-        multi_grid: dilation factors of the layer4 blocks (release: 1, 2, 4).
+        multi_grid: dilation factors of the layer4 blocks (release: 1, 2, 4;
+            mmsegmentation's D8 backbones: 1, 1, 1).
         width: channels of the first stage (64 in the standard networks); smaller values
-            give narrow networks for quick experiments on a CPU.
+            give narrow networks for quick experiments on a CPU. The deep stem ends with
+            ``2 * width`` channels, the others with ``width``.
         norm_layer: normalisation layer constructor (``nn.BatchNorm2d`` or a partial of it).
     """
 
@@ -188,8 +196,21 @@ class ResNet(nn.Module):
         self.depth = depth
         self.num_blocks = num_blocks
         self.multi_grid = tuple(multi_grid)
+        self.stem_type = stem
 
-        if stem == "deep":
+        if stem == "v1c":
+            if width % 2:
+                raise ValueError(
+                    f"model.backbone.width must be even for model.backbone.stem=v1c (its first two convs have "
+                    f"width / 2 channels), got {width}"
+                )
+            stem_channels = width
+            self.stem = nn.Sequential(
+                conv3x3(3, width // 2, stride=2), norm_layer(width // 2), nn.ReLU(inplace=True),
+                conv3x3(width // 2, width // 2), norm_layer(width // 2), nn.ReLU(inplace=True),
+                conv3x3(width // 2, width), norm_layer(width), nn.ReLU(inplace=True),
+            )
+        elif stem == "deep":
             stem_channels = 2 * width
             self.conv1 = nn.Sequential(
                 conv3x3(3, width, stride=2), norm_layer(width), nn.ReLU(inplace=True),
@@ -200,9 +221,10 @@ class ResNet(nn.Module):
             stem_channels = width
             self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
         else:
-            raise ValueError(f"model.backbone.stem must be 'deep' or 'torchvision', got {stem!r}")
-        self.bn1 = norm_layer(stem_channels)
-        self.relu = nn.ReLU(inplace=True)
+            raise ValueError(f"model.backbone.stem must be 'deep', 'v1c' or 'torchvision', got {stem!r}")
+        if stem != "v1c":
+            self.bn1 = norm_layer(stem_channels)
+            self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         in_channels = stem_channels
@@ -259,7 +281,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # x: (B, 3, H, W)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, stem, H/4, W/4)
+        x = self.stem(x) if self.stem_type == "v1c" else self.relu(self.bn1(self.conv1(x)))  # (B, stem, H/2, W/2)
+        x = self.maxpool(x)  # (B, stem, H/4, W/4)
         low_level = self.layer1(x)  # (B, width*e, H/4, W/4)
         x = self.layer2(low_level)  # (B, 2*width*e, H/8, W/8)
         layer3 = self.layer3(x)  # (B, 4*width*e, H/os', W/os')

@@ -12,6 +12,7 @@ from torch import nn
 from emanet.errors import ConfigError
 from emanet.models.baseline_heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, NonLocalHead, PSAHead
 from emanet.models.ema_head import EMAHead
+from emanet.models.mmseg_ema_head import MMSegEMAHead
 from emanet.models.pretrained import load_backbone_weights
 from emanet.models.resnet import ResNet
 
@@ -19,16 +20,20 @@ from emanet.models.resnet import ResNet
 class SegmentationModel(nn.Module):
     """Runs the head on the backbone's features and upsamples the logits to the input size.
 
-    The upsampling uses ``align_corners=True``, as the release does in training and testing.
-    An ``aux_head`` (a deep-supervision classifier on layer3) runs in training mode only:
-    the forward pass then returns ``(logits, aux_logits)``, both at the input size.
+    The upsampling is bilinear with ``align_corners`` (True: the release, in training and
+    testing; False: mmsegmentation). An ``aux_head`` (a deep-supervision classifier on
+    layer3) runs in training mode only: the forward pass then returns
+    ``(logits, aux_logits)``, both at the input size.
     """
 
-    def __init__(self, backbone: ResNet, head: nn.Module, aux_head: nn.Module | None = None) -> None:
+    def __init__(
+        self, backbone: ResNet, head: nn.Module, aux_head: nn.Module | None = None, align_corners: bool = True
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
+        self.align_corners = align_corners
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         # images: (B, 3, H, W) -> logits (B, classes, H, W)
@@ -38,9 +43,8 @@ class SegmentationModel(nn.Module):
             return logits
         return logits, self._upsample(self.aux_head(features), images)
 
-    @staticmethod
-    def _upsample(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+    def _upsample(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 def build_model(
@@ -50,6 +54,8 @@ def build_model(
 
     ``load_pretrained=False`` skips ImageNet weights, for models about to receive a checkpoint.
     ``auxiliary=False`` leaves out the auxiliary head (``model.aux``), which only training uses.
+    ``model.align_corners`` (the release's True where a config does not set it) is how the
+    logits are upsampled to the input size.
     """
     norm_layer = partial(nn.BatchNorm2d, momentum=cfg.bn_momentum)
     try:
@@ -73,7 +79,7 @@ def build_model(
         raise ConfigError(str(error)) from None
     if load_pretrained and cfg.backbone.pretrained:
         load_backbone_weights(backbone, cfg.backbone.pretrained, cfg.backbone.depth, cfg.backbone.stem)
-    return SegmentationModel(backbone, head, aux_head)
+    return SegmentationModel(backbone, head, aux_head, align_corners=cfg.get("align_corners", True))
 
 
 def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) -> nn.Module:
@@ -92,6 +98,20 @@ def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) 
             lambda_=cfg.ema.lambda_,
             normalize_bases=cfg.ema.normalize_bases,
             maintenance=cfg.ema.maintenance,
+            dropout=cfg.dropout,
+            norm_layer=norm_layer,
+        )
+    if cfg.head == "ema_mmseg":
+        return MMSegEMAHead(
+            in_channels=in_channels,
+            num_classes=num_classes,
+            ema_channels=cfg.ema.channels,
+            channels=cfg.mid_channels,
+            num_bases=cfg.ema.num_bases,
+            train_stages=cfg.ema.train_stages,
+            eval_stages=cfg.ema.eval_stages,
+            momentum=cfg.ema.momentum,
+            concat_input=cfg.concat_input,
             dropout=cfg.dropout,
             norm_layer=norm_layer,
         )
@@ -116,5 +136,6 @@ def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) 
             in_channels, num_classes, cfg.attention_channels, cfg.mid_channels, cfg.dropout, norm_layer
         )
     raise ValueError(
-        f"model.head must be one of ema, fcn, deeplabv3, deeplabv3plus, psanet, nonlocal; got {cfg.head!r}"
+        f"model.head must be one of ema, ema_mmseg, fcn, deeplabv3, deeplabv3plus, psanet, nonlocal; "
+        f"got {cfg.head!r}"
     )
