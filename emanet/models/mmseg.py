@@ -1,0 +1,123 @@
+"""mmsegmentation's EMANet checkpoints and their strict conversion to this project's keys.
+
+mmsegmentation saves ``{'state_dict': ..., 'meta': {...}}`` (``meta['iter']`` is the
+training iteration). Its keys: ``backbone.*`` (ResNetV1c, the stem as
+``backbone.stem.{0,1,3,4,6,7}``, which :class:`~emanet.models.resnet.ResNet` with
+``stem="v1c"`` names alike), ``decode_head.*`` (EMAHead, whose ConvModules hold ``conv``
+and ``bn``) and ``auxiliary_head.*`` (an FCNHead on layer3). The model of
+``model=emanet_mmseg`` has one tensor for each of them; a file with any key left over, any
+tensor missing or any shape that differs is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from emanet.errors import CheckpointError
+
+# mmsegmentation prefix -> this project's prefix; the first match wins.
+MMSEG_TO_PROJECT = (
+    ("backbone.", "backbone."),
+    ("decode_head.ema_in_conv.conv.", "head.ema_in_conv.0."),
+    ("decode_head.ema_in_conv.bn.", "head.ema_in_conv.1."),
+    ("decode_head.ema_mid_conv.conv.", "head.ema_mid_conv."),
+    ("decode_head.ema_module.bases", "head.ema_module.bases"),
+    ("decode_head.ema_out_conv.conv.", "head.ema_out_conv.0."),
+    ("decode_head.ema_out_conv.bn.", "head.ema_out_conv.1."),
+    ("decode_head.bottleneck.conv.", "head.bottleneck.0."),
+    ("decode_head.bottleneck.bn.", "head.bottleneck.1."),
+    ("decode_head.conv_cat.conv.", "head.conv_cat.0."),
+    ("decode_head.conv_cat.bn.", "head.conv_cat.1."),
+    ("decode_head.conv_seg.", "head.conv_seg."),
+    ("auxiliary_head.convs.0.conv.", "aux_head.conv.0."),
+    ("auxiliary_head.convs.0.bn.", "aux_head.conv.1."),
+    ("auxiliary_head.conv_seg.", "aux_head.classifier."),
+)
+PROJECT_TO_MMSEG = tuple((new, old) for old, new in MMSEG_TO_PROJECT)
+
+KEY_EXAMPLES = 3  # keys named in an error; a checkpoint of another network differs in hundreds
+
+
+def renamed(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
+    """``key`` with the first matching prefix of ``table`` replaced, or None if none matches."""
+    for old, new in table:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
+
+def examples(keys: list[str]) -> str:
+    return ", ".join(keys[:KEY_EXAMPLES]) + (", ..." if len(keys) > KEY_EXAMPLES else "")
+
+
+def convert_mmseg_state_dict(
+    state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], origin: str | Path
+) -> dict[str, torch.Tensor]:
+    """``state`` (mmsegmentation's keys) renamed to the keys of ``model_state``, checked to
+    fill every one of them with a tensor of its shape and to leave none of its own unused.
+
+    Raises :class:`CheckpointError` in one line naming ``origin`` and the first keys at fault,
+    in mmsegmentation's names (those the file has, or would have).
+    """
+    converted = {}
+    unexpected = []
+    for key, value in state.items():
+        new_key = renamed(key, MMSEG_TO_PROJECT)
+        if new_key is None or new_key not in model_state:
+            unexpected.append(key)
+        else:
+            converted[new_key] = value
+    missing = [renamed(key, PROJECT_TO_MMSEG) or key for key in model_state if key not in converted]
+    problems = []
+    if missing:
+        problems.append(f"lacks {len(missing)} of the model's tensors ({examples(missing)})")
+    if unexpected:
+        problems.append(f"has {len(unexpected)} keys the model does not ({examples(unexpected)})")
+    if problems:
+        raise CheckpointError(
+            f"{origin} {' and '.join(problems)}: it is not a checkpoint of the configured mmsegmentation EMANet "
+            "(check the experiment, model.backbone.depth and model.aux.weight)"
+        )
+    for new_key, value in converted.items():
+        if not isinstance(value, torch.Tensor) or value.shape != model_state[new_key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(
+                f"{origin}: {renamed(new_key, PROJECT_TO_MMSEG)} is {shape}, the model's {new_key} is "
+                f"{tuple(model_state[new_key].shape)} (check dataset.num_classes, model.backbone.depth and the "
+                "model.ema.* sizes)"
+            )
+    return converted
+
+
+def read_mmseg_checkpoint(path: str | Path, trusted: bool = False) -> tuple[dict[str, torch.Tensor], int]:
+    """The state dict (mmsegmentation's keys) and training iteration of one of their files.
+
+    The file is read as tensors and plain containers only unless ``trusted``: a pickle can
+    run code, so a file holding other objects is refused without it.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except FileNotFoundError:
+        raise CheckpointError(f"mmsegmentation checkpoint not found: {path}") from None
+    except Exception as error:
+        hint = "" if trusted else " (if the file is from a source you trust, import it with trusted=True / --trusted)"
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read {path}: {first_line}{hint}") from error
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(f"{path} is not an mmsegmentation checkpoint (a dict with 'state_dict' and 'meta')")
+    meta = checkpoint.get("meta")
+    iteration = meta.get("iter", 0) if isinstance(meta, Mapping) else 0
+    return dict(checkpoint["state_dict"]), int(iteration or 0)
+
+
+def load_mmseg_checkpoint(model: nn.Module, path: str | Path, trusted: bool = False) -> int:
+    """Load an mmsegmentation EMANet checkpoint file into ``model`` strictly; returns the
+    iteration it was saved at."""
+    state, iteration = read_mmseg_checkpoint(path, trusted)
+    model.load_state_dict(convert_mmseg_state_dict(state, model.state_dict(), path), strict=True)
+    return iteration
