@@ -41,7 +41,7 @@ def test_layout_rejects_bad_multi_grid():
         stage_strides_and_dilations(16, (3, 4, 6, 3), (2, 2, 2))
 
 
-@pytest.mark.parametrize("stem", ["deep", "torchvision"])
+@pytest.mark.parametrize("stem", ["deep", "v1c", "torchvision"])
 @pytest.mark.parametrize("depth", [18, 50])
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_output_shapes(stem, depth, output_stride):
@@ -82,6 +82,15 @@ def test_deep_stem_names_match_the_release():
     assert keys["conv1.6.weight"].shape == (128, 64, 3, 3) and keys["bn1.weight"].shape == (128,)
 
 
+def test_v1c_stem_names_match_mmsegmentation():
+    keys = ResNet(50, stem="v1c").state_dict()
+    stem = {key.rsplit(".", 1)[0] for key in keys if key.startswith("stem.")}
+    assert stem == {"stem.0", "stem.1", "stem.3", "stem.4", "stem.6", "stem.7"}
+    assert keys["stem.6.weight"].shape == (64, 32, 3, 3) and keys["stem.7.weight"].shape == (64,)
+    assert not any(key.startswith(("conv1.", "bn1.")) for key in keys)
+    assert keys["layer1.0.downsample.0.weight"].shape == (256, 64, 1, 1)
+
+
 def tiny_model_config(model: str):
     overrides = [
         f"model={model}", "model.backbone.depth=18", "model.backbone.width=8", "model.backbone.multi_grid=[1,2]",
@@ -102,7 +111,7 @@ def test_a_model_config_that_cannot_be_built_is_a_config_error_naming_the_key():
         build_model(cfg, num_classes=5)
 
 
-@pytest.mark.parametrize("model", ["emanet", "fcn", "deeplabv3", "deeplabv3plus", "nonlocal"])
+@pytest.mark.parametrize("model", ["emanet", "emanet_mmseg", "fcn", "deeplabv3", "deeplabv3plus", "nonlocal"])
 def test_every_head_gives_logits_at_input_size(model):
     net = build_model(tiny_model_config(model), num_classes=5).eval()
     assert net(torch.randn(2, 3, 50, 70)).shape == (2, 5, 50, 70)
@@ -181,7 +190,7 @@ def test_non_local_block_matches_direct_attention():
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
-@pytest.mark.parametrize("stem", ["deep", "torchvision"])
+@pytest.mark.parametrize("stem", ["deep", "v1c", "torchvision"])
 @pytest.mark.parametrize("output_stride", [8, 16])
 def test_every_depth_stem_and_stride_at_full_width(depth, stem, output_stride):
     # Shapes only, on the meta device: the full-size networks cost no compute here.
