@@ -3,14 +3,19 @@
     python scripts/complexity.py [--json] [--size 513]
 
 Rows: the ResNet-101 backbone (output stride 8, deep stem), then each head as an
-increment over it, counted the way the paper counts (the modules in ``COUNTED`` below):
-for EMANet the 3x3 conv in front of the unit and the unit itself, which reproduces the
-paper's 43.06 G and 9.997 M for EMANet(512).
+increment over it, counted the way the paper counts (the head modules each row names in
+``ROWS`` below): for EMANet the 3x3 conv in front of the unit and the unit itself, which
+reproduces the paper's 43.06 G and 9.997 M for EMANet(512). The last row, beyond the
+paper, is mmsegmentation's EMANet head (``model=emanet_mmseg``), counted up to its
+classifier: its 3x3 conv and unit (the same layers and cost as EMANet(512)'s), plus the
+3x3 bottleneck and the 3x3 conv over the head's input concatenated with it, which the
+release does not have.
 
 * FLOPs are multiply-accumulates: torch.utils.flop_counter's count (2 per MAC) halved. It
   sees every matmul, the no-gradient EM iterations included.
 * Params are the parameters of the counted modules, plus the EMA bases (K x C, a buffer
-  learned by moving average, which the paper counts).
+  learned by moving average, which the paper counts; ``mu`` in the release's unit,
+  ``bases`` in mmsegmentation's).
 * Memory is the size of the activations a training-mode forward pass keeps for the
   backward pass (float32, per image), measured with autograd's saved-tensor hooks on the
   meta device, each storage counted once: what a network costs per image in training.
@@ -43,6 +48,10 @@ ROWS = {
     "EMANet(512)": ("emanet", ["model.ema.channels=512"], ("reduce", "ema"), 43.1, 22.1, 10.0),
     "Non-local": ("nonlocal", [], ("reduce", "non_local"), None, None, None),
     "FCN": ("fcn", [], ("conv",), None, None, None),
+    "EMANet(512) mmseg": (
+        "emanet_mmseg", [], ("ema_in_conv", "ema_mid_conv", "ema_module", "ema_out_conv", "bottleneck", "conv_cat"),
+        None, None, None,
+    ),
 }
 
 
@@ -121,7 +130,7 @@ def head_params(model: torch.nn.Module, counted: tuple[str, ...]) -> int:
     for name in counted:
         part = getattr(model.head, name)
         total += sum(p.numel() for p in part.parameters())
-        total += sum(b.numel() for n, b in part.named_buffers() if n.endswith("mu"))  # the EMA bases
+        total += sum(b.numel() for n, b in part.named_buffers() if n.endswith(("mu", "bases")))  # the EMA bases
     return total
 
 

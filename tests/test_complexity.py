@@ -37,6 +37,26 @@ def test_emanet512_reproduces_the_reference_count_exactly(rows):
     assert rows["EMANet(512)"]["params_m"] == 9.997
 
 
+def test_mmseg_head_counts_what_its_layers_compute(rows):
+    # Up to the classifier: ema_in_conv (3x3 2048->512 + BN), the unit (1x1 with bias, the
+    # 512x64 bases, 1x1 + BN), the bottleneck (3x3 512->256 + BN) and conv_cat (3x3
+    # (2048+256)->256 + BN); BN has a scale and a shift per channel.
+    params = (
+        (2048 * 512 * 9 + 2 * 512) + (512 * 512 + 512) + 512 * 64 + (512 * 512 + 2 * 512)
+        + (512 * 256 * 9 + 2 * 256) + (2304 * 256 * 9 + 2 * 256)
+    )
+    positions = 65 * 65  # 513x513 at output stride 8
+    # convs, then the EM attention: per iteration two C x N x K products (E and M steps),
+    # three iterations, and one more for the reconstruction.
+    macs = positions * (2048 * 512 * 9 + 512 * 512 + 512 * 512 + 512 * 256 * 9 + 2304 * 256 * 9)
+    macs += positions * 512 * 64 * (2 * 3 + 1)
+    row = rows["EMANet(512) mmseg"]
+    assert row["params_m"] == round(params / 1e6, 3) == 16.486
+    assert row["flops_g"] == round(macs / 1e9, 2) == 70.47
+    # its unit and the conv in front of it are EMANet(512)'s layers: the rest is its extra convs
+    assert row["params_m"] - rows["EMANet(512)"]["params_m"] == pytest.approx((1180160 + 5308928) / 1e6, abs=1e-3)
+
+
 def test_non_local_costs_more_than_ema_at_the_same_width(rows):
     assert rows["Non-local"]["flops_g"] > rows["EMANet(512)"]["flops_g"]
 
