@@ -70,6 +70,7 @@ class Run:
     overrides: tuple[tuple[str, str], ...]  # the job's config overrides, the swept key among them
     sweep_key: str
     needs: Path | None = None  # the training run whose checkpoint an evaluation reads
+    cell: tuple[int, int] | None = None  # an iteration-table evaluation's (T_train, T_eval)
 
     @property
     def run_dir(self) -> Path:
@@ -183,25 +184,32 @@ def iteration_runs(
 ) -> list[Run]:
     """The iteration table: one training per T in ``stages`` into ROOT/T<t> (one multirun over
     ``model.ema.train_stages``), each evaluated with every T_eval from T to ``max_stages`` into
-    ROOT/T<t>/eval_<protocol>_T<t_eval> (one multirun over ``model.ema.eval_stages`` per
-    training). ``shared``: the overrides of every run (the experiment among them)."""
+    ROOT/T<t>/eval_<protocol>_T<t_eval>. ``shared``: the overrides of every run (the experiment
+    among them).
+
+    The evaluations are one multirun too, over (T, T_eval) pairs, ``+iteration_cell={train:T,
+    eval:T_eval}``, from which the checkpoint and both T are interpolated: a sweep over two
+    keys would be their full product, half of it T_eval < T."""
     runs = []
     protocol = {"eval": eval_protocol}
     for t_train in stages:
         overrides = {**shared, **protocol, "model.ema.train_stages": str(t_train)}
         runs.append(Run("iteration", f"T_train={t_train}", "train", root, "T${model.ema.train_stages}", f"T{t_train}",
                         tuple(overrides.items()), "model.ema.train_stages"))
+    evaluation = {
+        **shared, **protocol,
+        "checkpoint": f"'{root}/T${{iteration_cell.train}}/checkpoints/last.pt'",
+        "model.ema.train_stages": "${iteration_cell.train}",
+        "model.ema.eval_stages": "${iteration_cell.eval}",
+    }
     for t_train in stages:
-        training = root / f"T{t_train}"
         for t_eval in range(t_train, max_stages + 1):
-            overrides = {
-                **shared, **protocol, "checkpoint": str(training / "checkpoints" / "last.pt"),
-                "model.ema.train_stages": str(t_train), "model.ema.eval_stages": str(t_eval),
-            }
+            overrides = {**evaluation, "+iteration_cell": f"{{train:{t_train},eval:{t_eval}}}"}
             runs.append(Run(
-                "iteration", f"T_train={t_train}, T_eval={t_eval}", "evaluate", training,
-                f"eval_{eval_protocol}_T${{model.ema.eval_stages}}", f"eval_{eval_protocol}_T{t_eval}",
-                tuple(overrides.items()), "model.ema.eval_stages", needs=training,
+                "iteration", f"T_train={t_train}, T_eval={t_eval}", "evaluate", root,
+                f"T${{iteration_cell.train}}/eval_{eval_protocol}_T${{iteration_cell.eval}}",
+                f"T{t_train}/eval_{eval_protocol}_T{t_eval}", tuple(overrides.items()), "+iteration_cell",
+                needs=root / f"T{t_train}", cell=(t_train, t_eval),
             ))
     return runs
 
@@ -459,11 +467,9 @@ def iteration_results(runs: Sequence[Run]) -> dict[tuple[int, int], float]:
     """(T_train, T_eval) -> mIoU of the finished iteration-table evaluations among ``runs``."""
     results = {}
     for run in runs:
-        metrics = read_metrics(run.run_dir) if run.script == "evaluate" else None
+        metrics = read_metrics(run.run_dir) if run.cell is not None else None
         if metrics is not None:
-            overrides = dict(run.overrides)
-            stages = int(overrides["model.ema.train_stages"]), int(overrides["model.ema.eval_stages"])
-            results[stages] = metrics["mIoU"]
+            results[run.cell] = metrics["mIoU"]
     return results
 
 

@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.dry_run:
         print("\n".join(reproduce.plan_lines(runs, costs(runs, args.assumed_tflops), args.assumed_tflops)))
-        print(f"{len(missing)} missing prerequisite(s)" + (":" if missing else ""))
-        print("\n".join(missing))
+        print("\n".join([f"{len(missing)} missing prerequisite(s)" + (":" if missing else ""), *missing]))
         sys.exit(2 if missing else 0)
     if missing:
         print("\n".join(missing), file=sys.stderr)

@@ -138,7 +138,7 @@ def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
         [*command[:-len(overrides)], *overrides, "optim.lr=0.5"], cwd=tmp_path, capture_output=True, text=True
     )
     assert changed.returncode == 1
-    assert f"error: {root} holds trainings with the overrides {overrides}" in changed.stderr
+    assert f"error: {root} holds runs made with {{'overrides': {overrides}}}, not" in changed.stderr
     assert "pass --root DIR for the new settings" in changed.stderr
 
 

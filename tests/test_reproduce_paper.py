@@ -1,0 +1,194 @@
+"""scripts/reproduce_paper.py: the paper's runs under one root, their prerequisites and costs,
+the smoke pipeline on the submitit launcher, and the tables it writes."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from emanet import reproduce
+from emanet.tables import TABLE1_ROWS
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import reproduce_paper  # noqa: E402
+
+
+def dry_run(argv: list[str], capsys) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as exit_:
+        reproduce_paper.main(["--dry-run", *argv])
+    return exit_.value.code, capsys.readouterr().out.splitlines()
+
+
+def csv_rows(path: Path) -> dict[str, dict]:
+    with path.open() as file:
+        return {row["method"]: row for row in csv.DictReader(file)}
+
+
+def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path):
+    # Tiny runs side by side in separate processes (the submitit local launcher), one thread each.
+    command = [
+        sys.executable, str(REPO / "scripts" / "reproduce_paper.py"), "--smoke", "--root", "root", "--max-stages", "1",
+        "hydra/launcher=submitit_local", "runtime.threads=1", "runtime.num_workers=0", "runtime.progress=false",
+        "data_root=data",
+    ]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    root = tmp_path / "root"
+    assert "0 of 13 runs finished; 4 multirun(s) to launch" in first.stderr
+    assert (tmp_path / "data" / "demo" / "VOC2012").is_dir()  # data_root relative to the current directory
+    for stem in ("table1", "table3", "table4", "iteration_table"):
+        assert f"written: {root / stem}.md" in first.stdout
+        assert Image.open(root / f"{stem}.png").width > 300
+    emanet512 = json.loads((root / "resnet101" / "voc_emanet512" / "metrics.json").read_text())
+    config = OmegaConf.load(root / "resnet101" / "voc_emanet512" / "config.yaml")
+    assert (config.dataset.name, config.model.backbone.depth, config.schedule.iterations) == ("demo", 18, 2)
+
+    table1 = csv_rows(root / "table1.csv")
+    for method in TABLE1_ROWS.values():
+        assert table1[method]["ss"] and table1[method]["ms_flip"], method
+    assert float(table1["EMANet(512)"]["ms_flip"]) == emanet512["mIoU"]
+    assert float(table1["EMANet(512)"]["ss"]) == emanet512["single_scale"]["mIoU"]
+    assert table1["EMANet(512)"]["paper_ms_flip"] == "81.32" and table1["ResNet-101"]["flops_g"]
+    assert f"| EMANet(512) | {emanet512['single_scale']['mIoU']:.2f} | 80.05 |" in (root / "table1.md").read_text()
+    for number, paper in ((3, {"EMANet (ResNet-101)": "53.1", "EMANet (ResNet-50)": "50.5"}),
+                          (4, {"EMANet (ResNet-101)": "39.9", "EMANet (ResNet-50)": "37.6"})):
+        rows = csv_rows(root / f"table{number}.csv")
+        for method, value in paper.items():
+            assert rows[method]["mIoU"] and rows[method]["paper_mIoU"] == value, (number, method)
+    resnet50 = json.loads((root / "resnet50" / "cocostuff10k_emanet512" / "metrics.json").read_text())
+    assert float(csv_rows(root / "table4.csv")["EMANet (ResNet-50)"]["mIoU"]) == resnet50["mIoU"]
+    evaluation = json.loads((root / "iteration" / "T1" / "eval_ss_T1" / "metrics.json").read_text())
+    assert evaluation["eval"]["em_iterations"] == 1
+    assert (root / "iteration_table.csv").read_text().splitlines()[1] == f"1,1,{evaluation['mIoU']},77.34"
+
+    stamps = {path: path.stat().st_mtime_ns for path in root.rglob("*") if path.suffix in (".json", ".pt")}
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "13 of 13 runs finished; 0 multirun(s) to launch" in second.stderr
+    assert "starting" not in second.stderr
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # no run touched
+
+
+
+def test_dry_run_names_each_missing_prerequisite_and_its_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EMANET_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "elsewhere"
+    context = data / "VOCdevkit" / "VOC2010" / "ImageSets" / "SegmentationContext"
+    context.mkdir(parents=True)
+    (context / "train.txt").write_text("a\nb\nc\n")  # a partly prepared split
+    status, lines = dry_run(["--only", "table3", f"data_root={data}"], capsys)
+    assert status == 2
+    prepare = f"EMANET_DATA_ROOT={data} python scripts/prepare_dataset.py pascal_context"
+    assert lines[-4:] == [
+        f"incomplete: {context / 'train.txt'} lists 3 images, the published pascal_context train split 4998: {prepare}",
+        f"missing: {context / 'val.txt'} (pascal_context val split, 5105 images): {prepare}",
+        f"missing: {data / 'pretrained' / 'resnet101_deep_stem.pth'} (model.backbone.pretrained): save the release's "
+        "ImageNet deep-stem ResNet-101 there (README.md, \"Pretrained backbones\")",
+        f"missing: {data / 'pretrained' / 'resnet50_deep_stem.pth'} (model.backbone.pretrained): save the release's "
+        "ImageNet deep-stem ResNet-50 there (README.md, \"Pretrained backbones\")",
+    ]
+    assert lines[0] == "2 runs (0 finished):"
+    root = tmp_path / "runs" / "paper"
+    assert lines[1].split()[:4] == ["table3", "train", "to", "run"]
+    context101, context50 = root / "resnet101" / "context_emanet512", root / "resnet50" / "context_emanet512"
+    assert f"GPU-h  {context101}  experiment=context_emanet512 data_root={data}" in lines[1]
+    assert f"{context50}  experiment=context_emanet512 model.backbone.depth=50" in lines[2]
+    assert "an assumed 100 TFLOP/s sustained" in lines[4] and "4 missing prerequisite(s):" in lines
+    assert not root.exists()  # a dry run writes nothing
+
+    # torchvision's weights are looked for in the torch hub cache; ready data needs no command.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (context / "val.txt").write_text("a\n")
+    status, lines = dry_run(["--only", "table3", f"data_root={data}", "model.backbone.pretrained=torchvision",
+                             "model.backbone.stem=torchvision"], capsys)
+    assert status == 2
+    fetch = "python -c \"import torchvision; torchvision.models.get_model_weights('resnet50')"
+    assert any(line.startswith(f"missing: {tmp_path / 'torch' / 'hub' / 'checkpoints' / 'resnet50-'}") and
+               line.endswith(f"(torchvision ResNet-50 weights): {fetch}.IMAGENET1K_V1.get_state_dict(progress=True)\"")
+               for line in lines)
+
+
+def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
+    root = tmp_path / "root"
+    status, lines = dry_run(["--smoke", "--root", str(root), "--max-stages", "2", f"data_root={tmp_path}"], capsys)
+    assert status == 0  # the smoke test needs no data: it generates the demo's
+    listed = [line.split("GPU-h  ")[1].split("  ")[0] for line in lines if "GPU-h  " in line]
+    iteration = [f"iteration/{name}" for name in ("T1", "T2", "T1/eval_ss_T1", "T1/eval_ss_T2", "T2/eval_ss_T2")]
+    expected = [*(f"resnet101/{experiment}" for experiment in TABLE1_ROWS), "resnet101/context_emanet512",
+                "resnet50/context_emanet512", "resnet101/cocostuff10k_emanet512", "resnet50/cocostuff10k_emanet512",
+                *iteration]
+    assert listed == [str(root / path) for path in expected]
+    assert lines[-1] == "0 missing prerequisite(s)"
+
+    status, lines = dry_run(["--smoke", "--root", str(root), "--only", "table4,iteration", "--max-stages", "1"], capsys)
+    listed = [line.split("GPU-h  ")[1].split("  ")[0] for line in lines if "GPU-h  " in line]
+    assert listed == [str(root / path) for path in ("resnet101/cocostuff10k_emanet512",
+                                                    "resnet50/cocostuff10k_emanet512", "iteration/T1",
+                                                    "iteration/T1/eval_ss_T1")]
+    with pytest.raises(SystemExit) as exit_:
+        reproduce_paper.parse_arguments(["--only", "table2"])
+    assert exit_.value.code == 2
+    assert "--only takes parts among table1,table3,table4,iteration, got 'table2'" in capsys.readouterr().err
+
+
+def test_runs_of_one_backbone_are_one_multirun_and_evaluations_follow_their_trainings(tmp_path):
+    runs = reproduce.paper_runs(tmp_path, reproduce.PARTS, ["runtime.threads=1"], None, 2)
+    sweeps = reproduce.unfinished_sweeps(runs)
+    commands = [sweep.command(["hydra/launcher=submitit_slurm"]) for sweep in sweeps]
+    assert [command[1] for command in commands] == [str(REPO / "train.py")] * 3 + [str(REPO / "evaluate.py")]
+    assert f"experiment={','.join([*TABLE1_ROWS, 'context_emanet512', 'cocostuff10k_emanet512'])}" in commands[0]
+    assert "model.ema.train_stages=1,2" in commands[2]
+    assert "+iteration_cell={train:1,eval:1},{train:1,eval:2},{train:2,eval:2}" in commands[3]
+    assert all(command[-1] == "hydra/launcher=submitit_slurm" for command in commands)
+    assert sweeps[3].needs == {tmp_path / "iteration" / "T1", tmp_path / "iteration" / "T2"}
+    # A finished training leaves its multirun; the evaluations of a failed one are not started.
+    finished = tmp_path / "resnet101" / "voc_fcn"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    assert "voc_fcn" not in reproduce.unfinished_sweeps(runs)[0].command([])[3]
+    failed = reproduce.Sweep([run for run in runs if run.cell == (2, 2)])  # T2 is in no other sweep
+    problems = reproduce.launch([failed], [], together=True)
+    assert problems == [f"not started: evaluate 1 run(s) in {tmp_path / 'iteration'}: T2/eval_ss_T2 (its training did "
+                        f"not finish: {tmp_path / 'iteration' / 'T2'})"]
+
+
+def test_gpu_hours_come_from_a_gpu_measurement_where_there_is_one():
+    cfg = OmegaConf.create({
+        "runtime": {"amp": "bf16", "channels_last": True, "compile": False},
+        "dataset": {"crop_size": 513, "name": "voc_aug", "val_split": "val"},
+        "schedule": {"iterations": 30000, "batch_size": 16}, "eval": {"scales": [1.0], "flip": False},
+    })
+    measurement = {"machine": {"gpu": "NVIDIA H100"}, "model": "voc_emanet512 R101 OS8", "crop": 513,
+                   "rows": [{"variant": "fp32", "images_per_second": 50.0},
+                            {"variant": "bf16_cl", "images_per_second": 160.0}]}
+    cpu = {**measurement, "machine": {"cpu": "x86_64"}}
+    measured = reproduce.measured_images_per_second([measurement, cpu], "voc_emanet512 R101 OS8", cfg)
+    assert measured == (160.0, "NVIDIA H100")
+    run = reproduce.table_runs(Path("root"), ["table1"], {})[0]
+    assert reproduce.run_cost(run, cfg, 1e12, measured, 100.0) == reproduce.Cost(
+        30000 * 16 / 160.0 / 3600, "measured on NVIDIA H100")
+    assert reproduce.measured_images_per_second([cpu], "voc_emanet512 R101 OS8", cfg) is None
+    # Without one: 480,000 training crops and 1,449 single-scale passes at a third of a step.
+    estimate = reproduce.run_cost(run, cfg, 1e12, None, 100.0)
+    assert estimate.source == "estimate"
+    assert estimate.gpu_hours == pytest.approx((480000 * 1e12 + 1449 * 1e12 / 3) / 100e12 / 3600)
+
+
+def test_a_root_refuses_runs_made_with_other_settings(tmp_path):
+    record = tmp_path / "reproduce_paper.json"
+    reproduce.check_recorded_settings(record, {"overrides": ["runtime.threads=1"], "smoke": True})
+    reproduce.check_recorded_settings(record, {"overrides": ["runtime.threads=1"], "smoke": True})  # the same: fine
+    with pytest.raises(SystemExit) as exit_:
+        reproduce.check_recorded_settings(record, {"overrides": ["optim.lr=0.5"], "smoke": True})
+    assert str(exit_.value) == (
+        f"error: {tmp_path} holds runs made with {{'overrides': ['runtime.threads=1'], 'smoke': True}}, not "
+        f"{{'overrides': ['optim.lr=0.5'], 'smoke': True}} ({record}): re-run with those, or pass --root DIR for the "
+        "new settings"
+    )
