@@ -52,7 +52,7 @@ def main() -> None:
         help="read a file holding more than tensors and plain containers (a pickle can run code)",
     )
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.backbone.depth=50")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow --experiment
     try:
         checkpoint = import_checkpoint(args.source, args.destination, args.experiment, args.overrides, args.trusted)
     except EmanetError as error:  # a config or checkpoint problem, in one line

@@ -290,7 +290,8 @@ def test_a_wrong_shape_is_refused_naming_the_file_and_key(tmp_path):
 def test_the_script_reports_a_foreign_file_in_one_line(tmp_path):
     torch.save({"net": {}}, tmp_path / "release.pth")
     result = subprocess.run(
-        [sys.executable, "scripts/import_mmseg_checkpoint.py", str(tmp_path / "release.pth"), str(tmp_path / "x.pt")],
+        [sys.executable, "scripts/import_mmseg_checkpoint.py", str(tmp_path / "release.pth"), str(tmp_path / "x.pt"),
+         "--experiment", EXPERIMENT, *OVERRIDES],  # overrides after the option, as the usage line shows
         cwd=REPO, capture_output=True, text=True,
     )
     assert result.returncode == 2

@@ -77,7 +77,8 @@ def convert_mmseg_state_dict(
     if missing:
         problems.append(f"lacks {len(missing)} of the model's tensors ({examples(missing)})")
     if unexpected:
-        problems.append(f"has {len(unexpected)} keys the model does not ({examples(unexpected)})")
+        noun = "key" if len(unexpected) == 1 else "keys"
+        problems.append(f"has {len(unexpected)} {noun} the model does not ({examples(unexpected)})")
     if problems:
         raise CheckpointError(
             f"{origin} {' and '.join(problems)}: it is not a checkpoint of the configured mmsegmentation EMANet "
