@@ -281,11 +281,17 @@ def launch(sweeps: Sequence[Sweep], hydra_overrides: Sequence[str], together: bo
         while pending or running:
             ready = [s for s in pending if all(read_metrics(path) is not None for path in s.needs)]
             waiting_on = {run.run_dir for s in [*pending, *running.values()] for run in s.runs}
-            stuck = [s for s in pending if s not in ready and not (s.needs & waiting_on)]
+            stuck = [s for s in pending if s not in ready and (not s.needs & waiting_on or not running and not ready)]
             for sweep in stuck:
+                # Start the runs whose trainings did finish; the others cannot run.
                 pending.remove(sweep)
-                missing = ", ".join(str(p) for p in sorted(sweep.needs) if read_metrics(p) is None)
-                problems.append(f"not started: {sweep.describe()} (its training did not finish: {missing})")
+                blocked = Sweep([run for run in sweep.runs if read_metrics(run.needs) is None])
+                runnable = Sweep([run for run in sweep.runs if read_metrics(run.needs) is not None])
+                missing = ", ".join(str(p) for p in sorted(blocked.needs))
+                problems.append(f"not started: {blocked.describe()} (its training did not finish: {missing})")
+                if runnable.runs:
+                    pending.append(runnable)
+                    ready.append(runnable)
             for sweep in ready:
                 if running and not together:
                     break
@@ -302,9 +308,7 @@ def launch(sweeps: Sequence[Sweep], hydra_overrides: Sequence[str], together: bo
                 elapsed = time.monotonic() - started
                 unfinished = [run.name for run in sweep.runs if not run.finished]
                 if status or unfinished:
-                    problems.append(
-                        f"failed (exit status {status}): {sweep.describe()}; unfinished: {', '.join(unfinished)}"
-                    )
+                    problems.append(f"exit status {status}: {sweep.describe()}; unfinished: {', '.join(unfinished)}")
                 log.info("%s %s after %.0f s", "failed" if status else "finished", sweep.describe(), elapsed)
     return problems
 

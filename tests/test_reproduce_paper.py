@@ -138,7 +138,7 @@ def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
     assert "--only takes parts among table1,table3,table4,iteration, got 'table2'" in capsys.readouterr().err
 
 
-def test_runs_of_one_backbone_are_one_multirun_and_evaluations_follow_their_trainings(tmp_path):
+def test_runs_of_one_backbone_are_one_multirun_and_evaluations_follow_their_trainings(tmp_path, monkeypatch):
     runs = reproduce.paper_runs(tmp_path, reproduce.PARTS, ["runtime.threads=1"], None, 2)
     sweeps = reproduce.unfinished_sweeps(runs)
     commands = [sweep.command(["hydra/launcher=submitit_slurm"]) for sweep in sweeps]
@@ -157,6 +157,18 @@ def test_runs_of_one_backbone_are_one_multirun_and_evaluations_follow_their_trai
     problems = reproduce.launch([failed], [], together=True)
     assert problems == [f"not started: evaluate 1 run(s) in {tmp_path / 'iteration'}: T2/eval_ss_T2 (its training did "
                         f"not finish: {tmp_path / 'iteration' / 'T2'})"]
+    # The evaluations of a training that finished still run when another training failed.
+    (tmp_path / "iteration" / "T1").mkdir(parents=True)
+    (tmp_path / "iteration" / "T1" / "metrics.json").write_text("{}")
+    evaluations = reproduce.Sweep([run for run in runs if run.cell in ((1, 1), (2, 2))])
+    started = []
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda command: started.append(command) or
+                        subprocess.CompletedProcess(command, 0))
+    problems = reproduce.launch([evaluations], [], together=False)
+    assert [c for c in started[0] if c.startswith("+iteration_cell")] == ["+iteration_cell={train:1,eval:1}"]
+    assert problems[0].startswith("not started: evaluate 1 run(s) in") and "T2/eval_ss_T2" in problems[0]
+    assert problems[1] == f"exit status 0: evaluate 1 run(s) in {tmp_path / 'iteration'}: T1/eval_ss_T1; unfinished: " \
+        "T1/eval_ss_T1"  # the stand-in wrote no metrics.json
 
 
 def test_gpu_hours_come_from_a_gpu_measurement_where_there_is_one():
