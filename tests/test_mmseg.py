@@ -354,3 +354,16 @@ def test_emanet_mmseg_builds_mmsegs_d8_backbone_and_head():
         from emanet.config_checks import check_config
 
         check_config(cfg)
+
+
+def test_mmsegs_imagenet_v1c_weights_load_as_the_pretrained_backbone(tmp_path):
+    # Their ImageNet ResNetV1c files hold stem.*, layer*.* and the classifier fc.*.
+    source = ResNet(50, stem="v1c", width=WIDTH)
+    torch.nn.init.normal_(source.stem[0].weight)
+    weights = {**source.state_dict(), "fc.weight": torch.zeros(1000, 32 * WIDTH), "fc.bias": torch.zeros(1000)}
+    torch.save({"state_dict": weights}, tmp_path / "resnet50_v1c.pth")
+    cfg = compose_config("train", [f"experiment={EXPERIMENT}", *OVERRIDES,
+                                   f"model.backbone.pretrained={tmp_path / 'resnet50_v1c.pth'}"])
+    model = build_model(cfg.model, cfg.dataset.num_classes)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
