@@ -455,7 +455,7 @@ def plan_lines(runs: Sequence[Run], costs: Sequence[Cost], tflops: float) -> lis
 
 
 def run_configs(runs: Sequence[Run], compose: Callable[[str, list[str]], DictConfig]) -> list[DictConfig]:
-    """Each run's config, resolved (a run without its config is none of ours to launch)."""
+    """Each run's config as its script composes it (``compose(script, overrides)``), resolved."""
     configs = []
     for run in runs:
         cfg = compose(run.script, run.override_list())

@@ -412,7 +412,8 @@ def write_ranking_table(number: int, runs: dict[str, dict], directory: Path) -> 
     for row in rows:
         bars = [("paper", row["paper_mIoU"], True)]
         if row["method"].startswith("EMANet"):  # the rows this project trains
-            bars.append((f"ours {row['ours_protocol']}".strip(), row["mIoU"], False))
+            protocol = {"ms_flip": " MS+flip", "ss": " SS"}.get(row["ours_protocol"], "")
+            bars.append((f"ours{protocol}", row["mIoU"], False))
         groups.append((row["method"], bars))
     chart = comparison_chart(f"{title} mIoU (%); grey: the paper's (MS+flip)", groups)
     return write_table_files(Path(directory) / f"table{number}", ranking_markdown(title, paper, runs), rows, chart)

@@ -132,6 +132,11 @@ def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
     assert listed == [str(root / path) for path in ("resnet101/cocostuff10k_emanet512",
                                                     "resnet50/cocostuff10k_emanet512", "iteration/T1",
                                                     "iteration/T1/eval_ss_T1")]
+    with pytest.raises(SystemExit) as exit_:  # a bad override stops it before anything is launched
+        reproduce_paper.main(["--smoke", "--root", str(root), "--only", "table4", "optim.lrr=3"])
+    assert str(exit_.value) == "error: optim.lrr=3: Could not override 'optim.lrr'. To append to your config use " \
+        "+optim.lrr=3"
+    assert not root.exists()
     with pytest.raises(SystemExit) as exit_:
         reproduce_paper.parse_arguments(["--only", "table2"])
     assert exit_.value.code == 2
