@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("destination", help="where to write this project's checkpoint")
     parser.add_argument("--experiment", default="voc_release", help="experiment config the weights belong to")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. dataset.num_classes=21")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come after --experiment
     try:
         checkpoint = import_checkpoint(args.source, args.destination, args.experiment, args.overrides)
     except CheckpointError as error:

@@ -53,6 +53,8 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
     assert {name: keys for name in EXPERIMENTS if (keys := eval_keys_set_by(name))} == {
         "cityscapes_emanet512": {"crop_size": 769, "stride": 513},
         "cityscapes_r50_emanet512": {"crop_size": 769, "stride": 513},
+        "cityscapes_mmseg_r101": {"crop_size": 769, "stride": 513},
+        "cityscapes_mmseg_r50": {"crop_size": 769, "stride": 513},
         "demo": {"crop_size": 64, "stride": 48},
         "voc_release": {"align_corners": True},
     }

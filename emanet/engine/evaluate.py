@@ -28,7 +28,7 @@ from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
 from emanet.errors import DatasetError
 from emanet.io import atomic_write, write_json
-from emanet.models.segmentor import SegmentationModel, build_model
+from emanet.models.segmentor import EM_HEADS, SegmentationModel, build_model
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> di
         "crop_size": cfg.eval.crop_size if cfg.eval.mode == "slide" else None,
         "stride": cfg.eval.stride if cfg.eval.mode == "slide" else None,
         "align_corners": bool(cfg.eval.align_corners),
-        "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head == "ema" else None,
+        "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
         "output_stride": output_stride,
         "precision": str(amp.dtype or torch.float32).removeprefix("torch."),
     }

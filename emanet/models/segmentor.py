@@ -47,6 +47,10 @@ class SegmentationModel(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
+# Heads that run EM iterations: model.ema.train_stages / eval_stages (T) apply to them.
+EM_HEADS = ("ema", "ema_mmseg")
+
+
 def build_model(
     cfg: DictConfig, num_classes: int, load_pretrained: bool = True, auxiliary: bool = True
 ) -> SegmentationModel:
@@ -54,8 +58,7 @@ def build_model(
 
     ``load_pretrained=False`` skips ImageNet weights, for models about to receive a checkpoint.
     ``auxiliary=False`` leaves out the auxiliary head (``model.aux``), which only training uses.
-    ``model.align_corners`` (the release's True where a config does not set it) is how the
-    logits are upsampled to the input size.
+    ``model.align_corners`` is how the logits are upsampled to the input size.
     """
     norm_layer = partial(nn.BatchNorm2d, momentum=cfg.bn_momentum)
     try:
@@ -79,7 +82,7 @@ def build_model(
         raise ConfigError(str(error)) from None
     if load_pretrained and cfg.backbone.pretrained:
         load_backbone_weights(backbone, cfg.backbone.pretrained, cfg.backbone.depth, cfg.backbone.stem)
-    return SegmentationModel(backbone, head, aux_head, align_corners=cfg.get("align_corners", True))
+    return SegmentationModel(backbone, head, aux_head, align_corners=cfg.align_corners)
 
 
 def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) -> nn.Module:
