@@ -10,6 +10,7 @@ rebuilt, for the numbers the README and the docs quote.
     python scripts/benchmark.py eval  [--variants fp32 bf16_cl] [--images 8] [--preset full|small] [overrides...]
     python scripts/benchmark.py data  [--images 200] [--workers 1 2]
     python scripts/benchmark.py targets [overrides...]
+    python scripts/benchmark.py acceptance [--steps 3] [--repeats 3] [--images N] [--preset full|small] [overrides...]
     python scripts/benchmark.py tables
 
 ``unit``: forward and forward+backward time of the EMA unit, the non-local block and a
@@ -31,6 +32,14 @@ presets as ``train``.
 
 ``targets``: the TFLOP/s that the GPU targets (150 training images/s, MS+flip over VOC
 val in 3 minutes) require of EMANet(512) R101, from FLOPs counted on the meta device.
+
+``acceptance``: what only a GPU can check (emanet.engine.acceptance): CUDA logits against
+CPU logits, cudnn.benchmark's algorithms against cuDNN's defaults, bf16 and fp16 training
+steps against float32, channels_last and torch.compile against the plain network,
+SyncBatchNorm under a one-process NCCL group against BatchNorm, each with its measured
+largest difference and tolerance; then training images/s (fp32, bf16_cl, bf16_cl_compile)
+and MS+flip evaluation images/s with peak memory. Exit status 1 if a check fails. On a
+CPU the demo network at toy sizes, the CUDA-only checks skipped with their reasons.
 
 ``tables``: rebuild every table of docs/benchmarks.md from docs/benchmarks.jsonl, e.g.
 after adding lines measured on another machine.
@@ -67,6 +76,7 @@ from emanet.benchmark_records import (
     append_record,
     benchmark_run_dir,
     demo_table,
+    machine_cell,
     new_record,
     rebuild_table,
     records,
@@ -78,6 +88,7 @@ from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.data.transforms import seed_transform, train_transform
+from emanet.engine import acceptance
 from emanet.engine.amp import AmpSettings
 from emanet.engine.evaluate import eval_inference, evaluation_settings
 from emanet.engine.evaluator import evaluate
@@ -190,10 +201,10 @@ RUN_TABLES = "benchmarks.md"
 def write_run_tables(run_dir: Path) -> None:
     """The run directory's benchmarks.md: the tables of every benchmark measured there."""
     sections = []
-    for benchmark, columns in TABLE_COLUMNS.items():
+    for benchmark, table in TABLES.items():
         measured = records(benchmark, run_dir / RUN_RECORDS)
         if measured:
-            sections.append(f"## {benchmark}\n\n{rows_table(measured, columns)}\n")
+            sections.append(f"## {benchmark}\n\n{table(measured)}\n")
         if measured and benchmark == "unit" and any(unit_growth(record["rows"]) for record in measured):
             sections.append(f"## unit growth\n\n{unit_growth_table(measured)}\n")
     text = "\n".join(sections)
@@ -201,7 +212,7 @@ def write_run_tables(run_dir: Path) -> None:
 
 
 def rebuild_tables(benchmark: str) -> None:
-    rebuild_table(benchmark, lambda records: rows_table(records, TABLE_COLUMNS[benchmark]))
+    rebuild_table(benchmark, TABLES[benchmark])
     if benchmark == "unit":
         rebuild_table("unit", unit_growth_table, section="unit-growth")
 
@@ -223,6 +234,13 @@ def timed(function, device: torch.device, repeats: int, warmup: int = 1) -> floa
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1 (argparse names the option in its error)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def default_device() -> torch.device:
@@ -449,19 +467,16 @@ def time_train_step(
     return seconds, memory
 
 
-def train_benchmark(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
-    cfg = benchmark_config(args, device, {
-        "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
-        "small": ["dataset.crop_size=129", "schedule.batch_size=8"],
-    })
-    configure_runtime(cfg)  # seed, threads and cuDNN autotuning as the trainer has them
-    batch, crop = cfg.schedule.batch_size, cfg.dataset.crop_size
-    flops = config_train_step_flops(cfg, batch)
+def measure_train(
+    cfg: DictConfig, device: torch.device, variants: list[str], repeats: int, flops: float
+) -> list[dict]:
+    """A row per variant: images/s, TFLOP/s (of ``flops`` per step), peak memory and fraction
+    of the GPU's bf16 peak."""
+    batch = cfg.schedule.batch_size
     peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rows = []
-    for variant in args.variants:
-        seconds, memory = time_train_step(cfg, device, *TRAIN_VARIANTS[variant], args.repeats)
+    for variant in variants:
+        seconds, memory = time_train_step(cfg, device, *TRAIN_VARIANTS[variant], repeats)
         tflops = flops / seconds / 1e12
         rows.append({
             "variant": variant, "images_per_second": round(batch / seconds, 2), "tflops": round(tflops, 2),
@@ -470,9 +485,23 @@ def train_benchmark(args: argparse.Namespace) -> None:
         })
         row = rows[-1]
         print(f"{variant:>16}: {row['images_per_second']:8.2f} images/s, {row['tflops']:7.2f} TFLOP/s, "
-              f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}")
+              f"peak memory {row['peak_memory_gib']} GiB, fraction of bf16 peak {row['fraction_of_bf16_peak']}",
+              flush=True)
+    return rows
+
+
+def train_benchmark(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    cfg = benchmark_config(args, device, {
+        "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
+        "small": ["dataset.crop_size=129", "schedule.batch_size=8"],
+    })
+    configure_runtime(cfg)  # seed, threads and cuDNN autotuning as the trainer has them
+    flops = config_train_step_flops(cfg, cfg.schedule.batch_size)
+    rows = measure_train(cfg, device, args.variants, args.repeats, flops)
     settings = {
-        "model": model_name(cfg), "crop": crop, "batch": batch, "gflops_per_step": round(flops / 1e9, 1),
+        "model": model_name(cfg), "crop": cfg.dataset.crop_size, "batch": cfg.schedule.batch_size,
+        "gflops_per_step": round(flops / 1e9, 1),
         "cudnn_benchmark": cfg.runtime.cudnn_benchmark,
     }
     record(args, "train", {**settings, "rows": rows})
@@ -499,36 +528,51 @@ def voc_sized_batches(count: int, num_classes: int) -> list[dict]:
     return batches
 
 
-def eval_benchmark(args: argparse.Namespace) -> None:
+EVAL_PROTOCOLS = ("single scale", "MS+flip")
+
+
+def measure_eval(
+    cfg: DictConfig, device: torch.device, variants: list[str], images: int, protocols=EVAL_PROTOCOLS
+) -> list[dict]:
     """Times the evaluator itself (host-to-device copy, every scale and flip, float32
     probability averaging, argmax, confusion matrix) over VOC-sized images, after one
-    pass over each image size."""
-    device = torch.device(args.device)
-    cfg = benchmark_config(args, device, {"full": [], "small": []})
+    pass over each image size: a row per variant and protocol, with the peak GPU memory."""
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).to(device).eval()
-    batches = voc_sized_batches(args.images, cfg.dataset.num_classes)
+    batches = voc_sized_batches(images, cfg.dataset.num_classes)
     inference = eval_inference(cfg)
-    protocols = {"single scale": ([1.0], False), "MS+flip": (list(cfg.eval.scales), True)}
+    settings = {"single scale": ([1.0], False), "MS+flip": (list(cfg.eval.scales), True)}
     rows = []
     with evaluation_settings(model, cfg):  # eval output stride and cuDNN autotuning, as evaluate.py
-        for variant in args.variants:
+        for variant in variants:
             amp = EVAL_VARIANTS[variant]
             model.to(memory_format=torch.channels_last if amp.channels_last else torch.contiguous_format)
-            for protocol, (scales, flip) in protocols.items():
+            for protocol in protocols:
+                scales, flip = settings[protocol]
 
                 def run(batches, scales=scales, flip=flip, amp=amp):
                     evaluate(model, batches, cfg.dataset.num_classes, scales, flip, device, progress=False,
                              inference=inference, amp=amp)
 
                 run(batches[: len(VOC_IMAGE_SIZES)])  # warm-up: every size once
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 seconds = timed(lambda run=run: run(batches), device, repeats=1, warmup=0)
+                memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
                 rows.append({"variant": variant, "protocol": protocol, "scales": scales, "flip": flip,
-                             "images_per_second": round(len(batches) / seconds, 2)})
+                             "images_per_second": round(len(batches) / seconds, 2),
+                             "peak_memory_gib": round(memory, 2) if memory is not None else None})
                 print(f"{variant:>8} {protocol:>13}: {rows[-1]['images_per_second']:8.2f} images/s "
-                      f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)")
-    record(args, "eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": len(batches),
-                    "mode": cfg.eval.mode, "cudnn_benchmark": cfg.eval.cudnn_benchmark, "rows": rows})
+                      f"(1,449 VOC val images in {1449 / rows[-1]['images_per_second'] / 60:.1f} min)", flush=True)
+    return rows
+
+
+def eval_benchmark(args: argparse.Namespace) -> None:
+    device = torch.device(args.device)
+    cfg = benchmark_config(args, device, {"full": [], "small": []})
+    rows = measure_eval(cfg, device, args.variants, args.images)
+    record(args, "eval", {"model": model_name(cfg), "image_size": "VOC sizes", "images": args.images,
+                          "mode": cfg.eval.mode, "cudnn_benchmark": cfg.eval.cudnn_benchmark, "rows": rows})
 
 
 # ----------------------------------------------------------------------------- targets
@@ -576,6 +620,108 @@ def targets_benchmark(args: argparse.Namespace) -> None:
               f"images/s = {row['tflops_needed']} TFLOP/s ({row['fraction_of_bf16_peak']['H100']:.1%} of an "
               "H100's bf16 peak)")
     record(args, "targets", {"model": model_name(cfg), "rows": rows})
+
+
+# --------------------------------------------------------------------------- acceptance
+
+# The measured configuration: EMANet(512) R101 at the training crop and batch on a GPU;
+# the demo network at toy sizes on a CPU, so that CI runs the same code in seconds.
+ACCEPTANCE_SIZES = {
+    "full": ["dataset.crop_size=513", "schedule.batch_size=16"],
+    "small": ["dataset.crop_size=33", "schedule.batch_size=2", "eval.scales=[0.5,1.0]"],
+}
+CPU_UNMEASURED = {"bf16_cl_compile": "not measured on a CPU: inductor spends minutes compiling there"}
+
+
+def acceptance_benchmark(args: argparse.Namespace) -> None:
+    """The checks of emanet.engine.acceptance, then training and MS+flip evaluation speed;
+    exit status 1 if a check fails."""
+    start = time.perf_counter()
+    device = torch.device(args.device)
+    cfg = benchmark_config(args, device, ACCEPTANCE_SIZES)
+    configure_runtime(cfg)  # seed, threads and cuDNN autotuning (on, runtime.cudnn_benchmark) as the trainer
+    print(f"acceptance on {device}: {model_name(cfg)}, checks on {acceptance.CHECK_BATCH} crops of "
+          f"{cfg.dataset.crop_size}, {args.steps} training steps", flush=True)
+    def progress(line: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {line}", flush=True)
+
+    checks = acceptance.run_checks(cfg, device, args.steps, progress)
+    unmeasured = CPU_UNMEASURED if device.type == "cpu" else {}
+    variants = [variant for variant in DEFAULT_VARIANTS if variant not in unmeasured]
+    progress(f"measuring training speed: {cfg.schedule.batch_size} crops of {cfg.dataset.crop_size}")
+    flops = config_train_step_flops(cfg, cfg.schedule.batch_size)
+    train_rows = measure_train(cfg, device, variants, args.repeats, flops)
+    images = args.images or (16 if device.type == "cuda" else 2)
+    progress(f"measuring MS+flip evaluation speed: {images} VOC-sized images")
+    eval_rows = measure_eval(cfg, device, list(EVAL_VARIANTS_MEASURED), images, protocols=("MS+flip",))
+    result = {
+        "model": model_name(cfg), "passed": acceptance.all_passed(checks),
+        "check_crop": cfg.dataset.crop_size, "check_batch": acceptance.CHECK_BATCH, "steps": args.steps,
+        "crop": cfg.dataset.crop_size, "batch": cfg.schedule.batch_size, "eval_images": images,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark, "wall_seconds": round(time.perf_counter() - start, 1),
+        "checks": [check.as_dict() for check in checks], "not_measured": unmeasured,
+        "train_rows": train_rows, "eval_rows": eval_rows,
+    }
+    print()
+    print(acceptance.checks_table(checks))
+    print()
+    print(measurements_table(result))
+    verdict = "PASS" if result["passed"] else "FAIL"
+    print(f"\nacceptance: {verdict} ({check_counts(result)}) in {result['wall_seconds']} s")
+    record(args, "acceptance", result)
+    if not result["passed"]:
+        sys.exit(1)
+
+
+EVAL_VARIANTS_MEASURED = ("fp32", "bf16_cl")
+
+
+def check_counts(result: dict) -> str:
+    counts = {status: sum(check["status"] == status for check in result["checks"])
+              for status in (acceptance.PASS, acceptance.FAIL, acceptance.SKIP)}
+    return ", ".join(f"{count} {status}" for status, count in counts.items())
+
+
+def measurements_table(result: dict) -> str:
+    """Plain text: images/s and peak memory of each measurement, against the GPU targets."""
+    lines = [f"{'measurement':<34}{'images/s':>10}{'peak GiB':>10}  target (one H100/H200, EMANet(512) R101)"]
+    for row in result["train_rows"]:
+        target = f">= {TRAIN_TARGET_IMAGES_PER_SECOND} images/s" if row["variant"] == "bf16_cl" else ""
+        lines.append(f"{'train ' + row['variant']:<34}{row['images_per_second']:>10}"
+                     f"{row['peak_memory_gib'] or '-':>10}  {target}")
+    for variant, reason in result["not_measured"].items():
+        lines.append(f"{'train ' + variant:<34}{'-':>10}{'-':>10}  {reason}")
+    for row in result["eval_rows"]:
+        minutes = 1449 / row["images_per_second"] / 60
+        lines.append(f"{'eval ' + row['variant'] + ' ' + row['protocol']:<34}{row['images_per_second']:>10}"
+                     f"{row['peak_memory_gib'] or '-':>10}  >= {EVAL_TARGET_IMAGES_PER_SECOND:.2f} images/s "
+                     f"(VOC val in {minutes:.1f} min; target 3)")
+    return "\n".join(lines)
+
+
+def acceptance_table(records: list[dict]) -> str:
+    """A line per acceptance run, and a line saying so while no GPU has run it."""
+    def speeds(rows: list[dict], variants) -> str:
+        measured = {row["variant"]: row["images_per_second"] for row in rows}
+        return " / ".join(str(measured.get(variant, "-")) for variant in variants)
+
+    lines = [
+        "| date | machine | model | crop, batch | checks | train images/s fp32 / bf16_cl / bf16_cl_compile "
+        "| peak train memory (GiB) | MS+flip images/s fp32 / bf16_cl | wall time (s) |",
+        "|---" * 9 + "|",
+    ]
+    for r in records:
+        peaks = [row["peak_memory_gib"] for row in r["train_rows"] if row["peak_memory_gib"] is not None]
+        lines.append(
+            f"| {r['date'][:10]} | {machine_cell(r)} | {r['model']} | {r['crop']}, {r['batch']} "
+            f"| {'PASS' if r['passed'] else 'FAIL'} ({check_counts(r)}) | {speeds(r['train_rows'], DEFAULT_VARIANTS)} "
+            f"| {max(peaks) if peaks else '-'} | {speeds(r['eval_rows'], EVAL_VARIANTS_MEASURED)} "
+            f"| {r['wall_seconds']} |"
+        )
+    if not any(r["machine"].get("gpu") for r in records):
+        lines.append("| - | one H100 or H200 | voc_emanet512 R101 OS8 | 513, 16 | not measured on a GPU yet "
+                     "| target: bf16_cl >= 150 | - | target: >= 8.05 | target: < 480 |")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------- tables
@@ -677,11 +823,16 @@ TABLE_COLUMNS = {
     "data": DATA_COLUMNS, "unit": UNIT_COLUMNS, "train": TRAIN_COLUMNS, "eval": EVAL_COLUMNS,
     "targets": TARGETS_COLUMNS,
 }
+# The table of each benchmark, from its records.
+TABLES: dict[str, Callable[[list[dict]], str]] = {
+    **{name: lambda records, columns=columns: rows_table(records, columns) for name, columns in TABLE_COLUMNS.items()},
+    "acceptance": acceptance_table,
+}
 
 
 def tables_benchmark(args: argparse.Namespace) -> None:
     """Rebuild every table from docs/benchmarks.jsonl (after adding lines measured elsewhere)."""
-    for benchmark in TABLE_COLUMNS:
+    for benchmark in TABLES:
         rebuild_tables(benchmark)
         print(f"rebuilt the {benchmark} table")
     rebuild_table("demo", demo_table)  # scripts/benchmark_demo.py's records
@@ -723,10 +874,22 @@ def main() -> None:
     data.add_argument("--images", type=int, default=200, help="how many 500x375 JPEGs to write and read")
     data.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
     data.set_defaults(run=data_benchmark)
+    accepting = benchmarks.add_parser(
+        "acceptance", help="GPU acceptance: CUDA/AMP/channels_last/compile/SyncBatchNorm checks, then speed",
+    )
+    accepting.add_argument("--device", default=str(default_device()))
+    accepting.add_argument("--preset", choices=list(PRESETS),
+                           help="full: EMANet(512) R101 OS8 (the default on a GPU); small: the demo network (on a CPU)")
+    accepting.add_argument("--steps", type=positive_int, default=3, help="training steps of the mixed-precision checks")
+    accepting.add_argument("--repeats", type=positive_int, default=3, help="timed training steps per variant")
+    accepting.add_argument("--images", type=positive_int,
+                           help="VOC-sized images for the MS+flip speed (default 16 on a GPU, 2 on a CPU)")
+    accepting.add_argument("overrides", nargs="*", help="train.py overrides")
+    accepting.set_defaults(run=acceptance_benchmark)
     targets = benchmarks.add_parser("targets", help="TFLOP/s that the GPU targets require (meta device)")
     targets.add_argument("overrides", nargs="*", help="train.py overrides")
     targets.set_defaults(run=targets_benchmark)
-    for measuring in (unit, train, evaluation, data, targets):
+    for measuring in (unit, train, evaluation, data, targets, accepting):
         measuring.add_argument(
             "--record", action="store_true",
             help="publish: append to docs/benchmarks.jsonl and rebuild docs/benchmarks.md's tables",
