@@ -20,7 +20,7 @@ from emanet.models.segmentor import build_model
 sys.path.insert(0, str(REPO / "scripts"))
 import benchmark  # noqa: E402
 
-BENCHMARKS = ("unit", "unit-growth", "train", "eval", "data", "targets", "demo")
+BENCHMARKS = ("unit", "unit-growth", "train", "eval", "data", "targets", "acceptance", "demo")
 
 
 @pytest.fixture
