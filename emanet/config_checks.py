@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from emanet.data.transforms import height_width
 from emanet.errors import ConfigError
 
 
@@ -79,6 +80,17 @@ class NumberList:
 
 
 @dataclass(frozen=True)
+class Size:
+    """A crop or window size: one positive integer (a square) or [height, width]."""
+
+    def allows(self, value: object) -> bool:
+        return POSITIVE_INT.allows(value) or NumberList(POSITIVE_INT, length=2).allows(value)
+
+    def describe(self) -> str:
+        return "an integer >= 1, or [height, width] of such integers"
+
+
+@dataclass(frozen=True)
 class Boolean:
     def allows(self, value: object) -> bool:
         return isinstance(value, bool)
@@ -111,14 +123,14 @@ NON_NEGATIVE = Number(minimum=0)
 FRACTION = Number(minimum=0, maximum=1)
 PRECISIONS = Word(("off", "bf16", "fp16"))
 
-RULES: dict[str, Number | NumberList | Boolean | Word] = {
+RULES: dict[str, Number | NumberList | Size | Boolean | Word] = {
     "seed": NON_NEGATIVE_INT,
     # dataset
     "dataset.num_classes": POSITIVE_INT,
     "dataset.ignore_index": Number(integer=True, minimum=0, maximum=255),  # labels are 8-bit PNGs
     "dataset.ignore_background": Boolean(),
     "dataset.skip_bad": Boolean(),
-    "dataset.crop_size": POSITIVE_INT,
+    "dataset.crop_size": Size(),
     "dataset.scale_sampling": Word(("discrete", "continuous")),
     "dataset.train_scales": NumberList(POSITIVE),
     "dataset.mean": NumberList(FRACTION, length=3),
@@ -188,8 +200,8 @@ RULES: dict[str, Number | NumberList | Boolean | Word] = {
     "eval.mode": Word(("whole", "slide", "release")),
     "eval.scales": NumberList(POSITIVE),
     "eval.flip": Boolean(),
-    "eval.crop_size": POSITIVE_INT,
-    "eval.stride": POSITIVE_INT,
+    "eval.crop_size": Size(),
+    "eval.stride": Size(),
     "eval.crops_per_pass": POSITIVE_INT,
     "eval.align_corners": Boolean(),
     "eval.batch_size": POSITIVE_INT,
@@ -224,8 +236,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
             continue
         if value is _ABSENT:
             continue
-        if isinstance(value, DictConfig | ListConfig):
-            value = OmegaConf.to_container(value, resolve=True)
+        value = to_plain(value)
         if not rule.allows(value):
             problems.append(f"{key}={format_value(value)}: expected {rule.describe()}")
     if not problems:
@@ -238,9 +249,14 @@ def relation_problems(cfg: DictConfig) -> Iterator[str]:
     if generate is not None and generate.min_size > generate.max_size:
         yield (f"dataset.generate.min_size={generate.min_size} is larger than "
                f"dataset.generate.max_size={generate.max_size}")
-    if cfg.eval.mode == "slide" and cfg.eval.stride > cfg.eval.crop_size:
-        yield (f"eval.stride={cfg.eval.stride} is larger than eval.crop_size={cfg.eval.crop_size}: "
+    stride, crop = (to_plain(cfg.eval[key]) for key in ("stride", "crop_size"))
+    if cfg.eval.mode == "slide" and any(s > c for s, c in zip(height_width(stride), height_width(crop), strict=True)):
+        yield (f"eval.stride={format_value(stride)} is larger than eval.crop_size={format_value(crop)}: "
                "the windows would leave gaps")
+
+
+def to_plain(value: object) -> object:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def format_value(value: object) -> str:

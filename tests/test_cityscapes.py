@@ -227,8 +227,10 @@ def test_experiments_compose_with_the_cityscapes_recipe(experiment, depth):
     assert (cfg.model.backbone.depth, cfg.model.backbone.output_stride, cfg.model.ema.channels) == (depth, 8, 512)
     assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.optim.lr) == (80000, 8, 0.01)
     assert (cfg.dataset.crop_size, cfg.dataset.scale_sampling, list(cfg.dataset.train_scales)) == (
-        769, "continuous", [0.5, 2.0]
+        [512, 1024], "continuous", [0.5, 2.0]
     )
-    assert (cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.flip) == ("slide", 769, 513, True)
+    assert (cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.flip) == (
+        "slide", [512, 1024], [341, 683], True
+    )
     assert cfg.loss.normalization == "valid"
     assert str(cfg.model.backbone.pretrained).endswith(f"resnet{depth}_deep_stem.pth")

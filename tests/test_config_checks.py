@@ -22,7 +22,10 @@ DATASETS = sorted(path.stem for path in (REPO / "configs" / "dataset").glob("*.y
     ("optim.lr=0", "optim.lr=0: expected a number > 0"),
     ("optim.lr=-0.01", "optim.lr=-0.01: expected a number > 0"),
     ("schedule.batch_size=0", "schedule.batch_size=0: expected an integer >= 1"),
-    ("dataset.crop_size=0", "dataset.crop_size=0: expected an integer >= 1"),
+    ("dataset.crop_size=0", "dataset.crop_size=0: expected an integer >= 1, or [height, width] of such integers"),
+    ("eval.crop_size=[512,1024,3]", "eval.crop_size=[512,1024,3]: expected an integer >= 1, or [height, width] of "
+                                    "such integers"),
+    ("eval.stride=[48,70]", "eval.stride=[48,70] is larger than eval.crop_size=64: the windows would leave gaps"),
     ("model.ema.num_bases=0", "model.ema.num_bases=0: expected an integer >= 1"),
     ("model.ema.train_stages=0", "model.ema.train_stages=0: expected an integer >= 1"),
     ("model.ema.train_stages=-2", "model.ema.train_stages=-2: expected an integer >= 1"),

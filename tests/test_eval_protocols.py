@@ -51,8 +51,8 @@ def test_the_preset_on_the_command_line_sets_the_mode_for_every_experiment(exper
 def test_the_experiments_that_set_eval_keys_are_the_ones_below():
     # A new experiment that sets eval keys joins the precedence cases of the next test.
     assert {name: keys for name in EXPERIMENTS if (keys := eval_keys_set_by(name))} == {
-        "cityscapes_emanet512": {"crop_size": 769, "stride": 513},
-        "cityscapes_r50_emanet512": {"crop_size": 769, "stride": 513},
+        "cityscapes_emanet512": {"crop_size": [512, 1024], "stride": [341, 683]},
+        "cityscapes_r50_emanet512": {"crop_size": [512, 1024], "stride": [341, 683]},
         "cityscapes_mmseg_r101": {"crop_size": 769, "stride": 513},
         "cityscapes_mmseg_r50": {"crop_size": 769, "stride": 513},
         "demo": {"crop_size": 64, "stride": 48},
@@ -77,7 +77,8 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
      "eval=ms_flip: experiment=voc_release's eval.align_corners=True wins over the preset's False (pass "
      "eval.KEY=VALUE to change); mode whole instead of experiment=voc_release's own eval=release_ss (mode release)"),
     (["experiment=cityscapes_emanet512", "eval=ss_slide"],
-     "eval=ss_slide: experiment=cityscapes_emanet512's eval.crop_size=769, eval.stride=513 win over the preset's "
+     "eval=ss_slide: experiment=cityscapes_emanet512's eval.crop_size=[512, 1024], eval.stride=[341, 683] win over "
+     "the preset's "
      "513, 341 (pass eval.KEY=VALUE to change)"),
     # Nothing to say: no preset named, the experiment's own preset, keys that do not matter to the mode.
     (["experiment=demo"], None),

@@ -72,15 +72,17 @@ def test_evaluate_fills_both_confusion_matrices_from_the_predictions_and_skips_l
 
 
 class RecordingNetwork(nn.Module):
-    """small_network() that records the memory format of its inputs and its output dtype."""
+    """small_network() that records the batch and window sizes and memory format of its inputs
+    and its output dtype, pass by pass."""
 
     def __init__(self):
         super().__init__()
         self.network = small_network()
-        self.channels_last_inputs, self.output_dtypes, self.batch_sizes = [], [], []
+        self.channels_last_inputs, self.output_dtypes, self.batch_sizes, self.window_sizes = [], [], [], []
 
     def forward(self, x):
         self.batch_sizes.append(x.shape[0])
+        self.window_sizes.append(tuple(x.shape[-2:]))
         self.channels_last_inputs.append(x.is_contiguous(memory_format=torch.channels_last))
         logits = self.network(x)
         self.output_dtypes.append(logits.dtype)
@@ -137,10 +139,20 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_network():
     images = torch.randn(2, 3, 40, 70)
     with torch.no_grad():
         whole = Inference("whole")(model, images)
-        for crop, stride in [(32, 20), (32, 32), (96, 50)]:  # overlapping, tiling, crop > image
+        # overlapping, tiling, crop > image, [height, width] windows (one wider than the image)
+        for crop, stride in [(32, 20), (32, 32), (96, 50), ((16, 48), (10, 30)), ((32, 96), (20, 60))]:
             torch.testing.assert_close(Inference("slide", crop, stride)(model, images), whole)
     with pytest.raises(ConfigError, match="eval.stride=40 must be in 1..eval.crop_size=32"):
         Inference("slide", 32, 40)
+    with pytest.raises(ConfigError, match=r"eval.stride=\(10, 50\) must be in 1..eval.crop_size=\(16, 48\)"):
+        Inference("slide", (16, 48), (10, 50))
+
+
+def test_windows_of_height_and_width_are_cut_where_the_offsets_say():
+    model = RecordingNetwork()
+    Inference("slide", (16, 48), (10, 30))(model, torch.randn(1, 3, 40, 70))
+    # rows 0, 10, 20, 24 x columns 0, 22: eight 16x48 windows in one pass
+    assert model.batch_sizes == [8] and model.window_sizes == [(16, 48)]
 
 
 def test_sliding_window_passes_hold_at_most_crops_per_pass_and_give_the_same_logits():

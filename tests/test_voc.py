@@ -90,6 +90,21 @@ def test_train_transform_pads_bottom_right_with_zero_and_255(tmp_path):
     assert torch.equal(top_left, original)
 
 
+def test_a_crop_of_height_and_width_pads_each_side_to_its_own_size(tmp_path):
+    # [height, width] crops (Cityscapes: [512, 1024]): a 7x9 image padded to 8 rows, 12 columns.
+    labels = write_tiny_voc(tmp_path)
+    dataset = SegmentationDataset(
+        tmp_path, "val", VOC_CLASSES, transform=train_transform(crop_size=[8, 12], scales=[1.0])
+    )
+    seed_transform(dataset.transform, 0)
+    sample = dataset[0]
+    assert sample["image"].shape == (3, 8, 12) and sample["label"].shape == (8, 12)
+    assert torch.all(sample["label"][7:] == 255)
+    original = torch.from_numpy(labels["2007_000032"]).long()
+    label = sample["label"]
+    assert torch.equal(label[:7, :9], original) or torch.equal(label[:7, 3:].flip(-1), original)
+
+
 def test_train_transform_keeps_image_and_label_aligned_and_normalises_them(tmp_path):
     # Every pixel's grey level encodes its label (20 x class), in 4x4 blocks: after scaling,
     # cropping and flipping, the de-normalised image must still spell the label.

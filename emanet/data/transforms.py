@@ -63,8 +63,16 @@ class RandomScaleFactor(A.DualTransform):
         return ("scales", "continuous")
 
 
+def height_width(size: int | Sequence[int]) -> tuple[int, int]:
+    """A crop or window size as (height, width): one number is a square."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
 def train_transform(
-    crop_size: int,
+    crop_size: int | Sequence[int],
     scales: Sequence[float],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
@@ -73,15 +81,16 @@ def train_transform(
 ) -> A.Compose:
     if scale_sampling not in ("discrete", "continuous"):
         raise ConfigError(f"dataset.scale_sampling must be 'discrete' or 'continuous', got {scale_sampling!r}")
+    crop_height, crop_width = height_width(crop_size)
     return A.Compose(
         [
             RandomScaleFactor(scales, continuous=scale_sampling == "continuous"),
             A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
             A.PadIfNeeded(
-                min_height=crop_size, min_width=crop_size, position="top_left",
+                min_height=crop_height, min_width=crop_width, position="top_left",
                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index,
             ),
-            A.RandomCrop(height=crop_size, width=crop_size),
+            A.RandomCrop(height=crop_height, width=crop_width),
             A.HorizontalFlip(p=0.5),
             ToTensorV2(),
         ]

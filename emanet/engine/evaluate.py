@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
+from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
 from emanet.engine.distributed import World, init_distributed, shared_run_dir, shutdown_distributed
@@ -107,8 +108,14 @@ def evaluation_settings(model: SegmentationModel, cfg: DictConfig) -> Iterator[i
 
 def eval_inference(cfg: DictConfig) -> Inference:
     return Inference(
-        cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.crops_per_pass, cfg.eval.align_corners
+        cfg.eval.mode, height_width(cfg.eval.crop_size), height_width(cfg.eval.stride), cfg.eval.crops_per_pass,
+        cfg.eval.align_corners,
     )
+
+
+def plain(value: object) -> object:
+    """A config value as JSON takes it: a list for a config list ([height, width])."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> dict:
@@ -117,8 +124,8 @@ def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> di
         "mode": cfg.eval.mode,
         "scales": [float(scale) for scale in cfg.eval.scales],
         "flip": bool(cfg.eval.flip),
-        "crop_size": cfg.eval.crop_size if cfg.eval.mode == "slide" else None,
-        "stride": cfg.eval.stride if cfg.eval.mode == "slide" else None,
+        "crop_size": plain(cfg.eval.crop_size) if cfg.eval.mode == "slide" else None,
+        "stride": plain(cfg.eval.stride) if cfg.eval.mode == "slide" else None,
         "align_corners": bool(cfg.eval.align_corners),
         "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
         "output_stride": output_stride,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
 from emanet.engine.distributed import all_reduce_sum
 from emanet.engine.metrics import confusion_matrix, metrics_from_confusion
@@ -22,7 +23,8 @@ class Inference:
     """How one (rescaled) image becomes logits.
 
     * ``whole``: the network sees the whole image.
-    * ``slide``: ``crop_size`` windows every ``stride`` pixels (the image padded up to a
+    * ``slide``: ``crop_size`` windows every ``stride`` pixels (each one number, or
+      (height, width) for windows that are not square; the image padded up to a
       window where smaller), logits averaged where windows overlap; the network sees
       ``crops_per_pass`` window crops at a time (at least one window of every image in
       the batch), which bounds the memory whatever the image size.
@@ -38,15 +40,16 @@ class Inference:
     """
 
     mode: str = "whole"
-    crop_size: int = 513
-    stride: int = 341
+    crop_size: int | tuple[int, int] = 513
+    stride: int | tuple[int, int] = 341
     crops_per_pass: int = 12
     align_corners: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide", "release"):
             raise ConfigError(f"eval.mode must be 'whole', 'slide' or 'release', got {self.mode!r}")
-        if self.mode == "slide" and not 0 < self.stride <= self.crop_size:
+        pairs = zip(height_width(self.stride), height_width(self.crop_size), strict=True)
+        if self.mode == "slide" and not all(0 < stride <= crop for stride, crop in pairs):
             raise ConfigError(f"eval.stride={self.stride} must be in 1..eval.crop_size={self.crop_size}")
         if self.crops_per_pass < 1:
             raise ConfigError(f"eval.crops_per_pass must be at least 1, got {self.crops_per_pass}")
@@ -62,13 +65,14 @@ class Inference:
 
     def sliding_window(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        crop = self.crop_size
-        padded = F.pad(images, (0, max(crop - width, 0), 0, max(crop - height, 0)))
+        crop_height, crop_width = height_width(self.crop_size)
+        stride_height, stride_width = height_width(self.stride)
+        padded = F.pad(images, (0, max(crop_width - width, 0), 0, max(crop_height - height, 0)))
         padded_height, padded_width = padded.shape[-2:]
         corners = [
             (top, left)
-            for top in window_starts(padded_height, crop, self.stride)
-            for left in window_starts(padded_width, crop, self.stride)
+            for top in window_starts(padded_height, crop_height, stride_height)
+            for left in window_starts(padded_width, crop_width, stride_width)
         ]
         # Many windows per forward pass: far faster than one at a time, and the same result,
         # since at evaluation the images of a batch do not interact.
@@ -77,14 +81,16 @@ class Inference:
         summed = counts = None
         for first in range(0, len(corners), per_pass):
             group = corners[first : first + per_pass]
-            windows = torch.cat([padded[..., top : top + crop, left : left + crop] for top, left in group])
-            logits = model(windows).float().unflatten(0, (len(group), batch))  # (windows, B, classes, crop, crop)
+            windows = torch.cat(
+                [padded[..., top : top + crop_height, left : left + crop_width] for top, left in group]
+            )
+            logits = model(windows).float().unflatten(0, (len(group), batch))  # (windows, B, classes, crop H, W)
             if summed is None:
                 summed = logits.new_zeros((*logits.shape[1:3], padded_height, padded_width))
                 counts = logits.new_zeros((1, 1, padded_height, padded_width))
             for (top, left), window_logits in zip(group, logits, strict=True):
-                summed[..., top : top + crop, left : left + crop] += window_logits
-                counts[..., top : top + crop, left : left + crop] += 1
+                summed[..., top : top + crop_height, left : left + crop_width] += window_logits
+                counts[..., top : top + crop_height, left : left + crop_width] += 1
         return (summed / counts)[..., :height, :width]
 
 
