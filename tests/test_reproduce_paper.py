@@ -54,7 +54,8 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
         assert table1[method]["ss"] and table1[method]["ms_flip"], method
     assert float(table1["EMANet(512)"]["ms_flip"]) == emanet512["mIoU"]
     assert float(table1["EMANet(512)"]["ss"]) == emanet512["single_scale"]["mIoU"]
-    assert table1["EMANet(512)"]["paper_ms_flip"] == "81.32" and table1["ResNet-101"]["flops_g"]
+    assert table1["EMANet(512)"]["paper_ms_flip"] == "81.32"
+    assert table1["EMANet(512)"]["flops_g"] == ""  # the paper's network's, not the demo's trained here
     assert f"| EMANet(512) | {emanet512['single_scale']['mIoU']:.2f} | 80.05 |" in (root / "table1.md").read_text()
     for number, paper in ((3, {"EMANet (ResNet-101)": "53.1", "EMANet (ResNet-50)": "50.5"}),
                           (4, {"EMANet (ResNet-101)": "39.9", "EMANet (ResNet-50)": "37.6"})):
