@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
 from emanet.engine.optim import build_optimizer
 from emanet.engine.train import train_step
@@ -329,9 +330,9 @@ def check_model(cfg: DictConfig) -> nn.Module:
 def check_batch(cfg: DictConfig, device: torch.device) -> dict:
     """:data:`CHECK_BATCH` random crops of ``dataset.crop_size`` and labels in every class."""
     generator = torch.Generator().manual_seed(0)
-    crop, classes = cfg.dataset.crop_size, cfg.dataset.num_classes
-    images = torch.randn(CHECK_BATCH, 3, crop, crop, generator=generator)  # (B, 3, crop, crop)
-    labels = torch.randint(0, classes, (CHECK_BATCH, crop, crop), generator=generator)  # (B, crop, crop)
+    (height, width), classes = height_width(cfg.dataset.crop_size), cfg.dataset.num_classes
+    images = torch.randn(CHECK_BATCH, 3, height, width, generator=generator)  # (B, 3, H, W)
+    labels = torch.randint(0, classes, (CHECK_BATCH, height, width), generator=generator)  # (B, H, W)
     return {"image": images.to(device), "label": labels.to(device)}
 
 
