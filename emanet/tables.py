@@ -10,6 +10,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -219,11 +220,12 @@ def write_iteration_table(rows: list[dict], max_stages: int, directory: Path, ti
 # --------------------------------------------------------------------- Tables 1, 3 and 4
 
 
-def collect(run_dirs: Sequence[Path]) -> tuple[dict, dict, dict, list[str]]:
-    """Table 1, 3 and 4 rows (method -> metrics) from run directories (or their metrics.json),
-    matched by experiment name and backbone depth; where several runs fill one row, the last
-    wins. Also notes on the runs left out or trained otherwise than the paper's row."""
-    table1, table3, table4, notes = {}, {}, {}, []
+def collect(run_dirs: Sequence[Path]) -> tuple[dict, dict, dict, dict, list[str]]:
+    """Table 1, 3 and 4 rows (method -> metrics) and the rows beyond the paper ((experiment,
+    imported) -> metrics) from run directories (or their metrics.json), matched by experiment
+    name and backbone depth; where several runs fill one row, the last wins. Also notes on
+    the runs left out or trained otherwise than the paper's row."""
+    table1, table3, table4, beyond, notes = {}, {}, {}, {}, []
     for given in run_dirs:
         run_dir = Path(given).parent if Path(given).is_file() else Path(given)
         try:
@@ -247,13 +249,16 @@ def collect(run_dirs: Sequence[Path]) -> tuple[dict, dict, dict, list[str]]:
         elif experiment in RANKING_ROWS and row in RANKING_TABLES[RANKING_ROWS[experiment]]:
             target = table3 if RANKING_ROWS[experiment] == 3 else table4
             target[row] = metrics
+        elif (experiment, "imported_from" in metrics) in BEYOND_KEYS:
+            beyond[(experiment, "imported_from" in metrics)] = metrics
+            continue  # recipes of their own: the auxiliary-head note is about the paper's
         else:
             notes.append(f"{run_dir}: experiment {experiment!r} (depth {depth}) is in none of the tables")
             continue
         aux = OmegaConf.select(config, "model.aux.weight", default=0.0)
         if aux:
             notes.append(f"{run_dir}: trained with an auxiliary head (model.aux.weight={aux}), the paper without")
-    return table1, table3, table4, notes
+    return table1, table3, table4, beyond, notes
 
 
 def table1_markdown(runs: dict[str, dict], complexity: Sequence[dict]) -> str:
@@ -417,3 +422,87 @@ def write_ranking_table(number: int, runs: dict[str, dict], directory: Path) -> 
         groups.append((row["method"], bars))
     chart = comparison_chart(f"{title} mIoU (%); grey: the paper's (MS+flip)", groups)
     return write_table_files(Path(directory) / f"table{number}", ranking_markdown(title, paper, runs), rows, chart)
+
+
+# ----------------------------------------------------------------------- beyond the paper
+
+
+@dataclass(frozen=True)
+class BeyondRow:
+    """A row of the table beyond the paper: a network on a benchmark, trained here from an
+    experiment, or someone's published weights (``imported``) evaluated here; and the
+    mIoU others published for it, (source, SS, MS+flip)."""
+
+    benchmark: str
+    network: str
+    experiment: str
+    imported: bool
+    references: tuple[tuple[str, float | None, float | None], ...]
+
+    @property
+    def weights(self) -> str:
+        return "published, evaluated here" if self.imported else "trained here"
+
+
+MMSEG_R101_769 = ("mmsegmentation R-101-D8 769x769 80k", 79.62, 81.00)
+MMSEG_R50_769 = ("mmsegmentation R-50-D8 769x769 80k", 79.33, 80.49)
+BEYOND_ROWS = (
+    BeyondRow("Cityscapes val", "EMANet(512), ResNet-101", "cityscapes_emanet512", False,
+              (("the authors' release README", 79.79, None), ("mmsegmentation R-101-D8 512x1024 80k", 79.10, 81.21))),
+    BeyondRow("Cityscapes val", "EMANet(512), ResNet-50", "cityscapes_r50_emanet512", False,
+              (("mmsegmentation R-50-D8 512x1024 80k", 77.59, 79.44),)),
+    BeyondRow("Cityscapes val", "mmsegmentation's EMANet, R-101-D8", "cityscapes_mmseg_r101", False, (MMSEG_R101_769,)),
+    BeyondRow("Cityscapes val", "mmsegmentation's EMANet, R-101-D8", "cityscapes_mmseg_r101", True, (MMSEG_R101_769,)),
+    BeyondRow("Cityscapes val", "mmsegmentation's EMANet, R-50-D8", "cityscapes_mmseg_r50", False, (MMSEG_R50_769,)),
+    BeyondRow("Cityscapes val", "mmsegmentation's EMANet, R-50-D8", "cityscapes_mmseg_r50", True, (MMSEG_R50_769,)),
+    BeyondRow("ADE20K val", "EMANet(512), ResNet-101", "ade20k_emanet512", False, ()),
+)
+BEYOND_KEYS = {(row.experiment, row.imported) for row in BEYOND_ROWS}
+# The experiments reproduce_paper.py trains for the table (published weights are imported by hand).
+BEYOND_EXPERIMENTS = tuple(dict.fromkeys(row.experiment for row in BEYOND_ROWS if not row.imported))
+
+
+def beyond_rows(runs: dict[tuple[str, bool], dict]) -> list[dict]:
+    """The table beyond the paper as records, one per (row, reference; a row without one
+    once): ours SS and MS+flip beside the reference's."""
+    records = []
+    for row in BEYOND_ROWS:
+        ss, ms = single_and_multi_scale(runs.get((row.experiment, row.imported)))
+        for source, reference_ss, reference_ms in row.references or (("-", None, None),):
+            records.append({
+                "benchmark": row.benchmark, "network": row.network, "experiment": row.experiment,
+                "weights": row.weights, "ss": ss, "ms_flip": ms, "reference": source,
+                "reference_ss": reference_ss, "reference_ms_flip": reference_ms,
+            })
+    return records
+
+
+def beyond_markdown(runs: dict[tuple[str, bool], dict]) -> str:
+    lines = [
+        "## Beyond the paper: Cityscapes and ADE20K",
+        "",
+        "| Benchmark | Network | Experiment | Weights | SS | MS+Flip | Reference | SS (ref) | diff "
+        "| MS+Flip (ref) | diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in beyond_rows(runs):
+        lines.append(
+            f"| {r['benchmark']} | {r['network']} | {r['experiment']} | {r['weights']} | {cell(r['ss'])} | "
+            f"{cell(r['ms_flip'])} | {r['reference']} | {cell(r['reference_ss'])} | "
+            f"{difference(r['ss'], r['reference_ss'])} | {cell(r['reference_ms_flip'])} | "
+            f"{difference(r['ms_flip'], r['reference_ms_flip'])} |"
+        )
+    return "\n".join(lines)
+
+
+def write_beyond_table(runs: dict[tuple[str, bool], dict], directory: Path) -> list[Path]:
+    """beyond.{md,csv,png} in ``directory``: ours blue, the references grey."""
+    groups = []
+    for row in BEYOND_ROWS:
+        ss, ms = single_and_multi_scale(runs.get((row.experiment, row.imported)))
+        bars = [(f"{row.weights} SS", ss, False), (f"{row.weights} MS+flip", ms, False)]
+        for source, reference_ss, reference_ms in row.references:
+            bars += [(f"{source} SS", reference_ss, True), (f"{source} MS+flip", reference_ms, True)]
+        groups.append((f"{row.benchmark}, {row.network}", bars))
+    chart = comparison_chart("Beyond the paper: val mIoU (%); grey: published by others", groups)
+    return write_table_files(Path(directory) / "beyond", beyond_markdown(runs), beyond_rows(runs), chart)

@@ -87,7 +87,7 @@ from emanet.cli import compose_config
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
-from emanet.data.transforms import seed_transform, train_transform
+from emanet.data.transforms import height_width, seed_transform, train_transform
 from emanet.engine import acceptance
 from emanet.engine.amp import AmpSettings
 from emanet.engine.evaluate import eval_inference, evaluation_settings
@@ -433,9 +433,10 @@ def meta_model(cfg: DictConfig) -> nn.Module:
 def config_train_step_flops(cfg: DictConfig, batch: int) -> float:
     """FLOPs of one training step of the configured model on ``batch`` crops, counted on the
     meta device (no memory, no data)."""
-    crop, classes = cfg.dataset.crop_size, cfg.dataset.num_classes
+    height, width = height_width(cfg.dataset.crop_size)
+    classes = cfg.dataset.num_classes
     with torch.device("meta"):
-        images, labels = torch.randn(batch, 3, crop, crop), torch.randint(0, classes, (batch, crop, crop))
+        images, labels = torch.randn(batch, 3, height, width), torch.randint(0, classes, (batch, height, width))
         return train_step_flops(meta_model(cfg).train(), images, labels)
 
 
@@ -444,13 +445,14 @@ def time_train_step(
 ) -> tuple[float, float | None]:
     """Median seconds of the trainer's step (emanet.engine.train.train_step: forward, loss,
     finiteness check, backward, SGD update) on one random batch, and the peak GPU memory (GiB)."""
-    batch, crop, classes = cfg.schedule.batch_size, cfg.dataset.crop_size, cfg.dataset.num_classes
+    batch, classes = cfg.schedule.batch_size, cfg.dataset.num_classes
+    height, width = height_width(cfg.dataset.crop_size)
     torch.manual_seed(0)
     model = build_model(cfg.model, classes, load_pretrained=False).to(device).train()
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, crop, crop, device=device)
-    micro_batches = [{"image": images, "label": torch.randint(0, classes, (batch, crop, crop), device=device)}]
+    images = torch.randn(batch, 3, height, width, device=device)
+    micro_batches = [{"image": images, "label": torch.randint(0, classes, (batch, height, width), device=device)}]
     optimizer = build_optimizer(model, cfg.optim)
     network = torch.compile(model) if compile_network else model
 

@@ -35,6 +35,7 @@ def import_checkpoint(
     iteration = load_mmseg_checkpoint(model, source, trusted)
     checkpoint = {
         "model": model.state_dict(), "iteration": iteration, "config": OmegaConf.to_container(cfg, resolve=True),
+        "imported_from": f"mmsegmentation: {Path(source).name}",
     }
     save_checkpoint(checkpoint, destination)
     return checkpoint

@@ -32,7 +32,10 @@ def import_checkpoint(source: str | Path, destination: str | Path, experiment: s
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{source} does not fit experiment={experiment}: {state_dict_mismatch(error)}") from error
-    checkpoint = {"model": model.state_dict(), "iteration": step, "config": OmegaConf.to_container(cfg, resolve=True)}
+    checkpoint = {
+        "model": model.state_dict(), "iteration": step, "config": OmegaConf.to_container(cfg, resolve=True),
+        "imported_from": f"the authors' release: {Path(source).name}",
+    }
     save_checkpoint(checkpoint, destination)
     return checkpoint
 

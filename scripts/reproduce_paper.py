@@ -1,7 +1,8 @@
 """Every training and evaluation behind the paper's Tables 1, 3 and 4 and its iteration
-table, under one root, on any Hydra launcher; then the tables beside the paper's numbers.
+table, and beyond it (Cityscapes, ADE20K), under one root, on any Hydra launcher; then the
+tables beside the paper's (or others' published) numbers.
 
-    python scripts/reproduce_paper.py [--root DIR] [--only table1,table3,table4,iteration]
+    python scripts/reproduce_paper.py [--root DIR] [--only table1,table3,table4,iteration,beyond]
         [--dry-run] [--smoke] [--max-stages 8] [overrides...]
 
     python scripts/reproduce_paper.py --dry-run          # the runs, their GPU-hours, what is missing
@@ -12,6 +13,9 @@ Runs (ROOT: runs/paper, or runs/paper_smoke with --smoke):
   table3/4   ROOT/resnet101/{context,cocostuff10k}_emanet512, ROOT/resnet50/... (ResNet-50 rows)
   iteration  ROOT/iteration/T<t> (voc_r50_ablation, model.ema.train_stages=t, eval=ss), each
              evaluated with every T_eval >= t in ROOT/iteration/T<t>/eval_ss_T<T_eval>
+  beyond     ROOT/beyond/{cityscapes_emanet512,cityscapes_r50_emanet512,cityscapes_mmseg_r101,
+             cityscapes_mmseg_r50,ade20k_emanet512} (mmsegmentation's published weights are
+             imported and evaluated by hand: scripts/paper_tables.py takes those runs)
 The runs of one backbone (and the iteration table's trainings, and the evaluations of each of
 them) are one Hydra multirun (`train.py -m experiment=a,b,c`), so a cluster launcher submits
 each as one job array; with a launcher other than the basic one the multiruns are submitted
@@ -21,7 +25,8 @@ every train.py / evaluate.py call: hydra/launcher=..., hydra.launcher.*=..., run
 A run with a metrics.json is finished and skipped; any other is launched again into its run
 directory, where training resumes from its last checkpoint. ROOT records the overrides
 (reproduce_paper.json) and refuses different ones. The tables are written to ROOT as
-table1, table3, table4 and iteration_table (.md, .csv, .png), the paper's numbers beside ours.
+table1, table3, table4, iteration_table and beyond (.md, .csv, .png), the paper's numbers
+(beyond it, the authors' release README's and mmsegmentation's) beside ours.
 
 Before launching, every dataset split (with its published size) and pretrained backbone the
 runs read is checked; each one missing is one line naming the path and the command that makes

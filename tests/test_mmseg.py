@@ -174,6 +174,7 @@ def imported(tmp_path_factory):
     import_checkpoint(folder / "emanet_mmseg.pth", folder / "emanet.pt", EXPERIMENT, OVERRIDES)
     checkpoint = load_checkpoint(folder / "emanet.pt")
     assert checkpoint["iteration"] == 80000
+    assert checkpoint["imported_from"] == "mmsegmentation: emanet_mmseg.pth"
     cfg = OmegaConf.create(checkpoint["config"])
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
     load_model_weights(model, checkpoint, folder / "emanet.pt")

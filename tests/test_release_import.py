@@ -238,6 +238,8 @@ def test_evaluating_the_converted_checkpoint_predicts_what_the_release_eval_scri
     (tmp_path / "run").mkdir()
     metrics = evaluate_checkpoint(cfg, tmp_path / "run")
     assert metrics["eval"]["mode"] == "release" and metrics["eval"]["num_images"] == 3
+    # metrics.json says whose weights ran (paper_tables.py tells trained from imported runs by it)
+    assert metrics["imported_from"] == "the authors' release: release.pth"
     classes_seen = set()
     for image_id in ids:
         ours = read_label_png(tmp_path / "run" / "predictions" / f"{image_id}.png")

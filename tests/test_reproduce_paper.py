@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from emanet import reproduce
-from emanet.tables import TABLE1_ROWS
+from emanet.tables import BEYOND_EXPERIMENTS, TABLE1_ROWS
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -40,9 +40,9 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     root = tmp_path / "root"
-    assert "0 of 13 runs finished; 4 multirun(s) to launch" in first.stderr
+    assert "0 of 18 runs finished; 5 multirun(s) to launch" in first.stderr
     assert (tmp_path / "data" / "demo" / "VOC2012").is_dir()  # data_root relative to the current directory
-    for stem in ("table1", "table3", "table4", "iteration_table"):
+    for stem in ("table1", "table3", "table4", "iteration_table", "beyond"):
         assert f"written: {root / stem}.md" in first.stdout
         assert Image.open(root / f"{stem}.png").width > 300
     emanet512 = json.loads((root / "resnet101" / "voc_emanet512" / "metrics.json").read_text())
@@ -67,11 +67,20 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
     evaluation = json.loads((root / "iteration" / "T1" / "eval_ss_T1" / "metrics.json").read_text())
     assert evaluation["eval"]["em_iterations"] == 1
     assert (root / "iteration_table.csv").read_text().splitlines()[1] == f"1,1,{evaluation['mIoU']},77.34"
+    with (root / "beyond.csv").open() as file:
+        beyond = [row for row in csv.DictReader(file) if row["weights"] == "trained here"]
+    assert {row["experiment"] for row in beyond} == set(BEYOND_EXPERIMENTS) == {
+        "cityscapes_emanet512", "cityscapes_r50_emanet512", "cityscapes_mmseg_r101", "cityscapes_mmseg_r50",
+        "ade20k_emanet512",
+    }
+    assert all(row["ss"] for row in beyond)
+    mmseg = json.loads((root / "beyond" / "cityscapes_mmseg_r101" / "metrics.json").read_text())
+    assert mmseg["eval"]["em_iterations"] == 3  # the mmsegmentation head's T is recorded like the release's
 
     stamps = {path: path.stat().st_mtime_ns for path in root.rglob("*") if path.suffix in (".json", ".pt")}
     second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "13 of 13 runs finished; 0 multirun(s) to launch" in second.stderr
+    assert "18 of 18 runs finished; 0 multirun(s) to launch" in second.stderr
     assert "starting" not in second.stderr
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # no run touched
 
@@ -124,7 +133,7 @@ def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
     iteration = [f"iteration/{name}" for name in ("T1", "T2", "T1/eval_ss_T1", "T1/eval_ss_T2", "T2/eval_ss_T2")]
     expected = [*(f"resnet101/{experiment}" for experiment in TABLE1_ROWS), "resnet101/context_emanet512",
                 "resnet50/context_emanet512", "resnet101/cocostuff10k_emanet512", "resnet50/cocostuff10k_emanet512",
-                *iteration]
+                *(f"beyond/{experiment}" for experiment in BEYOND_EXPERIMENTS), *iteration]
     assert listed == [str(root / path) for path in expected]
     assert lines[-1] == "0 missing prerequisite(s)"
 
@@ -141,19 +150,20 @@ def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         reproduce_paper.parse_arguments(["--only", "table2"])
     assert exit_.value.code == 2
-    assert "--only takes parts among table1,table3,table4,iteration, got 'table2'" in capsys.readouterr().err
+    assert "--only takes parts among table1,table3,table4,iteration,beyond, got 'table2'" in capsys.readouterr().err
 
 
 def test_runs_of_one_backbone_are_one_multirun_and_evaluations_follow_their_trainings(tmp_path, monkeypatch):
     runs = reproduce.paper_runs(tmp_path, reproduce.PARTS, ["runtime.threads=1"], None, 2)
     sweeps = reproduce.unfinished_sweeps(runs)
     commands = [sweep.command(["hydra/launcher=submitit_slurm"]) for sweep in sweeps]
-    assert [command[1] for command in commands] == [str(REPO / "train.py")] * 3 + [str(REPO / "evaluate.py")]
+    assert [command[1] for command in commands] == [str(REPO / "train.py")] * 4 + [str(REPO / "evaluate.py")]
     assert f"experiment={','.join([*TABLE1_ROWS, 'context_emanet512', 'cocostuff10k_emanet512'])}" in commands[0]
-    assert "model.ema.train_stages=1,2" in commands[2]
-    assert "+iteration_cell={train:1,eval:1},{train:1,eval:2},{train:2,eval:2}" in commands[3]
+    assert f"experiment={','.join(BEYOND_EXPERIMENTS)}" in commands[2]
+    assert "model.ema.train_stages=1,2" in commands[3]
+    assert "+iteration_cell={train:1,eval:1},{train:1,eval:2},{train:2,eval:2}" in commands[4]
     assert all(command[-1] == "hydra/launcher=submitit_slurm" for command in commands)
-    assert sweeps[3].needs == {tmp_path / "iteration" / "T1", tmp_path / "iteration" / "T2"}
+    assert sweeps[4].needs == {tmp_path / "iteration" / "T1", tmp_path / "iteration" / "T2"}
     # A finished training leaves its multirun; the evaluations of a failed one are not started.
     finished = tmp_path / "resnet101" / "voc_fcn"
     finished.mkdir(parents=True)

@@ -232,10 +232,10 @@ def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
             tmp_path / "unfinished", run("d", "voc_emanet256", 101, aux_weight=0.4),
             run("g", "cocostuff10k_emanet512", 152), run("h", "voc_emanet512", 50) / "metrics.json", no_config,
             not_json]
-    table1, table3, table4, notes = collect(runs)
+    table1, table3, table4, beyond, notes = collect(runs)
     # A metrics.json given for its run counts as the run (its config says ResNet-50).
     assert list(table1) == ["EMANet(512)", "EMANet(256)"] and list(table3) == ["EMANet (ResNet-50)"]
-    assert table4 == {}
+    assert table4 == {} and beyond == {}
     assert notes[:6] == [
         f"{runs[2]}: experiment 'demo' (depth 18) is in none of the tables",
         f"{runs[3]}: no metrics.json (not finished?)",
@@ -306,3 +306,40 @@ def test_base_figure_shows_the_image_large_and_every_map_on_one_scale_with_a_col
     frame = np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3),
                             pixels[:, :4].reshape(-1, 3), pixels[:, -4:].reshape(-1, 3)])
     assert (frame == 255).all()  # nothing cut off
+
+
+def test_the_table_beyond_the_paper_puts_trained_and_imported_runs_beside_the_published_numbers(tmp_path):
+    from emanet.tables import collect, write_beyond_table
+
+    def run(name, experiment, depth, ss, ms=None, imported=False):
+        directory = tmp_path / name
+        directory.mkdir()
+        scales, flip = ([0.5, 1.0, 1.75], True) if ms is not None else ([1.0], False)
+        metrics = {"experiment": experiment, "mIoU": ms if ms is not None else ss,
+                   "single_scale": {"mIoU": ss}, "eval": {"scales": scales, "flip": flip}}
+        if imported:
+            metrics["imported_from"] = "mmsegmentation: emanet_r101-d8_769x769_80k_cityscapes.pth"
+        (directory / "metrics.json").write_text(json.dumps(metrics))
+        (directory / "config.yaml").write_text(f"model:\n  backbone:\n    depth: {depth}\n  aux:\n    weight: 0.4\n")
+        return directory
+
+    runs = [run("a", "cityscapes_emanet512", 101, 79.0, 80.5), run("b", "cityscapes_mmseg_r101", 101, 79.5, 81.0,
+            imported=True), run("c", "cityscapes_mmseg_r101", 101, 78.0), run("d", "ade20k_emanet512", 101, 42.1)]
+    *_, beyond, notes = collect(runs)
+    assert set(beyond) == {("cityscapes_emanet512", False), ("cityscapes_mmseg_r101", True),
+                           ("cityscapes_mmseg_r101", False), ("ade20k_emanet512", False)}
+    assert notes == []  # their recipes have auxiliary heads of their own: no note
+    md, csv_path, png = write_beyond_table(beyond, tmp_path / "tables")
+    lines = md.read_text().splitlines()
+    assert ("| Cityscapes val | EMANet(512), ResNet-101 | cityscapes_emanet512 | trained here | 79.00 | 80.50 | "
+            "the authors' release README | 79.79 | -0.79 | - | - |") in lines
+    assert ("| Cityscapes val | EMANet(512), ResNet-101 | cityscapes_emanet512 | trained here | 79.00 | 80.50 | "
+            "mmsegmentation R-101-D8 512x1024 80k | 79.10 | -0.10 | 81.21 | -0.71 |") in lines
+    assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 | cityscapes_mmseg_r101 | published, evaluated "
+            "here | 79.50 | 81.00 | mmsegmentation R-101-D8 769x769 80k | 79.62 | -0.12 | 81.00 | +0.00 |") in lines
+    assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 | cityscapes_mmseg_r101 | trained here | 78.00 | "
+            "- | mmsegmentation R-101-D8 769x769 80k | 79.62 | -1.62 | 81.00 | - |") in lines
+    assert ("| ADE20K val | EMANet(512), ResNet-101 | ade20k_emanet512 | trained here | 42.10 | - | - | - | - | - "
+            "| - |") in lines
+    assert len(csv_path.read_text().splitlines()) == 1 + 8  # a row per reference, one for ADE20K's none
+    assert Image.open(png).size[0] > 300

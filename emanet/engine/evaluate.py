@@ -188,10 +188,11 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     )
     if world.is_main:
         writer.close()
-        metrics = write_run_metrics(
-            run_dir, {"experiment": cfg.name, "checkpoint": str(checkpoint_file(cfg.checkpoint)),
-                      "iteration": checkpoint.get("iteration")}, metrics,
-        )
+        run = {"experiment": cfg.name, "checkpoint": str(checkpoint_file(cfg.checkpoint)),
+               "iteration": checkpoint.get("iteration")}
+        if "imported_from" in checkpoint:  # weights trained elsewhere (scripts/import_*_checkpoint.py)
+            run["imported_from"] = checkpoint["imported_from"]
+        metrics = write_run_metrics(run_dir, run, metrics)
     shutdown_distributed()
     return metrics
 
