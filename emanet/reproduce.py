@@ -373,10 +373,12 @@ def backbone_problems(cfg: DictConfig) -> list[str]:
     path = Path(backbone.pretrained).expanduser()
     if path.is_file():
         return []
-    return [
-        f"missing: {path} (model.backbone.pretrained): save the release's ImageNet deep-stem "
-        f"ResNet-{backbone.depth} there (README.md, \"Pretrained backbones\")"
-    ]
+    if backbone.stem == "v1c":
+        source = (f"mmsegmentation's ImageNet ResNetV1c-{backbone.depth} (open-mmlab://resnet{backbone.depth}_v1c) "
+                  "there (README.md, \"mmsegmentation's EMANet\")")
+    else:
+        source = f"the release's ImageNet deep-stem ResNet-{backbone.depth} there (README.md, \"Pretrained backbones\")"
+    return [f"missing: {path} (model.backbone.pretrained): save {source}"]
 
 
 def missing_prerequisites(configs: Sequence[DictConfig]) -> list[str]:

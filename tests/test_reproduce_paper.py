@@ -220,3 +220,16 @@ def test_a_root_refuses_runs_made_with_other_settings(tmp_path):
         f"{{'overrides': ['optim.lr=0.5'], 'smoke': True}} ({record}): re-run with those, or pass --root DIR for the "
         "new settings"
     )
+
+
+def test_a_missing_resnetv1c_backbone_names_mmsegmentations_weights(tmp_path):
+    from emanet.cli import compose_config
+
+    cfg = compose_config("train", ["experiment=cityscapes_mmseg_r50", f"data_root={tmp_path}"])
+    assert reproduce.backbone_problems(cfg) == [
+        f"missing: {tmp_path / 'pretrained' / 'resnet50_v1c.pth'} (model.backbone.pretrained): save mmsegmentation's "
+        "ImageNet ResNetV1c-50 (open-mmlab://resnet50_v1c) there (README.md, \"mmsegmentation's EMANet\")"
+    ]
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "resnet50_v1c.pth").write_bytes(b"")
+    assert reproduce.backbone_problems(cfg) == []
