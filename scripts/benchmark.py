@@ -454,6 +454,10 @@ def time_train_step(
     images = torch.randn(batch, 3, height, width, device=device)
     micro_batches = [{"image": images, "label": torch.randint(0, classes, (batch, height, width), device=device)}]
     optimizer = build_optimizer(model, cfg.optim)
+    if compile_network:
+        # Forget what earlier compiles of this code saw: another input size there makes dynamo
+        # compile this one for symbolic sizes, which the heads' interpolations do not support.
+        torch._dynamo.reset()
     network = torch.compile(model) if compile_network else model
 
     def step():

@@ -20,6 +20,15 @@ def default_thread_count():
     torch.set_num_threads(DEFAULT_THREADS)
 
 
+@pytest.fixture(autouse=True)
+def fresh_compiler_state():
+    """torch.compile remembers the input sizes each piece of code was compiled for, and
+    compiles it for symbolic sizes once it has seen two: a test that compiles after another
+    one compiled the same network at another size would test that, not a fresh training."""
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """The demo dataset at the size of TINY, generated once."""

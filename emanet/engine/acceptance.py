@@ -187,6 +187,7 @@ def check_compile(
 ) -> CheckResult:
     """Float32 logits of ``torch.compile(model)`` (the trainer's ``runtime.compile``) against ``model``."""
     plain = eval_logits(model, images)
+    torch._dynamo.reset()  # a fixed-size compile, whatever sizes earlier compiles of this code saw
     compiled = eval_logits(torch.compile(copy.deepcopy(model), backend=backend), images)
     return compare("compile_logits", compiled, plain, tolerance, f"float32 logits, torch.compile ({backend}) vs eager")
 
