@@ -6,7 +6,6 @@ key names: a converted checkpoint must give its logits and move the bases as it 
 """
 
 import argparse
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from random_weights import RandomWeights
 
 from emanet.cli import compose_config
 from emanet.engine.checkpoint import digest_file, load_checkpoint, load_model_weights
@@ -38,20 +38,8 @@ OVERRIDES = [
 
 def mmseg_state_dict(seed=0):
     """Random weights in the key layout of mmsegmentation's EMANet checkpoints."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-
-    def conv(name, out_c, in_c, k, bias=False):
-        state[f"{name}.weight"] = torch.randn(out_c, in_c, k, k, generator=g) * math.sqrt(2 / (k * k * out_c))
-        if bias:
-            state[f"{name}.bias"] = 0.1 * torch.randn(out_c, generator=g)
-
-    def bn(name, c):
-        state[f"{name}.weight"] = 0.5 + torch.rand(c, generator=g)
-        state[f"{name}.bias"] = 0.1 * torch.randn(c, generator=g)
-        state[f"{name}.running_mean"] = 0.1 * torch.randn(c, generator=g)
-        state[f"{name}.running_var"] = 0.5 + torch.rand(c, generator=g)
-        state[f"{name}.num_batches_tracked"] = torch.tensor(80000)
+    weights = RandomWeights(seed, batches_tracked=80000)
+    g, state, conv, bn = weights.generator, weights.state, weights.conv, weights.bn
 
     half = WIDTH // 2
     conv("backbone.stem.0", half, 3, 3)

@@ -4,7 +4,6 @@ The reference below is a functional forward pass written from the description of
 release (REFERENCE.md, sections 1-2), reading the release's own key names.
 """
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
+from random_weights import RandomWeights
 
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.engine.checkpoint import load_checkpoint, load_model_weights
@@ -34,20 +34,8 @@ OVERRIDES = [
 
 
 def release_state_dict(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-
-    def conv(name, out_c, in_c, k, bias=False):
-        state[f"{name}.weight"] = torch.randn(out_c, in_c, k, k, generator=g) * math.sqrt(2 / (k * k * out_c))
-        if bias:
-            state[f"{name}.bias"] = 0.1 * torch.randn(out_c, generator=g)
-
-    def bn(name, c):
-        state[f"{name}.weight"] = 0.5 + torch.rand(c, generator=g)
-        state[f"{name}.bias"] = 0.1 * torch.randn(c, generator=g)
-        state[f"{name}.running_mean"] = 0.1 * torch.randn(c, generator=g)
-        state[f"{name}.running_var"] = 0.5 + torch.rand(c, generator=g)
-        state[f"{name}.num_batches_tracked"] = torch.tensor(100)
+    weights = RandomWeights(seed, batches_tracked=100)
+    g, state, conv, bn = weights.generator, weights.state, weights.conv, weights.bn
 
     conv("extractor.0.0", WIDTH, 3, 3)
     bn("extractor.0.1", WIDTH)
