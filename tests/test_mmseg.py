@@ -48,21 +48,7 @@ def mmseg_state_dict(seed=0):
     bn("backbone.stem.4", half)
     conv("backbone.stem.6", WIDTH, half, 3)
     bn("backbone.stem.7", WIDTH)
-    in_c = WIDTH
-    for layer, blocks in enumerate(BLOCKS):
-        planes = WIDTH * 2**layer
-        for block in range(blocks):
-            p = f"backbone.layer{layer + 1}.{block}"
-            conv(f"{p}.conv1", planes, in_c, 1)
-            bn(f"{p}.bn1", planes)
-            conv(f"{p}.conv2", planes, planes, 3)
-            bn(f"{p}.bn2", planes)
-            conv(f"{p}.conv3", 4 * planes, planes, 1)
-            bn(f"{p}.bn3", 4 * planes)
-            if block == 0:
-                conv(f"{p}.downsample.0", 4 * planes, in_c, 1)
-                bn(f"{p}.downsample.1", 4 * planes)
-            in_c = 4 * planes
+    in_c = weights.bottleneck_stages(lambda stage: f"backbone.layer{stage + 1}", WIDTH, WIDTH, BLOCKS)
     conv("decode_head.ema_in_conv.conv", C_EMA, in_c, 3)
     bn("decode_head.ema_in_conv.bn", C_EMA)
     conv("decode_head.ema_mid_conv.conv", C_EMA, C_EMA, 1, bias=True)

@@ -43,21 +43,7 @@ def release_state_dict(seed=0):
     bn("extractor.0.4", WIDTH)
     conv("extractor.0.6", 2 * WIDTH, WIDTH, 3)
     bn("extractor.1", 2 * WIDTH)
-    in_c = 2 * WIDTH
-    for layer, blocks in enumerate(BLOCKS):
-        planes = WIDTH * 2**layer
-        for block in range(blocks):
-            p = f"extractor.{4 + layer}.{block}"
-            conv(f"{p}.conv1", planes, in_c, 1)
-            bn(f"{p}.bn1", planes)
-            conv(f"{p}.conv2", planes, planes, 3)
-            bn(f"{p}.bn2", planes)
-            conv(f"{p}.conv3", 4 * planes, planes, 1)
-            bn(f"{p}.bn3", 4 * planes)
-            if block == 0:
-                conv(f"{p}.downsample.0", 4 * planes, in_c, 1)
-                bn(f"{p}.downsample.1", 4 * planes)
-            in_c = 4 * planes
+    in_c = weights.bottleneck_stages(lambda stage: f"extractor.{4 + stage}", 2 * WIDTH, WIDTH, BLOCKS)
     conv("fc0.conv", C_EMA, in_c, 3)
     bn("fc0.bn", C_EMA)
     mu = torch.randn(1, C_EMA, K, generator=g)
