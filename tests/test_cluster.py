@@ -224,7 +224,7 @@ def test_the_node_presets_submit_a_task_per_gpu_warned_before_the_time_limit(
 def test_a_job_preempted_under_submitit_is_requeued_and_ends_bit_identically(full_run, data_root, tmp_path):
     # The submitit local launcher runs the job in a process of its own and requeues it when
     # the job's handler of submitit's preemption signal (SIGUSR2) asks to. The signal comes
-    # once the run has written its second checkpoint, so it stops mid-run.
+    # once the run has written its first checkpoint (of 6), so it stops mid-run even on a busy machine.
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
     run_dir = sweep / "job"
@@ -235,7 +235,7 @@ def test_a_job_preempted_under_submitit_is_requeued_and_ends_bit_identically(ful
     )
     lock = run_dir / "train.lock"
     deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoints" / "iter_0000002.pt").exists():
+    while not (run_dir / "checkpoints" / "iter_0000001.pt").exists():
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
         time.sleep(0.05)
     training_pid = int(lock.read_text().split()[1])  # the lock names its holder: "pid PID on host HOST"
@@ -247,7 +247,7 @@ def test_a_job_preempted_under_submitit_is_requeued_and_ends_bit_identically(ful
     stops = [line for line in logs.splitlines() if "stopped by SIGUSR2 at iteration" in line]
     assert len(stops) == 1, logs
     stopped_at = int(stops[0].split("at iteration ")[1].split(";")[0])
-    assert 2 <= stopped_at < 6  # mid-run: the requeued job trained the rest
+    assert 1 <= stopped_at < 6  # mid-run: the requeued job trained the rest
     assert "Requeued job" in logs
     assert_same_weights(load_checkpoint(run_dir / "checkpoints" / "last.pt"), last_state(full_run))
     assert (run_dir / "metrics.json").is_file()
