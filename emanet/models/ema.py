@@ -41,6 +41,24 @@ def random_bases(channels: int, num_bases: int, device=None) -> torch.Tensor:
     return l2_normalize(mu, dim=1)
 
 
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast turned off on ``device_type`` for the duration: the EM iterations run in
+    float32 even in a mixed-precision step (meta tensors, used to count FLOPs, have no
+    autocast to turn off)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def mean_over_processes(batch_mean: torch.Tensor) -> torch.Tensor:
+    """``batch_mean``, this process's mean of the bases, averaged in place over every
+    process of a distributed job (itself without one): the global batch's mean."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(batch_mean)
+        batch_mean /= dist.get_world_size()
+    return batch_mean
+
+
 def em_iterations(
     x: torch.Tensor, mu: torch.Tensor, stages: int, lambda_: float = 1.0, normalize_bases: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,13 +169,7 @@ class EMAUnit(nn.Module):
             initial = self.mu
         else:
             initial = random_bases(self.mu.shape[1], self.mu.shape[2], device=x.device)
-        # (meta tensors, used to count FLOPs, have no autocast to turn off)
-        autocast_off = (
-            torch.autocast(x.device.type, enabled=False)
-            if torch.amp.is_autocast_available(x.device.type)
-            else contextlib.nullcontext()
-        )
-        with torch.no_grad(), autocast_off:
+        with torch.no_grad(), autocast_off(x.device.type):
             z, mu = em_iterations(
                 features.to(em_dtype), initial.expand(b, -1, -1).to(em_dtype),
                 self.stages, self.lambda_, self.normalize_bases,
@@ -180,10 +192,7 @@ class EMAUnit(nn.Module):
     @torch.no_grad()
     def _update_bases(self, batch_mean: torch.Tensor) -> None:
         # batch_mean: (1, C, K), this process's mean
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_mean)
-            batch_mean /= dist.get_world_size()
-        self.mu.mul_(self.momentum).add_(batch_mean, alpha=1.0 - self.momentum)
+        self.mu.mul_(self.momentum).add_(mean_over_processes(batch_mean), alpha=1.0 - self.momentum)
 
     def extra_repr(self) -> str:
         return (

@@ -16,14 +16,13 @@ so that their checkpoints map onto this one key by key (:mod:`emanet.models.mmse
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from emanet.models.ema import autocast_off, mean_over_processes
 from emanet.models.layers import ConvBNReLU, NormLayer
 
 
@@ -67,12 +66,7 @@ class EMAModule(nn.Module):
         # their outputs carries none either. In float32 even under autocast, as the release's
         # unit here: the softmax over long dot products loses too much in half precision.
         em_dtype = torch.promote_types(feats.dtype, torch.float32)
-        autocast_off = (  # meta tensors, used to count FLOPs, have no autocast to turn off
-            torch.autocast(feats.device.type, enabled=False)
-            if torch.amp.is_autocast_available(feats.device.type)
-            else contextlib.nullcontext()
-        )
-        with torch.no_grad(), autocast_off:
+        with torch.no_grad(), autocast_off(feats.device.type):
             x = feats.reshape(b, c, h * w).to(em_dtype)  # (B, C, N)
             bases = self.bases.to(em_dtype).expand(b, -1, -1)  # (B, C, K)
             for _ in range(self.stages):
@@ -87,10 +81,7 @@ class EMAModule(nn.Module):
     @torch.no_grad()
     def _update_bases(self, batch_mean: torch.Tensor) -> None:
         # batch_mean: (1, C, K), this process's mean; averaged over every process first
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_mean)
-            batch_mean /= dist.get_world_size()
-        batch_mean = F.normalize(batch_mean, dim=1)
+        batch_mean = F.normalize(mean_over_processes(batch_mean), dim=1)
         self.bases.mul_(self.momentum).add_(batch_mean.to(self.bases.dtype), alpha=1.0 - self.momentum)
 
     def extra_repr(self) -> str:
