@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from emanet.errors import CheckpointError
+from emanet.models.release import renamed
 
 # mmsegmentation prefix -> this project's prefix; the first match wins.
 MMSEG_TO_PROJECT = (
@@ -40,15 +41,6 @@ MMSEG_TO_PROJECT = (
 PROJECT_TO_MMSEG = tuple((new, old) for old, new in MMSEG_TO_PROJECT)
 
 KEY_EXAMPLES = 3  # keys named in an error; a checkpoint of another network differs in hundreds
-
-
-def renamed(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
-    """``key`` with the first matching prefix of ``table`` replaced, or None if none matches."""
-    for old, new in table:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return None
-
 
 
 def examples(keys: list[str]) -> str:

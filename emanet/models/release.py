@@ -34,18 +34,26 @@ RELEASE_TO_PROJECT = (
 )
 
 
+def renamed(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
+    """``key`` with the first matching prefix of ``table`` (old prefix -> new prefix)
+    replaced, or None if none matches; the renaming of every converted checkpoint format."""
+    for old, new in table:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
 def convert_release_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a release ``net`` state dict to this project's :class:`SegmentationModel` keys."""
     converted = {}
     unknown = []
     for key, value in state.items():
         key = key.removeprefix("module.")
-        for old, new in RELEASE_TO_PROJECT:
-            if key.startswith(old):
-                converted[new + key[len(old):]] = value
-                break
-        else:
+        new_key = renamed(key, RELEASE_TO_PROJECT)
+        if new_key is None:
             unknown.append(key)
+        else:
+            converted[new_key] = value
     if unknown:
         raise CheckpointError(f"keys the release's EMANet does not have: {unknown[:5]}")
     return converted
