@@ -264,7 +264,6 @@ def collect(run_dirs: Sequence[Path]) -> tuple[dict, dict, dict, dict, list[str]
 def table1_markdown(runs: dict[str, dict], complexity: Sequence[dict]) -> str:
     """Table 1: SS / MS+flip from runs (by method name), FLOPs / memory / params computed;
     the extra baselines last, with `-` in the paper's columns."""
-    by_method = {row["method"]: row for row in complexity}
     lines = [
         "## Table 1: PASCAL VOC val, ResNet-101",
         "",
@@ -272,15 +271,13 @@ def table1_markdown(runs: dict[str, dict], complexity: Sequence[dict]) -> str:
         "| FLOPs (G) | Memory (MiB) | Params (M) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    extra = {method: (None, None) for method in EXTRA_TABLE1}
-    for method, (paper_ss, paper_ms) in {**PAPER_TABLE1, **extra}.items():
-        ss, ms = single_and_multi_scale(runs.get(method))
-        row = by_method.get(method, {})
-        plus = "" if method == "ResNet-101" else "+"
+    for r in table1_rows(runs, complexity):
+        plus = "" if r["method"] == "ResNet-101" else "+"
+        computed = [f"{plus}{'-' if r[key] is None else r[key]}" for key in ("flops_g", "memory_m", "params_m")]
         lines.append(
-            f"| {method} | {cell(ss)} | {cell(paper_ss)} | {difference(ss, paper_ss)} | {cell(ms)} | "
-            f"{cell(paper_ms)} | {difference(ms, paper_ms)} | {plus}{row.get('flops_g', '-')} | "
-            f"{plus}{row.get('memory_m', '-')} | {plus}{row.get('params_m', '-')} |"
+            f"| {r['method']} | {cell(r['ss'])} | {cell(r['paper_ss'])} | {difference(r['ss'], r['paper_ss'])} | "
+            f"{cell(r['ms_flip'])} | {cell(r['paper_ms_flip'])} | {difference(r['ms_flip'], r['paper_ms_flip'])} | "
+            + " | ".join(computed) + " |"
         )
     return "\n".join(lines)
 
@@ -299,10 +296,10 @@ def ranking_markdown(title: str, paper: dict[str, float], runs: dict[str, dict])
     """Tables 3 and 4: the paper's list (multi-scale + flip), our runs' mIoU beside the
     EMANet rows; a run evaluated single scale only is shown marked "(SS)"."""
     lines = [f"## {title}", "", "| Method | mIoU (paper) | mIoU (ours) | diff |", "|---|---|---|---|"]
-    for method, value in paper.items():
-        single, multi = single_and_multi_scale(runs.get(method))
-        ours, mark = (multi, "") if multi is not None else (single, " (SS)" if single is not None else "")
-        lines.append(f"| {method} | {value:.1f} | {cell(ours)}{mark} | {difference(ours, value)} |")
+    for r in ranking_rows(paper, runs):
+        mark = " (SS)" if r["ours_protocol"] == "ss" else ""
+        lines.append(f"| {r['method']} | {r['paper_mIoU']:.1f} | {cell(r['mIoU'])}{mark} | "
+                     f"{difference(r['mIoU'], r['paper_mIoU'])} |")
     return "\n".join(lines)
 
 
