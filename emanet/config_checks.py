@@ -256,6 +256,7 @@ def relation_problems(cfg: DictConfig) -> Iterator[str]:
 
 
 def to_plain(value: object) -> object:
+    """A config value as Python and JSON take it: lists and dicts for config containers."""
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 

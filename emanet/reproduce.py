@@ -23,10 +23,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from emanet.data.prepare import EXPECTED_COUNTS
 from emanet.io import write_json
+from emanet.models.pretrained import torchvision_weights
 from emanet.tables import (
     BEYOND_EXPERIMENTS,
     TABLE1_ROWS,
@@ -351,10 +353,7 @@ def dataset_problems(cfg: DictConfig) -> list[str]:
 
 
 def torchvision_weights_file(depth: int) -> Path:
-    import torch
-    import torchvision
-
-    url = torchvision.models.get_model_weights(f"resnet{depth}").IMAGENET1K_V1.url
+    url = torchvision_weights(depth).url
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
+from emanet.config_checks import to_plain
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.data.transforms import height_width
@@ -113,19 +114,14 @@ def eval_inference(cfg: DictConfig) -> Inference:
     )
 
 
-def plain(value: object) -> object:
-    """A config value as JSON takes it: a list for a config list ([height, width])."""
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
 def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> dict:
     """How the ``eval`` protocol ran, for metrics.json and predictions.json."""
     return {
         "mode": cfg.eval.mode,
         "scales": [float(scale) for scale in cfg.eval.scales],
         "flip": bool(cfg.eval.flip),
-        "crop_size": plain(cfg.eval.crop_size) if cfg.eval.mode == "slide" else None,
-        "stride": plain(cfg.eval.stride) if cfg.eval.mode == "slide" else None,
+        "crop_size": to_plain(cfg.eval.crop_size) if cfg.eval.mode == "slide" else None,  # a list for [h, w]
+        "stride": to_plain(cfg.eval.stride) if cfg.eval.mode == "slide" else None,
         "align_corners": bool(cfg.eval.align_corners),
         "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
         "output_stride": output_stride,

@@ -27,11 +27,16 @@ from emanet.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 
-def torchvision_state_dict(depth: int) -> dict[str, torch.Tensor]:
+def torchvision_weights(depth: int):
+    """torchvision's ImageNet weights of ResNet-``depth`` (a ``WeightsEnum`` member: its
+    ``url`` names the file in the torch hub cache)."""
     import torchvision
 
-    weights = torchvision.models.get_model_weights(f"resnet{depth}").IMAGENET1K_V1
-    return weights.get_state_dict(progress=True)
+    return torchvision.models.get_model_weights(f"resnet{depth}").IMAGENET1K_V1
+
+
+def torchvision_state_dict(depth: int) -> dict[str, torch.Tensor]:
+    return torchvision_weights(depth).get_state_dict(progress=True)
 
 
 def backbone_state_dict_from_file(path: str | Path) -> dict[str, torch.Tensor]:
