@@ -3,12 +3,14 @@
     python scripts/import_mmseg_checkpoint.py SRC DST [--experiment cityscapes_mmseg_r101] [overrides...]
     python evaluate.py experiment=cityscapes_mmseg_r101 checkpoint=DST
 
-SRC is mmsegmentation's ``{'state_dict': ..., 'meta': ...}`` file (e.g. their EMANet
-R-101-D8 769x769 80k Cityscapes model; ``--experiment cityscapes_mmseg_r50`` for the
-R-50-D8 one). Every tensor of the file must fill one of the model of ``--experiment``
-(``model=emanet_mmseg``) with its shape, and every tensor of the model must be filled;
-otherwise nothing is written. DST is written atomically, with its SHA-256 digest beside it
-and the resolved config inside.
+SRC is mmsegmentation's ``{'state_dict': ..., 'meta': ...}`` file. ``--experiment`` names
+the published model it comes from, one experiment each: cityscapes_mmseg_r101 /
+cityscapes_mmseg_r50 (their 769x769 models) and cityscapes_mmseg_r101_512x1024 /
+cityscapes_mmseg_r50_512x1024. Every tensor of the file must fill one of the model of
+``--experiment`` (``model=emanet_mmseg``) with its shape, and every tensor of the model
+must be filled; a file whose recorded config (``meta``) names another crop size or
+``align_corners`` than the experiment's is refused; otherwise nothing is written. DST is
+written atomically, with its SHA-256 digest beside it and the resolved config inside.
 """
 
 from __future__ import annotations
@@ -20,22 +22,57 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from emanet.cli import compose_config
+from emanet.data.transforms import height_width
 from emanet.engine.checkpoint import save_checkpoint
-from emanet.errors import EmanetError
-from emanet.models.mmseg import load_mmseg_checkpoint
+from emanet.errors import CheckpointError, EmanetError
+from emanet.models.mmseg import (
+    load_mmseg_state,
+    read_mmseg_checkpoint,
+    recipe_conflicts,
+    recorded_recipe,
+    saved_iteration,
+)
 from emanet.models.segmentor import build_model
+
+# One experiment per published mmsegmentation EMANet (configs/emanet/ of mmsegmentation).
+MMSEG_EXPERIMENTS = (
+    "cityscapes_mmseg_r101", "cityscapes_mmseg_r50", "cityscapes_mmseg_r101_512x1024", "cityscapes_mmseg_r50_512x1024",
+)
+
+
+def check_recipe(source: str | Path, meta: dict, experiment: str, overrides) -> None:
+    """Refuse, in one line naming the experiment to use, a checkpoint whose recorded config
+    contradicts the crops or ``align_corners`` of ``experiment``: its logits would be
+    upsampled with the wrong convention."""
+    recorded = recorded_recipe(meta)
+
+    def conflicts(name: str) -> list[str]:
+        cfg = compose_config("train", [f"experiment={name}", *overrides])
+        return recipe_conflicts(recorded, height_width(cfg.dataset.crop_size), cfg.model.align_corners)
+
+    found = conflicts(experiment)
+    if not found:
+        return
+    matching = [name for name in MMSEG_EXPERIMENTS if name != experiment and not conflicts(name)]
+    hint = f"import it with --experiment {' or '.join(matching)}" if matching else "check --experiment"
+    raise CheckpointError(
+        f"{source}: its recorded config trained with {' and '.join(found)}: it is not experiment={experiment}'s "
+        f"model; {hint}"
+    )
 
 
 def import_checkpoint(
     source: str | Path, destination: str | Path, experiment: str = "cityscapes_mmseg_r101", overrides=(),
     trusted: bool = False,
 ) -> dict:
+    state, meta = read_mmseg_checkpoint(source, trusted)
+    check_recipe(source, meta, experiment, overrides)
     cfg = compose_config("train", [f"experiment={experiment}", *overrides])
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
-    iteration = load_mmseg_checkpoint(model, source, trusted)
+    load_mmseg_state(model, state, source)
     checkpoint = {
-        "model": model.state_dict(), "iteration": iteration, "config": OmegaConf.to_container(cfg, resolve=True),
-        "imported_from": f"mmsegmentation: {Path(source).name}",
+        "model": model.state_dict(), "iteration": saved_iteration(meta),
+        "config": OmegaConf.to_container(cfg, resolve=True), "imported_from": f"mmsegmentation: {Path(source).name}",
     }
     save_checkpoint(checkpoint, destination)
     return checkpoint
@@ -46,7 +83,8 @@ def main() -> None:
     parser.add_argument("source", help="checkpoint published by mmsegmentation")
     parser.add_argument("destination", help="where to write this project's checkpoint")
     parser.add_argument(
-        "--experiment", default="cityscapes_mmseg_r101", help="experiment config the weights belong to"
+        "--experiment", default="cityscapes_mmseg_r101",
+        help=f"the experiment of the published model the weights come from ({', '.join(MMSEG_EXPERIMENTS)})",
     )
     parser.add_argument(
         "--trusted", action="store_true",

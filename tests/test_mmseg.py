@@ -10,16 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from random_weights import RandomWeights
+from test_eval_protocols import bilinear_reference
 
 from emanet.cli import compose_config
 from emanet.engine.checkpoint import digest_file, load_checkpoint, load_model_weights
+from emanet.engine.train import loss_divisor, training_loss
 from emanet.errors import CheckpointError, ConfigError
-from emanet.models.mmseg import read_mmseg_checkpoint
+from emanet.models.mmseg import RecordedRecipe, read_mmseg_checkpoint, recorded_recipe, saved_iteration
 from emanet.models.resnet import ResNet
 from emanet.models.segmentor import build_model
 
@@ -67,8 +70,9 @@ def mmseg_state_dict(seed=0):
     return state
 
 
-def mmseg_forward(s, x, stages=3, training=False):
+def mmseg_forward(s, x, stages=3, training=False, align_corners=True):
     """mmsegmentation's EMANet on ``x``: (logits, auxiliary logits, the bases after the step).
+    ``align_corners``: their heads' setting (True in the 769x769 configs of EXPERIMENT).
 
     ``training``: BatchNorm on batch statistics and the bases' moving average; dropout is
     left out (it does not reach the bases).
@@ -129,13 +133,14 @@ def mmseg_forward(s, x, stages=3, training=False):
     aux = conv(conv_module(features[2], "auxiliary_head.convs.0", 1), "auxiliary_head.conv_seg")
 
     def resize(y):
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=align_corners)
 
     return resize(logits), resize(aux), new_bases
 
 
-def save_mmseg_checkpoint(path, state):
-    meta = {"iter": 80000, "CLASSES": tuple(f"class{i}" for i in range(CLASSES)), "PALETTE": [[0, 0, 0]] * CLASSES}
+def save_mmseg_checkpoint(path, state, **meta):
+    meta = {"iter": 80000, "CLASSES": tuple(f"class{i}" for i in range(CLASSES)), "PALETTE": [[0, 0, 0]] * CLASSES,
+            **meta}
     torch.save({"state_dict": state, "meta": meta}, path)
 
 
@@ -163,15 +168,14 @@ def test_converted_checkpoint_gives_mmsegs_logits(imported):
     with torch.no_grad():
         expected, expected_aux, _ = mmseg_forward(state, x)
         logits = model(x)
-        aux = F.interpolate(model.aux_head(model.backbone(x)), size=(41, 57), mode="bilinear", align_corners=False)
+        aux = F.interpolate(model.aux_head(model.backbone(x)), size=(41, 57), mode="bilinear", align_corners=True)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(aux, expected_aux, rtol=1e-5, atol=1e-5)
-    # not a vacuous match: the logits vary over pixels, and align_corners=True would differ
+    # not a vacuous match: the logits vary over pixels, and align_corners=False would differ
     assert expected.std() > 0.1
     with torch.no_grad():
-        corners_aligned = F.interpolate(model.head(model.backbone(x)), size=(41, 57), mode="bilinear",
-                                        align_corners=True)
-    assert (corners_aligned - expected).abs().max() > 1e-3
+        half_pixel = F.interpolate(model.head(model.backbone(x)), size=(41, 57), mode="bilinear", align_corners=False)
+    assert (half_pixel - expected).abs().max() > 1e-3
 
 
 def test_eval_stages_sets_the_em_iterations_at_evaluation(imported):
@@ -282,8 +286,8 @@ def test_objects_beyond_tensors_are_read_only_from_a_trusted_file(tmp_path):
                tmp_path / "theirs.pth")
     with pytest.raises(CheckpointError, match=r"^cannot read .*theirs\.pth: .*--trusted\)$"):
         read_mmseg_checkpoint(tmp_path / "theirs.pth")
-    state, iteration = read_mmseg_checkpoint(tmp_path / "theirs.pth", trusted=True)
-    assert iteration == 5 and list(state) == ["w"]
+    state, meta = read_mmseg_checkpoint(tmp_path / "theirs.pth", trusted=True)
+    assert saved_iteration(meta) == 5 and list(state) == ["w"]
 
 
 def test_v1c_stem_is_32_32_64_with_mmsegs_names():
@@ -296,19 +300,150 @@ def test_v1c_stem_is_32_32_64_with_mmsegs_names():
         ResNet(50, stem="v1c", width=7)
 
 
-@pytest.mark.parametrize("experiment,depth", [("cityscapes_mmseg_r101", 101), ("cityscapes_mmseg_r50", 50)])
-def test_experiments_compose_to_mmsegs_recipe(experiment, depth):
+# One experiment per published mmsegmentation EMANet: (experiment, depth, crops, their
+# decode_head align_corners, eval mode, eval windows), from configs/emanet/ of mmsegmentation 1.2.2.
+MMSEG_VARIANTS = [
+    ("cityscapes_mmseg_r101", 101, 769, True, "slide", (769, 513)),
+    ("cityscapes_mmseg_r50", 50, 769, True, "slide", (769, 513)),
+    ("cityscapes_mmseg_r101_512x1024", 101, [512, 1024], False, "whole", None),
+    ("cityscapes_mmseg_r50_512x1024", 50, [512, 1024], False, "whole", None),
+]
+
+
+@pytest.mark.parametrize("experiment,depth,crop_size,align_corners,eval_mode,windows", MMSEG_VARIANTS)
+def test_experiments_compose_to_mmsegs_recipe(experiment, depth, crop_size, align_corners, eval_mode, windows):
     cfg = compose_config("train", [f"experiment={experiment}"])
+    assert cfg.name == experiment
     assert cfg.model.head == "ema_mmseg" and cfg.model.backbone.stem == "v1c" and cfg.model.backbone.depth == depth
-    assert cfg.model.aux.weight == 0.4 and cfg.model.align_corners is False and cfg.model.bn_momentum == 0.1
+    assert cfg.model.backbone.pretrained.endswith(f"resnet{depth}_v1c.pth")
+    assert cfg.model.aux.weight == 0.4 and cfg.model.align_corners is align_corners and cfg.model.bn_momentum == 0.1
     assert (cfg.model.ema.channels, cfg.model.ema.num_bases, cfg.model.ema.train_stages) == (512, 64, 3)
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.iterations, cfg.schedule.batch_size) == (
-        0.01, 5e-4, 80000, 8)
-    assert (cfg.dataset.name, cfg.dataset.crop_size, list(cfg.dataset.train_scales)) == ("cityscapes", 769, [0.5, 2.0])
-    assert (cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.flip) == ("slide", 769, 513, True)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.bias_lr_mult) == (0.01, 5e-4, 1.0)
+    assert (cfg.schedule.iterations, cfg.schedule.batch_size, cfg.schedule.lr_update_every) == (80000, 8, 1)
+    assert cfg.loss.normalization == "all_pixels"
+    assert (cfg.dataset.name, cfg.dataset.crop_size, list(cfg.dataset.train_scales)) == (
+        "cityscapes", crop_size, [0.5, 2.0])
+    assert cfg.dataset.scale_sampling == "continuous"
+    assert (cfg.eval.mode, cfg.eval.flip, cfg.eval.align_corners) == (eval_mode, True, False)
+    if windows is not None:
+        assert (cfg.eval.crop_size, cfg.eval.stride) == windows
     assert list(cfg.eval.scales) == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     # model.ema.eval_stages follows the training T unless set: the project sweeps it
     assert compose_config("train", [f"experiment={experiment}", "model.ema.train_stages=2"]).model.ema.eval_stages == 2
+
+
+@pytest.mark.parametrize("experiment,align_corners", [(v[0], v[3]) for v in MMSEG_VARIANTS])
+def test_each_variant_upsamples_its_logits_with_its_convention(experiment, align_corners):
+    """The logits at input size are the head's output at 1/8 resized with the variant's
+    convention, computed from the convention's definition (not from F.interpolate)."""
+    cfg = compose_config("train", [f"experiment={experiment}", *OVERRIDES])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False).eval()
+    x = torch.randn(2, 3, 41, 57, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        logits = model(x)
+        low = model.head(model.backbone(x))
+    assert low.shape[-2:] == (6, 8) and logits.shape == (2, CLASSES, 41, 57)
+    for image, result in zip(low.double().numpy(), logits.double().numpy(), strict=True):
+        expected = bilinear_reference(image, 41, 57, align_corners)
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-3)  # float32 logits of about +-1000
+        # not vacuous: the other convention gives other logits
+        assert np.abs(bilinear_reference(image, 41, 57, not align_corners) - expected).max() > 1e-2
+
+
+@pytest.mark.parametrize("experiment", [v[0] for v in MMSEG_VARIANTS])
+def test_the_loss_is_averaged_over_all_pixels_as_mmsegs(experiment):
+    """mmsegmentation's CrossEntropyLoss (avg_non_ignore=False): the summed pixel losses of
+    the labelled pixels over every pixel of the batch; the auxiliary head's times 0.4."""
+    cfg = compose_config("train", [f"experiment={experiment}"])
+    g = torch.Generator().manual_seed(5)
+    logits, aux = torch.randn(2, 2, 19, 8, 8, generator=g).double()
+    labels = torch.randint(0, 19, (2, 8, 8), generator=g)
+    labels[:, :4, 4:] = 255  # a quarter ignored
+    divisor = loss_divisor([labels], 255, cfg.loss.normalization)
+    loss = training_loss((logits, aux), labels, 255, divisor, cfg.model.aux.weight)
+
+    def definition(scores):  # -log softmax at the label, 0 where ignored, over all 128 pixels
+        total = 0.0
+        for b, i, j in np.ndindex(2, 8, 8):
+            label = int(labels[b, i, j])
+            if label != 255:
+                column = scores[b, :, i, j].numpy()
+                total += np.log(np.exp(column).sum()) - column[label]
+        return total / labels.numel()
+
+    expected = definition(logits) + 0.4 * definition(aux)
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    labelled = (labels != 255).double().mean().item()
+    assert labelled == 0.75  # averaged over labelled pixels it would be 4/3 as large
+    valid = training_loss((logits, aux), labels, 255, loss_divisor([labels], 255, "valid"), 0.4)
+    assert float(valid) == pytest.approx(expected / labelled, rel=1e-12)
+
+
+# The config text mmsegmentation records in a checkpoint's meta (cfg.pretty_text): 'config'
+# for 0.x, 'cfg' for 1.x; an excerpt in their layout.
+def recorded_config(crop_size, align_corners):
+    return f"""norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    type='EncoderDecoder',
+    pretrained='open-mmlab://resnet50_v1c',
+    backbone=dict(
+        type='ResNetV1c',
+        depth=50,
+        dilations=(1, 1, 2, 4),
+        strides=(1, 2, 1, 1),
+        norm_cfg=dict(type='SyncBN', requires_grad=True)),
+    decode_head=dict(
+        type='EMAHead',
+        in_channels=2048,
+        channels=256,
+        ema_channels=512,
+        num_bases=64,
+        num_stages=3,
+        momentum=0.1,
+        align_corners={align_corners},
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    auxiliary_head=dict(type='FCNHead', in_channels=1024, align_corners={align_corners}),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
+dataset_type = 'CityscapesDataset'
+data_root = 'data/cityscapes/'
+crop_size = {crop_size}
+train_pipeline = [
+    dict(type='RandomCrop', crop_size={crop_size}, cat_max_ratio=0.75),
+]
+"""
+
+
+def test_the_recorded_recipe_is_read_from_either_releases_meta_without_running_it():
+    text = recorded_config((769, 769), True)
+    assert recorded_recipe({"config": text}) == RecordedRecipe((769, 769), True)
+    assert recorded_recipe({"cfg": recorded_config((512, 1024), False)}) == RecordedRecipe((512, 1024), False)
+    assert recorded_recipe({}) == RecordedRecipe() == recorded_recipe({"config": "not python ("})
+    assert recorded_recipe({"config": "import os\nos.remove('x')\n"}) == RecordedRecipe()
+
+
+@pytest.mark.parametrize("meta_key", ["config", "cfg"])
+def test_a_checkpoint_of_another_recipe_is_refused_naming_the_experiment_to_use(tmp_path, meta_key):
+    state = mmseg_state_dict()
+    save_mmseg_checkpoint(tmp_path / "theirs.pth", state, **{meta_key: recorded_config((512, 1024), False)})
+    with pytest.raises(CheckpointError) as error:
+        import_checkpoint(tmp_path / "theirs.pth", tmp_path / "out.pt", EXPERIMENT, OVERRIDES)
+    assert str(error.value) == (
+        f"{tmp_path / 'theirs.pth'}: its recorded config trained with 512x1024 crops (the experiment's: 769x769) "
+        "and align_corners=False (the experiment's: True): it is not experiment=cityscapes_mmseg_r50's model; "
+        "import it with --experiment cityscapes_mmseg_r101_512x1024 or cityscapes_mmseg_r50_512x1024"
+    )
+    assert not (tmp_path / "out.pt").exists()
+    import_checkpoint(tmp_path / "theirs.pth", tmp_path / "out.pt", "cityscapes_mmseg_r50_512x1024", OVERRIDES)
+    assert load_checkpoint(tmp_path / "out.pt")["config"]["name"] == "cityscapes_mmseg_r50_512x1024"
+    # one setting contradicting is enough
+    save_mmseg_checkpoint(tmp_path / "corners.pth", state, **{meta_key: recorded_config((769, 769), False)})
+    with pytest.raises(CheckpointError, match=r"align_corners=False \(the experiment's: True\): it is not"):
+        import_checkpoint(tmp_path / "corners.pth", tmp_path / "out2.pt", EXPERIMENT, OVERRIDES)
+    save_mmseg_checkpoint(tmp_path / "match.pth", state, **{meta_key: recorded_config((769, 769), True)})
+    import_checkpoint(tmp_path / "match.pth", tmp_path / "out3.pt", EXPERIMENT, OVERRIDES)
 
 
 def test_emanet_mmseg_builds_mmsegs_d8_backbone_and_head():

@@ -335,11 +335,16 @@ def test_the_table_beyond_the_paper_puts_trained_and_imported_runs_beside_the_pu
             "the authors' release README | 79.79 | -0.79 | - | - |") in lines
     assert ("| Cityscapes val | EMANet(512), ResNet-101 | cityscapes_emanet512 | trained here | 79.00 | 80.50 | "
             "mmsegmentation R-101-D8 512x1024 80k | 79.10 | -0.10 | 81.21 | -0.71 |") in lines
-    assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 | cityscapes_mmseg_r101 | published, evaluated "
-            "here | 79.50 | 81.00 | mmsegmentation R-101-D8 769x769 80k | 79.62 | -0.12 | 81.00 | +0.00 |") in lines
-    assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 | cityscapes_mmseg_r101 | trained here | 78.00 | "
-            "- | mmsegmentation R-101-D8 769x769 80k | 79.62 | -1.62 | 81.00 | - |") in lines
+    assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 769x769 | cityscapes_mmseg_r101 | published, "
+            "evaluated here | 79.50 | 81.00 | mmsegmentation R-101-D8 769x769 80k | 79.62 | -0.12 | 81.00 | +0.00 "
+            "|") in lines
+    assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 769x769 | cityscapes_mmseg_r101 | trained here | "
+            "78.00 | - | mmsegmentation R-101-D8 769x769 80k | 79.62 | -1.62 | 81.00 | - |") in lines
     assert ("| ADE20K val | EMANet(512), ResNet-101 | ade20k_emanet512 | trained here | 42.10 | - | - | - | - | - "
             "| - |") in lines
-    assert len(csv_path.read_text().splitlines()) == 1 + 8  # a row per reference, one for ADE20K's none
+    # their 512x1024 checkpoints under their own experiment, beside their own published numbers
+    assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 512x1024 | cityscapes_mmseg_r101_512x1024 | "
+            "published, evaluated here | - | - | mmsegmentation R-101-D8 512x1024 80k | 79.10 | - | 81.21 | - "
+            "|") in lines
+    assert len(csv_path.read_text().splitlines()) == 1 + 10  # a row per reference, one for ADE20K's none
     assert Image.open(png).size[0] > 300

@@ -11,7 +11,9 @@ tensor missing or any shape that differs is refused.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,8 +89,9 @@ def convert_mmseg_state_dict(
     return converted
 
 
-def read_mmseg_checkpoint(path: str | Path, trusted: bool = False) -> tuple[dict[str, torch.Tensor], int]:
-    """The state dict (mmsegmentation's keys) and training iteration of one of their files.
+def read_mmseg_checkpoint(path: str | Path, trusted: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state dict (mmsegmentation's keys) and ``meta`` of one of their files (``{}``
+    when the file has none).
 
     The file is read as tensors and plain containers only unless ``trusted``: a pickle can
     run code, so a file holding other objects is refused without it.
@@ -104,13 +107,86 @@ def read_mmseg_checkpoint(path: str | Path, trusted: bool = False) -> tuple[dict
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise CheckpointError(f"{path} is not an mmsegmentation checkpoint (a dict with 'state_dict' and 'meta')")
     meta = checkpoint.get("meta")
-    iteration = meta.get("iter", 0) if isinstance(meta, Mapping) else 0
-    return dict(checkpoint["state_dict"]), int(iteration or 0)
+    return dict(checkpoint["state_dict"]), dict(meta) if isinstance(meta, Mapping) else {}
 
 
-def load_mmseg_checkpoint(model: nn.Module, path: str | Path, trusted: bool = False) -> int:
-    """Load an mmsegmentation EMANet checkpoint file into ``model`` strictly; returns the
-    iteration it was saved at."""
-    state, iteration = read_mmseg_checkpoint(path, trusted)
+def saved_iteration(meta: Mapping) -> int:
+    """The training iteration a checkpoint was saved at (``meta['iter']``; 0 if absent)."""
+    return int(meta.get("iter") or 0)
+
+
+@dataclass(frozen=True)
+class RecordedRecipe:
+    """What a checkpoint's recorded config says of the training crops ([height, width]) and
+    of the heads' ``align_corners``; None where it says nothing."""
+
+    crop_size: tuple[int, int] | None = None
+    align_corners: bool | None = None
+
+
+def recorded_recipe(meta: Mapping) -> RecordedRecipe:
+    """The crop size and decode head's ``align_corners`` of the config a checkpoint records.
+
+    mmsegmentation 0.x stores the training config's text as ``meta['config']``
+    (``cfg.pretty_text``, mmseg/apis/train.py), mmengine-based 1.x as ``meta['cfg']``. Both
+    are Python source: read here with :mod:`ast`, never run. A top-level ``crop_size = (h, w)``
+    gives the crops, ``model = dict(decode_head=dict(align_corners=...))`` the convention;
+    text that is missing or not Python gives an empty recipe.
+    """
+    text = meta.get("config", meta.get("cfg"))
+    if not isinstance(text, str):
+        return RecordedRecipe()
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return RecordedRecipe()
+    crop_size = align_corners = None
+    for statement in tree.body:
+        if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                and isinstance(statement.targets[0], ast.Name)):
+            continue
+        name = statement.targets[0].id
+        if name == "crop_size":
+            value = literal(statement.value)
+            if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+                crop_size = (value[0], value[1])
+        elif name == "model":
+            value = literal(dict_entry(dict_entry(statement.value, "decode_head"), "align_corners"))
+            if isinstance(value, bool):
+                align_corners = value
+    return RecordedRecipe(crop_size, align_corners)
+
+
+def dict_entry(node: ast.AST | None, key: str) -> ast.AST | None:
+    """The value of ``key`` in a ``dict(key=...)`` call or a ``{'key': ...}`` literal."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        return next((keyword.value for keyword in node.keywords if keyword.arg == key), None)
+    if isinstance(node, ast.Dict):
+        for name, value in zip(node.keys, node.values, strict=True):
+            if isinstance(name, ast.Constant) and name.value == key:
+                return value
+    return None
+
+
+def literal(node: ast.AST | None):
+    try:
+        return None if node is None else ast.literal_eval(node)
+    except ValueError:
+        return None
+
+
+def recipe_conflicts(recorded: RecordedRecipe, crop_size: tuple[int, int], align_corners: bool) -> list[str]:
+    """The settings in which ``recorded`` contradicts a model trained on ``crop_size`` crops
+    with ``align_corners``, e.g. ``["769x769 crops (the experiment's: 512x1024)"]``."""
+    conflicts = []
+    if recorded.crop_size is not None and tuple(recorded.crop_size) != tuple(crop_size):
+        conflicts.append(f"{'x'.join(map(str, recorded.crop_size))} crops (the experiment's: "
+                         f"{'x'.join(map(str, crop_size))})")
+    if recorded.align_corners is not None and recorded.align_corners != align_corners:
+        conflicts.append(f"align_corners={recorded.align_corners} (the experiment's: {align_corners})")
+    return conflicts
+
+
+def load_mmseg_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Load mmsegmentation's EMANet ``state`` (read from ``path``) into ``model`` strictly."""
     model.load_state_dict(convert_mmseg_state_dict(state, model.state_dict(), path), strict=True)
-    return iteration
