@@ -9,12 +9,14 @@
 
 Paths default to the places the dataset configs read from, under $EMANET_DATA_ROOT (or
 data/). --workers (conversion processes, default: the cores, at most 8) may also come
-before the benchmark name. Re-running skips the label files already written; Ctrl-C ends
-it with exit status 130, and two runs on one dataset take turns. A source file that
-cannot be used ends it with one line naming the file and exit status 2. The split
-sizes are printed beside the published ones; a split of another size (an archive left out
-or unpacked partly) ends the script with exit status 1 once every file is written, unless
---allow-partial says the copy is deliberately partial.
+before the benchmark name. Re-running checks each label file already written against its
+source and rewrites, naming them in one line, those that differ (wrong ids, another PNG
+mode, undecodable); Ctrl-C ends it with exit status 130, and two runs on one dataset take
+turns. A source file that cannot be used ends it with one line naming the file and exit
+status 2. The split sizes are printed beside the published ones; a split of another size
+(an archive left out or unpacked partly) ends the script with exit status 1 once every
+file is written, unless --allow-partial says the copy is deliberately partial. Cityscapes
+images without their label are left out of the split, counted and named in one warning line.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
 """Cityscapes: the labelIds -> trainIds mapping against cityscapesscripts' own table, the
 converter on a miniature tree in the official layout, and the experiments' configs."""
 
+import json
+import os
 import re
+import shutil
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_prepare import folder_is_locked, run_cli
+from test_prepare import folder_is_locked, run_cli, write_label_png
 
 from emanet.cli import compose_config
 from emanet.config_checks import config_problems
@@ -98,7 +102,14 @@ def test_converter_writes_train_ids_and_split_lists_the_dataset_reads(official, 
         if sample_id.startswith("test/"):
             assert not written.exists()  # test's placeholders are not converted
         else:
-            assert np.array_equal(read_label_png(written), expected_train_ids(ids, official.labels))
+            expected = expected_train_ids(ids, official.labels)
+            assert np.array_equal(read_label_png(written), expected)
+            # 8-bit greyscale, as createTrainIdLabelImgs writes them: a greyscale read (OpenCV's,
+            # Pillow's convert("L")) gives the trainIds, where a palette PNG's gives its colours.
+            with Image.open(written) as png:
+                assert png.mode == "L"
+                assert np.array_equal(np.array(png.convert("L")), expected)
+            assert np.array_equal(cv2.imread(str(written), cv2.IMREAD_GRAYSCALE), expected)
     cfg = compose_config("train", ["dataset=cityscapes", f"data_root={tmp_path}"])
     dataset = build_dataset(cfg.dataset, cfg.dataset.val_split)
     image, label = dataset.load(0)[:2]
@@ -107,23 +118,111 @@ def test_converter_writes_train_ids_and_split_lists_the_dataset_reads(official, 
     assert len(build_dataset(cfg.dataset, cfg.dataset.train_split)) == 3
 
 
-def test_rerun_skips_finished_files_redoes_missing_ones_and_removes_stale_temp_files(official, tmp_path):
+OLD_NS = 1_000_000_000 * 10**9  # a modification time (2001) no write of this test can give
+
+
+def test_rerun_rewrites_exactly_the_outputs_that_differ_from_their_source_and_says_so(official, tmp_path, caplog):
     root = tmp_path / "cityscapes"
     sources = write_tree(root)
     prepare_cityscapes(root)
-    folder = root / "gtFine" / "train" / "aachen"
-    finished = folder / "aachen_000000_000019_gtFine_labelTrainIds.png"
-    finished.write_bytes(b"sentinel")  # a skipped file keeps whatever it holds
-    redo = folder / "aachen_000001_000019_gtFine_labelTrainIds.png"
-    redo.unlink()
-    stale = folder / f".{redo.name}.x1y2.tmp"  # what an interrupted write leaves
+    gtfine = root / "gtFine"
+    written = {i: gtfine / f"{i}_gtFine_labelTrainIds.png" for i in sources if not i.startswith("test/")}
+    for path in written.values():
+        os.utime(path, ns=(OLD_NS, OLD_NS))
+    wrong_ids, palette, corrupt, right = (
+        "train/aachen/aachen_000000_000019", "train/aachen/aachen_000001_000019",
+        "train/bochum/bochum_000000_000313", "val/frankfurt/frankfurt_000000_000294",
+    )
+    expected = {i: expected_train_ids(sources[i], official.labels) for i in written}
+    wrong = expected[wrong_ids].copy()
+    wrong[0, :3] = np.where(wrong[0, :3] == 0, 1, 0)  # 3 pixels off, in the mode this converter writes
+    write_label_png(written[wrong_ids], wrong, "L")
+    write_label_png(written[palette], expected[palette], "P")  # right ids, as former versions wrote them
+    written[corrupt].write_bytes(b"sentinel")
+    stale = written[corrupt].with_name(f".{written[corrupt].name}.x1y2.tmp")  # what an interrupted write leaves
     stale.write_bytes(b"half")
-    prepare_cityscapes(root)
-    assert finished.read_bytes() == b"sentinel"
+    caplog.clear()
+    prepare_cityscapes(root, workers=2)  # the reasons come back from worker processes
+    for sample_id, path in written.items():
+        with Image.open(path) as png:
+            assert png.mode == "L" and np.array_equal(np.array(png), expected[sample_id]), sample_id
+    assert os.stat(written[right]).st_mtime_ns == OLD_NS  # a right file is read, not written
     assert not stale.exists()
+    rewritten = [record.getMessage() for record in caplog.records if "rewrote" in record.getMessage()]
+    assert rewritten == [
+        "gtFine labelTrainIds (train): rewrote 3 of the 3 label PNGs written before, which differed from their "
+        f"source: {written[wrong_ids]} (3 of 24 pixels differ), {written[palette]} (mode 'P', not 'L'), "
+        f"{written[corrupt]} (does not decode)"
+    ]
+    # A third run finds every file right.
+    for path in written.values():
+        os.utime(path, ns=(OLD_NS, OLD_NS))
+    caplog.clear()
+    prepare_cityscapes(root)
+    assert [os.stat(path).st_mtime_ns for path in written.values()] == [OLD_NS] * 4
+    assert "rewrote" not in caplog.text
+
+
+def test_a_missing_output_is_written_again(official, tmp_path):
+    root = tmp_path / "cityscapes"
+    sources = write_tree(root)
+    prepare_cityscapes(root)
+    redo = root / "gtFine" / "train" / "aachen" / "aachen_000001_000019_gtFine_labelTrainIds.png"
+    redo.unlink()
+    prepare_cityscapes(root)
     assert np.array_equal(
         read_label_png(redo), expected_train_ids(sources["train/aachen/aachen_000001_000019"], official.labels)
     )
+
+
+def write_polygons(path, size, seed, labels):
+    """A ``*_gtFine_polygons.json`` as the download has them: every label of the table, with
+    overlapping random polygons, plus a "cargroup" (drawn as car) and a deleted object."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    names = [*(label.name for label in labels), "cargroup"]  # license plate (id -1) is drawn by neither
+    objects = [
+        {"label": str(name), "polygon": rng.integers(-2, [width + 2, height + 2], (rng.integers(3, 8), 2)).tolist()}
+        for name in rng.permutation(names)
+    ]
+    objects.append({"label": "road", "polygon": [[0, 0], [width, 0], [width, height]], "deleted": 1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"imgHeight": height, "imgWidth": width, "objects": objects}))
+
+
+def test_train_ids_equal_createTrainIdLabelImgs_file_mode_and_pixels(official, tmp_path, monkeypatch):
+    """labelIds made from polygons by the official json2labelImg, converted here, against
+    createTrainIdLabelImgs' trainIds from the same polygons (cityscapesscripts 2.3.0,
+    cityscapesscripts/preparation/createTrainIdLabelImgs.py)."""
+    json2label = pytest.importorskip("cityscapesscripts.preparation.json2labelImg")
+    create_train_ids = pytest.importorskip("cityscapesscripts.preparation.createTrainIdLabelImgs")
+    root, theirs = tmp_path / "cityscapes", tmp_path / "official"
+    write_tree(root)
+    size = (24, 40)
+    labelled = [f"{split}/{city}/{name}" for split in ("train", "val") for city, names in TREE[split].items()
+                for name in names]
+    for seed, sample_id in enumerate(labelled):
+        polygons = root / "gtFine" / f"{sample_id}_gtFine_polygons.json"
+        write_polygons(polygons, size, seed, official.labels)
+        json2label.json2labelImg(str(polygons), str(root / "gtFine" / f"{sample_id}_gtFine_labelIds.png"), "ids")
+    shutil.copytree(root / "gtFine", theirs / "gtFine")
+    monkeypatch.setenv("CITYSCAPES_DATASET", str(theirs))
+    create_train_ids.main()
+    prepare_cityscapes(root, workers=2)
+    classes = set()
+    for sample_id in labelled:
+        ours_path = root / "gtFine" / f"{sample_id}_gtFine_labelTrainIds.png"
+        theirs_path = theirs / "gtFine" / f"{sample_id}_gtFine_labelTrainIds.png"
+        with Image.open(ours_path) as ours, Image.open(theirs_path) as official_png:
+            assert (ours.format, ours.mode, ours.size) == (official_png.format, official_png.mode, official_png.size)
+            assert ours.mode == "L"
+            assert ours.tobytes() == official_png.tobytes(), sample_id
+            classes |= set(np.unique(np.array(ours)).tolist())
+        # What OpenCV reads, as loaders built on it do: the same ids from both.
+        ours_cv, theirs_cv = (cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in (ours_path, theirs_path))
+        assert ours_cv.shape == size and np.array_equal(ours_cv, theirs_cv)
+    assert len(classes) >= 15  # the polygons reach most trainIds and 255, not a trivial map
+    assert 255 in classes
 
 
 def test_converter_holds_the_lock_on_the_dataset_folder(official, tmp_path, monkeypatch):
@@ -131,9 +230,9 @@ def test_converter_holds_the_lock_on_the_dataset_folder(official, tmp_path, monk
     write_tree(root)
     held, convert_labels = [], prepare.convert_labels
 
-    def probing_convert_labels(jobs, description, workers=1):
+    def probing_convert_labels(jobs, description, workers=1, **options):
         held.append(folder_is_locked(root))
-        return convert_labels(jobs, description, workers)
+        return convert_labels(jobs, description, workers, **options)
 
     monkeypatch.setattr(prepare, "convert_labels", probing_convert_labels)
     prepare_cityscapes(root)
@@ -195,6 +294,23 @@ def test_split_counts_are_checked_unless_allow_partial(official, tmp_path, monke
     assert run_cli(monkeypatch, capsys, "cityscapes", "--allow-partial")[0] == 0
     # The published sizes pass.
     assert prepare.count_mismatches("cityscapes", {"train": 2975, "val": 500, "test": 1525}) == []
+
+
+def test_allow_partial_names_the_images_left_out_for_want_of_a_label(official, tmp_path, monkeypatch, capsys, caplog):
+    root = tmp_path / "cityscapes"
+    write_tree(root)
+    for sample_id in ("train/aachen/aachen_000001_000019", "train/bochum/bochum_000000_000313"):
+        (root / "gtFine" / f"{sample_id}_gtFine_labelIds.png").unlink()  # the image stays
+    status, err = run_cli(monkeypatch, capsys, "cityscapes", "--allow-partial", "--root", str(root))
+    assert status == 0 and error_lines(err) == []
+    assert (root / "splits" / "train.txt").read_text() == "train/aachen/aachen_000000_000019\n"
+    left_out = [record.getMessage() for record in caplog.records if "left out" in record.getMessage()]
+    assert left_out == [
+        f"cityscapes train: 2 images of {root / 'leftImg8bit' / 'train'} have no <id>_gtFine_labelIds.png in "
+        f"{root / 'gtFine' / 'train'} and are left out of the split "
+        "(train/aachen/aachen_000001_000019, train/bochum/bochum_000000_000313)"
+    ]
+    assert all(record.levelname == "WARNING" for record in caplog.records if "left out" in record.getMessage())
 
 
 def test_missing_cityscapesscripts_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):

@@ -19,7 +19,7 @@ from tests_paths import REPO
 
 from emanet.data import CLASS_NAMES, build_dataset, prepare
 from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60_CLASSES
-from emanet.data.palette import read_label_png, save_label_png
+from emanet.data.palette import color_map, read_label_png, save_label_png
 from emanet.data.prepare import (
     check_context_label_names,
     coco_stuff10k_label,
@@ -36,6 +36,20 @@ sys.path.insert(0, str(REPO / "scripts"))
 import prepare_dataset  # noqa: E402
 
 SIZE = (6, 8)
+
+
+def png_mode(path):
+    with Image.open(path) as png:
+        return png.mode
+
+
+def write_label_png(path, ids, mode):
+    """``ids`` as a palette ("P", VOC colours) or greyscale ("L") PNG, written here with
+    Pillow, not by the converter under test."""
+    image = Image.fromarray(np.asarray(ids, dtype=np.uint8))
+    if mode == "P":
+        image.putpalette(color_map().flatten().tolist())
+    image.save(path)
 
 
 def write_jpeg(path, seed=0):
@@ -94,23 +108,19 @@ def test_voc_aug_labels_lists_and_counts(voc_and_sbd, caplog):
     assert np.array_equal(read_label_png(aug / "2007_b.png"), voc_labels["2007_b"])
     assert np.array_equal(read_label_png(aug / "2007_c.png"), voc_labels["2007_c"])
     assert np.array_equal(read_label_png(aug / "2008_d.png"), sbd_labels["2008_d"])
-    with Image.open(aug / "2008_e.png") as png:
-        assert png.mode == "P"
+    assert png_mode(aug / "2008_e.png") == "P"  # as VOC's own SegmentationClass
     assert (voc / "JPEGImages" / "2008_e.jpg").read_bytes() == (sbd / "dataset" / "img" / "2008_e.jpg").read_bytes()
     dataset = SegmentationDataset(voc, "trainaug", CONTEXT60_CLASSES[:21], {"labels": "SegmentationClassAug/{id}.png"})
     assert len(dataset) == 4 and np.array_equal(dataset.load(2)[1], sbd_labels["2008_d"])
 
 
-def test_voc_aug_rerun_skips_finished_files_and_redoes_interrupted_ones(voc_and_sbd):
+def test_voc_aug_rerun_redoes_interrupted_files(voc_and_sbd):
     voc, sbd, _, sbd_labels = voc_and_sbd
     prepare_voc_aug(voc, sbd)
     aug = voc / "SegmentationClassAug"
-    finished = aug / "2008_d.png"
-    finished.write_bytes(b"sentinel")  # a skipped file keeps whatever it holds
     (aug / "2008_e.png").unlink()
     (aug / ".2008_e.png.tmp").write_bytes(b"half")  # what an interrupted write leaves
     prepare_voc_aug(voc, sbd)
-    assert finished.read_bytes() == b"sentinel"
     assert np.array_equal(read_label_png(aug / "2008_e.png"), sbd_labels["2008_e"])
     assert sorted(p.name for p in aug.iterdir() if not p.name.startswith(".")) == [
         "2007_a.png", "2007_b.png", "2007_c.png", "2008_d.png", "2008_e.png"
@@ -143,6 +153,7 @@ def test_pascal_context_maps_459_ids_to_60_and_59_classes(tmp_path):
     assert prepare_pascal_context(voc2010, voc2010) == {"train": 2, "val": 1}
     label = read_label_png(voc2010 / "SegmentationClassContext" / "2008_000007.png")
     assert np.array_equal(label, expected)
+    assert png_mode(voc2010 / "SegmentationClassContext" / "2008_000007.png") == "L"  # as mmsegmentation's
     assert CONTEXT60_CLASSES[37] == "person" and CONTEXT60_CLASSES[59] == "wood"
 
     layout = {"labels": "SegmentationClassContext/{id}.png", "split": "ImageSets/SegmentationContext/{split}.txt"}
@@ -178,6 +189,7 @@ def test_coco_stuff10k_maps_182_ids_to_171_classes(tmp_path):
             scipy.io.savemat(root / "annotations" / f"{i}.mat", {"S": source, "names": np.array(["x"], dtype=object)})
     assert prepare_coco_stuff10k(root) == {"train": 1, "test": 1}
     assert np.array_equal(read_label_png(root / "labels171" / f"{ids['test'][0]}.png"), expected)
+    assert png_mode(root / "labels171" / f"{ids['test'][0]}.png") == "L"  # as mmsegmentation's
     assert (COCO_STUFF_CLASSES[0], COCO_STUFF_CLASSES[11], COCO_STUFF_CLASSES[80], COCO_STUFF_CLASSES[170]) == (
         "person", "stop sign", "banner", "wood"
     )
@@ -207,6 +219,7 @@ def test_coco_stuff164k_maps_pngs_and_writes_split_lists_in_worker_processes(tmp
     assert prepare_coco_stuff164k(root, workers=2) == {"train2017": 2, "val2017": 1}
     assert (root / "splits" / "train2017.txt").read_text() == "train2017/000000000009\ntrain2017/000000000025\n"
     assert np.array_equal(read_label_png(root / "labels171" / "val2017" / "000000000139.png"), expected)
+    assert png_mode(root / "labels171" / "val2017" / "000000000139.png") == "L"  # as mmsegmentation's
 
 
 @pytest.mark.parametrize(
@@ -493,9 +506,9 @@ def test_every_converter_holds_the_lock_on_its_dataset_folder_while_converting(
     held = []
     convert_labels = prepare.convert_labels
 
-    def probing_convert_labels(jobs, description, workers=1):
+    def probing_convert_labels(jobs, description, workers=1, **options):
         held.append(folder_is_locked(root))
-        return convert_labels(jobs, description, workers)
+        return convert_labels(jobs, description, workers, **options)
 
     monkeypatch.setattr(prepare, "convert_labels", probing_convert_labels)
     if benchmark == "voc_aug":
@@ -509,6 +522,65 @@ def test_every_converter_holds_the_lock_on_its_dataset_folder_while_converting(
     assert held and all(held)
 
 
+OLD_NS = 1_000_000_000 * 10**9  # a modification time (2001) no write of this test can give
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "mode"), [("voc_aug", "P"), ("pascal_context", "L"), ("coco_stuff10k", "L"), ("coco_stuff164k", "L")]
+)
+def test_rerun_rewrites_exactly_the_outputs_that_differ_from_their_source(
+    benchmark, mode, voc_and_sbd, tmp_path, caplog
+):
+    voc, sbd, _, _ = voc_and_sbd
+    roots = {
+        "voc_aug": voc, "pascal_context": tmp_path / "VOC2010",
+        "coco_stuff10k": tmp_path / "cocostuff-10k-v1.1", "coco_stuff164k": tmp_path / "coco_stuff164k",
+    }
+    root = roots[benchmark]
+    if benchmark == "pascal_context":
+        write_context_mats(root, {"train": ["2008_000002", "2008_000003"], "val": []}, np.ones(SIZE, np.uint16))
+    elif benchmark == "coco_stuff10k":
+        write_coco_stuff10k(root, {"train": ["COCO_train2014_000000000077", "COCO_train2014_000000000079"],
+                                   "test": ["COCO_train2014_000000000078"]})
+    elif benchmark == "coco_stuff164k":
+        write_coco_stuff164k(root, ["000000000009", "000000000025"])
+
+    def convert():
+        if benchmark == "voc_aug":
+            prepare_voc_aug(voc, sbd)
+        elif benchmark == "pascal_context":
+            prepare_pascal_context(root, root)
+        elif benchmark == "coco_stuff10k":
+            prepare_coco_stuff10k(root)
+        else:
+            prepare_coco_stuff164k(root)
+
+    convert()
+    output_folder = {"voc_aug": "SegmentationClassAug", "pascal_context": "SegmentationClassContext"}
+    outputs = sorted((root / output_folder.get(benchmark, "labels171")).rglob("*.png"))
+    assert len(outputs) >= 2 and all(png_mode(path) == mode for path in outputs)
+    # outputs[1] is converted in a call with this many outputs (VOC: 5; Context: train's 2;
+    # COCO-Stuff 10k: test's 1, of id ...078; 164k: train2017's 2).
+    written_before = {"voc_aug": 5, "pascal_context": 2, "coco_stuff10k": 1, "coco_stuff164k": 2}[benchmark]
+    right = {path: read_label_png(path) for path in outputs}
+    for path in outputs:
+        os.utime(path, ns=(OLD_NS, OLD_NS))
+    wrong = outputs[1]
+    write_label_png(wrong, np.where(right[wrong] == 7, 8, 7), mode)
+    caplog.clear()
+    convert()
+    assert all(np.array_equal(read_label_png(path), right[path]) for path in outputs)
+    assert png_mode(wrong) == mode
+    assert [path for path in outputs if os.stat(path).st_mtime_ns != OLD_NS] == [wrong]
+    rewritten = [record.getMessage() for record in caplog.records if "rewrote" in record.getMessage()]
+    assert len(rewritten) == 1
+    pixels = SIZE[0] * SIZE[1]
+    assert rewritten[0].endswith(
+        f": rewrote 1 of the {written_before} label PNGs written before, which differed from their source: "
+        f"{wrong} ({pixels} of {pixels} pixels differ)"
+    )
+
+
 def convert_and_note(name, root, notes, hold_seconds):
     """prepare_coco_stuff10k in a process of its own, noting in ``notes/<name>.json`` when
     each label conversion started and ended and how many PNGs it wrote; the conversion
@@ -516,11 +588,11 @@ def convert_and_note(name, root, notes, hold_seconds):
     convert_labels = prepare.convert_labels
     calls = []
 
-    def noting_convert_labels(jobs, description, workers=1):
+    def noting_convert_labels(jobs, description, workers=1, **options):
         start = time.time()
         (notes / f"{name}.converting").touch()
         time.sleep(hold_seconds)
-        written = convert_labels(jobs, description, workers)
+        written = convert_labels(jobs, description, workers, **options)
         calls.append({"start": start, "end": time.time(), "written": written})
         (notes / f"{name}.json").write_text(json.dumps(calls))
         return written
@@ -678,9 +750,9 @@ def test_temp_files_left_by_killed_runs_are_removed_at_the_start(voc_and_sbd, mo
     left_at_conversion = []
     convert_labels = prepare.convert_labels
 
-    def noting_convert_labels(jobs, description, workers=1):
+    def noting_convert_labels(jobs, description, workers=1, **options):
         left_at_conversion.extend(path for path in stale if path.exists())
-        return convert_labels(jobs, description, workers)
+        return convert_labels(jobs, description, workers, **options)
 
     monkeypatch.setattr(prepare, "convert_labels", noting_convert_labels)
     prepare_voc_aug(voc, sbd)

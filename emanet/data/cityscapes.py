@@ -8,24 +8,29 @@ unpacked into one folder, give::
 
 :func:`prepare_cityscapes` writes ``..._gtFine_labelTrainIds.png`` beside each train and
 val ``..._gtFine_labelIds.png`` (the 19 training classes 0-18 of the official label table
-of ``cityscapesscripts.helpers.labels``, every other label 255) and
+of ``cityscapesscripts.helpers.labels``, every other label 255; 8-bit greyscale PNGs, as the
+official ``cityscapesscripts/preparation/createTrainIdLabelImgs.py`` writes them) and
 ``ROOT/splits/{train,val,test}.txt`` with ids ``<split>/<city>/<city>_<seq>_<frame>``
 (the split is part of the id: the layout templates of the dataset config take only
 ``{id}``). The test split has no usable labels (its gtFine maps are placeholders): its
-list names its images, for prediction. The files are written as the other converters of
-:mod:`emanet.data.prepare` write theirs: atomically, skipping finished ones, in worker
-processes, under the lock on ``ROOT``; the split sizes are checked against the published
-2,975 / 500 / 1,525.
+list names its images, for prediction. A train or val image without its labelIds file is
+left out of its split, with a warning naming it. The files are written as the other
+converters of :mod:`emanet.data.prepare` write theirs: atomically, in worker processes,
+under the lock on ``ROOT``, a re-run checking the files written before against their
+source; the split sizes are checked against the published 2,975 / 500 / 1,525.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from emanet.data import prepare
 from emanet.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 LABELLED_SPLITS = ("train", "val")
@@ -80,6 +85,18 @@ def _ids(folder: Path, split: str, suffix: str) -> list[str]:
     return sorted(f"{split}/{path.parent.name}/{path.name[: -len(suffix)]}" for path in paths)
 
 
+def _warn_unlabelled(images: Path, gtfine: Path, split: str, labelled: list[str]) -> None:
+    """Log, in one line, how many images of ``images/<split>`` have no labelIds file in
+    ``gtfine`` (so are left out of the split), naming the first ones."""
+    unlabelled = sorted(set(_ids(images, split, IMAGE_SUFFIX)) - set(labelled))
+    if unlabelled:
+        more = f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else ""
+        log.warning(
+            "cityscapes %s: %d images of %s have no <id>%s in %s and are left out of the split (%s%s)",
+            split, len(unlabelled), images / split, SOURCE_SUFFIX, gtfine / split, ", ".join(unlabelled[:5]), more,
+        )
+
+
 def _check_images(images: Path, ids_by_split: dict[str, list[str]]) -> None:
     missing = [i for ids in ids_by_split.values() for i in ids if not (images / f"{i}{IMAGE_SUFFIX}").is_file()]
     if missing:
@@ -99,6 +116,8 @@ def prepare_cityscapes(root: Path, workers: int = 1) -> dict[str, int]:
     table = cityscapes_lookup_table()
     ids = {split: _ids(gtfine, split, SOURCE_SUFFIX) for split in LABELLED_SPLITS}
     _check_images(images, ids)
+    for split in LABELLED_SPLITS:
+        _warn_unlabelled(images, gtfine, split, ids[split])
     ids["test"] = _ids(images, "test", IMAGE_SUFFIX)
     folders = sorted({(gtfine / i).parent for split in LABELLED_SPLITS for i in ids[split]})
     with prepare.converting_into(root, [root / "splits", *folders]):
@@ -107,7 +126,9 @@ def prepare_cityscapes(root: Path, workers: int = 1) -> dict[str, int]:
                 (cityscapes_label, (gtfine / f"{i}{SOURCE_SUFFIX}", table), gtfine / f"{i}{LABEL_SUFFIX}")
                 for i in ids[split]
             ]
-            prepare.convert_labels(jobs, f"gtFine labelTrainIds ({split})", workers)
+            # Greyscale, as createTrainIdLabelImgs writes them: tools that read them with
+            # OpenCV (cv2.imread) get the trainIds, not the colours of a palette.
+            prepare.convert_labels(jobs, f"gtFine labelTrainIds ({split})", workers, mode="L")
         for split in SPLITS:
             prepare.write_split(root / "splits" / f"{split}.txt", ids[split])
     counts = {split: len(ids[split]) for split in SPLITS}

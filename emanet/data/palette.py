@@ -1,4 +1,4 @@
-"""The PASCAL VOC colour map and palette PNG reading/writing."""
+"""The PASCAL VOC colour map, and label PNGs (palette or 8-bit greyscale) reading/writing."""
 
 from __future__ import annotations
 
@@ -35,18 +35,30 @@ def colorize(label: np.ndarray) -> np.ndarray:
     return color_map()[label]
 
 
-def save_label_png(label: np.ndarray, path: str | Path) -> None:
-    """Write a class-index map as a VOC palette PNG, atomically (temp file + rename)."""
-    path = Path(path)
-    image = Image.fromarray(np.asarray(label, dtype=np.uint8))
-    image.putpalette(color_map().flatten().tolist())  # turns the "L" image into "P"
-    atomic_write(path, partial(image.save, format="PNG"))
+LABEL_PNG_MODES = ("P", "L")
+
+
+def save_label_png(label: np.ndarray, path: str | Path, mode: str = "P") -> None:
+    """Write a class-index map as a PNG, atomically (temp file + rename).
+
+    ``mode="P"``: a palette PNG in VOC colours, the PASCAL VOC devkit's form, which shows
+    the classes in an image viewer. ``mode="L"``: 8-bit greyscale, the form of
+    cityscapesscripts' ``createTrainIdLabelImgs`` and mmsegmentation's converters, whose
+    colours (what OpenCV's ``cv2.imread`` returns) are the class indices themselves. Both
+    hold the same indices for :func:`read_label_png`.
+    """
+    if mode not in LABEL_PNG_MODES:
+        raise ValueError(f"label PNGs are written in mode 'P' or 'L', not {mode!r}")
+    image = Image.fromarray(np.asarray(label, dtype=np.uint8))  # mode "L"
+    if mode == "P":
+        image.putpalette(color_map().flatten().tolist())  # turns the "L" image into "P"
+    atomic_write(Path(path), partial(image.save, format="PNG"))
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a palette (or grayscale) PNG as its raw indices (H, W) uint8; 255 is kept."""
     with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
+        if image.mode not in LABEL_PNG_MODES:
             raise ValueError(
                 f"{path}: label PNGs must be palette ('P') or grayscale ('L') images of "
                 f"class indices, got mode {image.mode!r}"

@@ -1,9 +1,11 @@
 """Turn the benchmarks' original downloads into the layout the datasets read.
 
-Each ``prepare_*`` function converts the original label files into single-channel palette
-PNGs (index = class, 255 = ignore) and writes the split lists, then checks the counts
-against the published ones. Every file is written atomically (temp file + rename), so a
-re-run skips what is finished and an interrupted run leaves no half-written file. A
+Each ``prepare_*`` function converts the original label files into single-channel PNGs
+(index = class, 255 = ignore; palette or 8-bit greyscale, each as the dataset's official
+tool or mmsegmentation's converter writes it: data/README.md says which) and writes the
+split lists, then checks the counts against the published ones. Every file is written
+atomically (temp file + rename), so an interrupted run leaves no half-written file; a
+re-run checks each file written before against its source and rewrites one that differs. A
 conversion holds a lock on the dataset folder it writes into, so two runs on one dataset
 take turns and the second finds the first's files written.
 ``scripts/prepare_dataset.py`` is the command line; data/README.md the walk-through.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+from PIL import Image
 from tqdm import tqdm
 
 from emanet.data.classes import COCO_STUFF_UNUSED_IDS, CONTEXT59_CLASSES, CONTEXT_SOURCE_IDS
@@ -248,30 +251,75 @@ def write_split(path: Path, ids: Iterable[str]) -> None:
     atomic_write(path, lambda temp: Path(temp).write_text(text))
 
 
-def _convert_one(job: tuple[Callable[..., np.ndarray], tuple, Path]) -> None:
-    read, args, destination = job
+def _convert_one(job: tuple[Callable[..., np.ndarray], tuple, Path, str]) -> tuple[str, str] | None:
+    """Convert one source; returns (destination, why it was rewritten) for an existing
+    output that differed, else None."""
+    read, args, destination, mode = job
+    label = read(*args)
+    problem = None
+    if destination.exists():
+        problem = label_png_difference(destination, label, mode)
+        if problem is None:
+            return None
     destination.parent.mkdir(parents=True, exist_ok=True)
-    save_label_png(read(*args), destination)
+    save_label_png(label, destination, mode)
+    return None if problem is None else (str(destination), problem)
+
+
+def label_png_difference(path: Path, expected: np.ndarray, mode: str) -> str | None:
+    """Why the label PNG at ``path`` is not ``expected`` written in ``mode``, or None.
+
+    A file that does not decode differs. Only the indices and the mode count: a palette
+    PNG with other colours holds the same classes.
+    """
+    try:
+        with Image.open(path) as image:
+            found_mode = image.mode
+            pixels = np.array(image)
+    except DECODE_ERRORS:  # Pillow's message repeats the path the caller names
+        return "does not decode"
+    if found_mode != mode:
+        return f"mode {found_mode!r}, not {mode!r}"
+    if pixels.shape != expected.shape:
+        return f"{pixels.shape[1]}x{pixels.shape[0]}, not {expected.shape[1]}x{expected.shape[0]}"
+    wrong = np.count_nonzero(pixels != expected)
+    return f"{wrong} of {expected.size} pixels differ" if wrong else None
 
 
 def convert_labels(
-    jobs: Sequence[tuple[Callable[..., np.ndarray], tuple, Path]], description: str, workers: int = 1
+    jobs: Sequence[tuple[Callable[..., np.ndarray], tuple, Path]], description: str, workers: int = 1, mode: str = "P"
 ) -> int:
-    """Run ``save_label_png(read(*args), destination)`` for each job whose PNG is missing.
+    """``save_label_png(read(*args), destination, mode)`` for each job whose PNG is missing
+    or differs from what its source converts to.
 
-    Returns how many PNGs were written. ``read`` must be a module-level function so
-    that worker processes can receive it.
+    A re-run decodes every source again and compares the existing PNG with it (indices and
+    mode): a file another tool wrote, or one a former version wrote wrongly, is not kept
+    just because it exists. The rewritten ones are logged in one line. Returns how many
+    PNGs were written. ``read`` must be a module-level function so that worker processes
+    can receive it.
     """
-    todo = [job for job in jobs if not job[2].exists()]
-    log.info("%s: %d label PNGs to write, %d already done", description, len(todo), len(jobs) - len(todo))
-    run_jobs(_convert_one, todo, description, workers, chunksize=16)
-    return len(todo)
+    existing = sum(job[2].exists() for job in jobs)
+    log.info(
+        "%s: %d label PNGs to write, %d written before to check against their source",
+        description, len(jobs) - existing, existing,
+    )
+    results = run_jobs(_convert_one, [(*job, mode) for job in jobs], description, workers, chunksize=16)
+    rewritten = sorted(result for result in results if result is not None)
+    if rewritten:
+        more = f" and {len(rewritten) - 5} more" if len(rewritten) > 5 else ""
+        named = ", ".join(f"{path} ({problem})" for path, problem in rewritten[:5])
+        log.warning(
+            "%s: rewrote %d of the %d label PNGs written before, which differed from their source: %s%s",
+            description, len(rewritten), existing, named, more,
+        )
+    return len(jobs) - existing + len(rewritten)
 
 
-def run_jobs(function: Callable, jobs: Sequence, description: str, workers: int = 1, chunksize: int = 16) -> None:
+def run_jobs(function: Callable, jobs: Sequence, description: str, workers: int = 1, chunksize: int = 16) -> list:
     """``function(job)`` for every job, in ``workers`` spawned processes (with more than one
-    job), with a progress bar; the first exception raised ends it. ``function`` must be a
-    module-level function so that worker processes can receive it."""
+    job), with a progress bar; the first exception raised ends it. Returns the results, in
+    no particular order. ``function`` must be a module-level function so that worker
+    processes can receive it."""
     if workers > 1 and len(jobs) > 1:
         # Ctrl-C sends SIGINT to the workers too. Started while this process ignores it,
         # they ignore it for good (an ignored signal stays ignored across the spawn's exec,
@@ -283,11 +331,16 @@ def run_jobs(function: Callable, jobs: Sequence, description: str, workers: int 
         finally:
             signal.signal(signal.SIGINT, default_handler)
         with pool:
-            for _ in tqdm(pool.imap_unordered(function, jobs, chunksize=chunksize), total=len(jobs), desc=description):
-                pass
-    else:
-        for job in tqdm(jobs, desc=description):
-            function(job)
+            return list(
+                tqdm(pool.imap_unordered(function, jobs, chunksize=chunksize), total=len(jobs), desc=description)
+            )
+    results = []
+    # A for statement, not a comprehension: on an exception it drops the progress bar at
+    # once (a comprehension's frame, kept by the traceback, would keep it open), so the bar
+    # ends its line before the caller prints the error.
+    for job in tqdm(jobs, desc=description):
+        results.append(function(job))
+    return results
 
 
 def count_mismatches(dataset: str, counts: dict[str, int]) -> list[str]:
@@ -390,7 +443,10 @@ def prepare_voc_aug(voc_root: Path, sbd_root: Path, workers: int = 1) -> dict[st
             voc_root / "JPEGImages", {"train": voc_train, "val": voc_val, "trainaug": trainaug},
             "VOCtrainval_11-May-2012.tar and benchmark.tgz",
         )
-        convert_labels(jobs, "SegmentationClassAug", workers)
+        # Palette: for VOC's images this folder holds VOC's own SegmentationClass labels, which
+        # the devkit writes as palette PNGs (its colour map). mmsegmentation's
+        # tools/dataset_converters/voc_aug.py writes SBD's as greyscale and reads VOC's as they are.
+        convert_labels(jobs, "SegmentationClassAug", workers, mode="P")
         write_split(lists / "trainaug.txt", trainaug)
     counts = {"train": len(voc_train), "val": len(voc_val), "trainaug": len(trainaug)}
     check_counts("voc_aug", counts)
@@ -441,7 +497,9 @@ def prepare_pascal_context(voc2010_root: Path, context_root: Path, workers: int 
     lists = voc2010_root / "ImageSets" / "SegmentationContext"
     with converting_into(voc2010_root, [output, lists]):
         for split in ("train", "val"):
-            convert_labels(jobs[split], f"SegmentationClassContext ({split})", workers)
+            # Greyscale: the release has no PNGs, and mmsegmentation's
+            # tools/dataset_converters/pascal_context.py writes these so.
+            convert_labels(jobs[split], f"SegmentationClassContext ({split})", workers, mode="L")
             write_split(lists / f"{split}.txt", ids[split])
     counts = {split: len(split_ids) for split, split_ids in ids.items()}
     check_counts("pascal_context", counts)
@@ -485,7 +543,9 @@ def prepare_coco_stuff10k(root: Path, workers: int = 1) -> dict[str, int]:
                 (coco_stuff10k_label, (root / "annotations" / f"{i}.mat", table), root / "labels171" / f"{i}.png")
                 for i in split_ids
             ]
-            convert_labels(jobs, f"labels171 ({split})", workers)
+            # Greyscale: the release has .mat files only, and mmsegmentation's
+            # tools/dataset_converters/coco_stuff10k.py writes these so.
+            convert_labels(jobs, f"labels171 ({split})", workers, mode="L")
     counts = {split: len(split_ids) for split, split_ids in ids.items()}
     check_counts("coco_stuff10k", counts)
     return counts
@@ -511,7 +571,8 @@ def prepare_coco_stuff164k(root: Path, workers: int = 1) -> dict[str, int]:
                 (coco_stuff164k_label, (root / "annotations" / f"{i}.png", table), root / "labels171" / f"{i}.png")
                 for i in split_ids
             ]
-            convert_labels(jobs, f"labels171 ({split})", workers)
+            # Greyscale, as mmsegmentation's tools/dataset_converters/coco_stuff164k.py writes them.
+            convert_labels(jobs, f"labels171 ({split})", workers, mode="L")
             write_split(root / "splits" / f"{split}.txt", split_ids)
     counts = {split: len(split_ids) for split, split_ids in ids.items()}
     check_counts("coco_stuff164k", counts)
