@@ -348,5 +348,5 @@ def test_experiments_compose_with_the_cityscapes_recipe(experiment, depth):
     assert (cfg.eval.mode, cfg.eval.crop_size, cfg.eval.stride, cfg.eval.flip) == (
         "slide", [512, 1024], [341, 683], True
     )
-    assert cfg.loss.normalization == "valid"
+    assert cfg.loss.normalization == "all_pixels"  # as mmsegmentation's and the release's
     assert str(cfg.model.backbone.pretrained).endswith(f"resnet{depth}_deep_stem.pth")
