@@ -138,7 +138,7 @@ def remove_unused_run_dir(run_dir: Path) -> None:
 
 # Window geometry only matters to windowed inference, the resizing convention only to
 # rescaled passes: an experiment's value of these is not worth a note otherwise.
-WINDOW_KEYS = ("crop_size", "stride", "crops_per_pass")
+WINDOW_KEYS = ("crop_size", "stride", "crops_per_pass", "pad_to_window")
 
 
 def eval_preset_note(config_name: str, overrides: Sequence[str]) -> str | None:
@@ -164,7 +164,7 @@ def eval_preset_note(config_name: str, overrides: Sequence[str]) -> str | None:
     ran_eval = OmegaConf.to_container(ran.eval)
     ignored = set(WINDOW_KEYS) if ran_eval["mode"] != "slide" else set()
     if list(ran_eval["scales"]) == [1.0]:
-        ignored.add("align_corners")
+        ignored.update(("align_corners", "logits_align_corners"))
     kept = [key for key, value in ran_eval.items() if key not in ignored and alone.get(key) != value]
     parts = []
     if kept:

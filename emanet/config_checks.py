@@ -92,11 +92,15 @@ class Size:
 
 @dataclass(frozen=True)
 class Boolean:
+    """true or false; also null if ``optional``."""
+
+    optional: bool = False
+
     def allows(self, value: object) -> bool:
-        return isinstance(value, bool)
+        return isinstance(value, bool) or (value is None and self.optional)
 
     def describe(self) -> str:
-        return "true or false"
+        return "true, false or null" if self.optional else "true or false"
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,8 @@ RULES: dict[str, Number | NumberList | Size | Boolean | Word] = {
     "eval.stride": Size(),
     "eval.crops_per_pass": POSITIVE_INT,
     "eval.align_corners": Boolean(),
+    "eval.logits_align_corners": Boolean(optional=True),
+    "eval.pad_to_window": Boolean(),
     "eval.batch_size": POSITIVE_INT,
     "eval.save_predictions": Boolean(),
     "eval.save_overlays": Boolean(),

@@ -53,8 +53,10 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
     assert {name: keys for name in EXPERIMENTS if (keys := eval_keys_set_by(name))} == {
         "cityscapes_emanet512": {"crop_size": [512, 1024], "stride": [341, 683]},
         "cityscapes_r50_emanet512": {"crop_size": [512, 1024], "stride": [341, 683]},
-        "cityscapes_mmseg_r101": {"crop_size": 769, "stride": 513},
-        "cityscapes_mmseg_r50": {"crop_size": 769, "stride": 513},
+        **{name: {"crop_size": 769, "stride": 513, "pad_to_window": False, "logits_align_corners": True}
+           for name in ("cityscapes_mmseg_r101", "cityscapes_mmseg_r50")},
+        "cityscapes_mmseg_r101_512x1024": {"pad_to_window": False, "logits_align_corners": False},
+        "cityscapes_mmseg_r50_512x1024": {"pad_to_window": False, "logits_align_corners": False},
         "demo": {"crop_size": 64, "stride": 48},
         "voc_release": {"align_corners": True},
     }
@@ -135,6 +137,21 @@ def test_multi_scale_rescaling_follows_eval_align_corners(align_corners, expecte
     for image, result in zip(images.numpy(), logits.numpy(), strict=True):
         rescaled = bilinear_reference(image, *expected_size, align_corners)
         np.testing.assert_allclose(result, bilinear_reference(rescaled, 9, 11, align_corners), rtol=1e-6, atol=2e-6)
+
+
+def test_logits_go_back_with_eval_logits_align_corners_as_mmsegmentation_does():
+    # mmsegmentation: the image rescaled with cv2 (half-pixel centres, sizes rounded), the
+    # logits back to the image with the heads' align_corners (True in its 769x769 models).
+    images = torch.randn(2, 3, 9, 11, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    network = SizeRecorder()
+    inference = Inference(align_corners=False, logits_align_corners=True)
+    logits = logits_at_scale(network, images, 1.25, flip=False, inference=inference)
+    assert network.sizes == [(11, 14)]
+    for image, result in zip(images.numpy(), logits.numpy(), strict=True):
+        rescaled = bilinear_reference(image, 11, 14, align_corners=False)
+        np.testing.assert_allclose(result, bilinear_reference(rescaled, 9, 11, align_corners=True), rtol=1e-6,
+                                   atol=2e-6)
+        assert np.abs(result - bilinear_reference(rescaled, 9, 11, align_corners=False)).max() > 1e-2
 
 
 def test_the_two_conventions_give_different_multi_scale_logits():

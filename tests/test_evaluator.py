@@ -73,11 +73,13 @@ def test_evaluate_fills_both_confusion_matrices_from_the_predictions_and_skips_l
 
 class RecordingNetwork(nn.Module):
     """small_network() that records the batch and window sizes and memory format of its inputs
-    and its output dtype, pass by pass."""
+    and its output dtype, pass by pass. ``global_context``: each window's mean logits added
+    to every pixel, as a network with global attention sees the whole window (padding too)."""
 
-    def __init__(self):
+    def __init__(self, global_context: bool = False):
         super().__init__()
         self.network = small_network()
+        self.global_context = global_context
         self.channels_last_inputs, self.output_dtypes, self.batch_sizes, self.window_sizes = [], [], [], []
 
     def forward(self, x):
@@ -85,6 +87,8 @@ class RecordingNetwork(nn.Module):
         self.window_sizes.append(tuple(x.shape[-2:]))
         self.channels_last_inputs.append(x.is_contiguous(memory_format=torch.channels_last))
         logits = self.network(x)
+        if self.global_context:
+            logits = logits + logits.mean(dim=(2, 3), keepdim=True)
         self.output_dtypes.append(logits.dtype)
         return logits
 
@@ -153,6 +157,46 @@ def test_windows_of_height_and_width_are_cut_where_the_offsets_say():
     Inference("slide", (16, 48), (10, 30))(model, torch.randn(1, 3, 40, 70))
     # rows 0, 10, 20, 24 x columns 0, 22: eight 16x48 windows in one pass
     assert model.batch_sizes == [8] and model.window_sizes == [(16, 48)]
+
+
+def mmseg_slide_windows(height, width, crop, stride):
+    """The windows of mmsegmentation's EncoderDecoder.slide_inference (1.2.2), from its
+    loops: grids = max(length - crop + stride - 1, 0) // stride + 1, each window cut at the
+    image's end and moved back by up to a crop; no padding."""
+    (crop_h, crop_w), (stride_h, stride_w) = crop, stride
+    h_grids = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    w_grids = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    windows = []
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * stride_h, w_idx * stride_w
+            y2, x2 = min(y1 + crop_h, height), min(x1 + crop_w, width)
+            windows.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+    return windows
+
+
+@pytest.mark.parametrize(("size", "crop", "stride"), [
+    ((20, 50), (30, 24), (16, 16)),   # lower than a window: one row of windows of the image's height
+    ((40, 70), (16, 48), (10, 30)),   # larger: the windows as with padding
+    ((12, 10), (16, 16), (8, 8)),     # smaller both ways: the image alone
+])
+def test_unpadded_windows_are_mmsegmentations(size, crop, stride):
+    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(6))
+    network = RecordingNetwork(global_context=True)
+    result = Inference("slide", crop, stride, pad_to_window=False)(network, images)
+    windows = mmseg_slide_windows(*size, crop, stride)
+    assert sorted(set(network.window_sizes)) == sorted({(y2 - y1, x2 - x1) for y1, y2, x1, x2 in windows})
+    # their average of each window's logits over the pixels it covers
+    summed = torch.zeros(1, 5, *size)
+    counts = torch.zeros(1, 1, *size)
+    with torch.no_grad():
+        for y1, y2, x1, x2 in windows:
+            summed[..., y1:y2, x1:x2] += network(images[..., y1:y2, x1:x2])
+            counts[..., y1:y2, x1:x2] += 1
+    torch.testing.assert_close(result, summed / counts)
+    if size[0] < crop[0]:  # padded windows see other pixels: another result
+        padded = Inference("slide", crop, stride, pad_to_window=True)(network, images)
+        assert (padded - result).abs().max() > 1e-3
 
 
 def test_sliding_window_passes_hold_at_most_crops_per_pass_and_give_the_same_logits():

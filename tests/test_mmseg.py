@@ -325,6 +325,8 @@ def test_experiments_compose_to_mmsegs_recipe(experiment, depth, crop_size, alig
         "cityscapes", crop_size, [0.5, 2.0])
     assert cfg.dataset.scale_sampling == "continuous"
     assert (cfg.eval.mode, cfg.eval.flip, cfg.eval.align_corners) == (eval_mode, True, False)
+    # their test: images rescaled by cv2, logits back with the heads' convention, no padded windows
+    assert (cfg.eval.logits_align_corners, cfg.eval.pad_to_window) == (align_corners, False)
     if windows is not None:
         assert (cfg.eval.crop_size, cfg.eval.stride) == windows
     assert list(cfg.eval.scales) == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]

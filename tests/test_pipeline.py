@@ -68,6 +68,7 @@ def test_demo_run_writes_every_promised_file(demo_run):
     assert set(saved["per_class_IoU"]) == {"background", "disc", "ring", "square", "cross"}
     assert saved["eval"] == {
         "mode": "slide", "scales": [0.75, 1.0], "flip": True, "crop_size": 64, "stride": 48, "align_corners": False,
+        "logits_align_corners": False, "pad_to_window": True,
         "em_iterations": 3, "num_images": 3, "output_stride": 8, "precision": "float32",
     }
     assert 0.0 <= saved["mIoU"] <= 100.0 and 0.0 <= saved["aAcc"] <= 100.0

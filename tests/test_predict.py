@@ -63,6 +63,7 @@ def test_every_image_found_is_segmented_as_the_evaluator_segments_it(tmp_path, c
     assert summary["iteration"] == 7 and summary["classes"][0] == "background"
     assert summary["eval"] == {
         "mode": "slide", "scales": [0.75, 1.0], "flip": True, "crop_size": 64, "stride": 48, "align_corners": False,
+        "logits_align_corners": False, "pad_to_window": True,
         "em_iterations": 3, "output_stride": 8, "precision": "float32",
     }
     assert (run_dir / "config.yaml").is_file()

@@ -110,7 +110,7 @@ def evaluation_settings(model: SegmentationModel, cfg: DictConfig) -> Iterator[i
 def eval_inference(cfg: DictConfig) -> Inference:
     return Inference(
         cfg.eval.mode, height_width(cfg.eval.crop_size), height_width(cfg.eval.stride), cfg.eval.crops_per_pass,
-        cfg.eval.align_corners,
+        cfg.eval.align_corners, cfg.eval.logits_align_corners, cfg.eval.pad_to_window,
     )
 
 
@@ -123,6 +123,10 @@ def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> di
         "crop_size": to_plain(cfg.eval.crop_size) if cfg.eval.mode == "slide" else None,  # a list for [h, w]
         "stride": to_plain(cfg.eval.stride) if cfg.eval.mode == "slide" else None,
         "align_corners": bool(cfg.eval.align_corners),
+        "logits_align_corners": bool(
+            cfg.eval.align_corners if cfg.eval.logits_align_corners is None else cfg.eval.logits_align_corners
+        ),
+        "pad_to_window": bool(cfg.eval.pad_to_window) if cfg.eval.mode == "slide" else None,
         "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
         "output_stride": output_stride,
         "precision": str(amp.dtype or torch.float32).removeprefix("torch."),

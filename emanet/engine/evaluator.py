@@ -24,19 +24,22 @@ class Inference:
 
     * ``whole``: the network sees the whole image.
     * ``slide``: ``crop_size`` windows every ``stride`` pixels (each one number, or
-      (height, width) for windows that are not square; the image padded up to a
-      window where smaller), logits averaged where windows overlap; the network sees
-      ``crops_per_pass`` window crops at a time (at least one window of every image in
-      the batch), which bounds the memory whatever the image size.
+      (height, width) for windows that are not square), logits averaged where windows
+      overlap; the network sees ``crops_per_pass`` window crops at a time (at least one
+      window of every image in the batch), which bounds the memory whatever the image
+      size. An image smaller than a window is padded up to one (``pad_to_window``), or,
+      as mmsegmentation's ``slide_inference`` does, run as a window of its own size.
     * ``release``: the authors' single-scale convention: the image padded on the
       bottom/right to H, W = 1 (mod 8), so that the output-stride-8 grid and the
       align_corners=True upsampling line up with the pixels, and the logits cropped back.
     Padding is 0, the mean colour after normalisation.
 
-    ``align_corners`` is how :func:`logits_at_scale` rescales an image for another scale
-    and its logits back: False, half-pixel centres and sizes rounded (cv2, PIL and this
-    project's training rescale); True, corners aligned and sizes floored, as the release's
-    training rescale (``F.interpolate(scale_factor=s, align_corners=True)``).
+    ``align_corners`` is how :func:`logits_at_scale` rescales an image for another scale:
+    False, half-pixel centres and sizes rounded (cv2, PIL and this project's training
+    rescale); True, corners aligned and sizes floored, as the release's training rescale
+    (``F.interpolate(scale_factor=s, align_corners=True)``). ``logits_align_corners`` is how
+    the logits go back to the image's size (None: as ``align_corners``); mmsegmentation
+    resizes its images with cv2 and the logits with its heads' ``align_corners``.
     """
 
     mode: str = "whole"
@@ -44,6 +47,8 @@ class Inference:
     stride: int | tuple[int, int] = 341
     crops_per_pass: int = 12
     align_corners: bool = False
+    logits_align_corners: bool | None = None
+    pad_to_window: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "slide", "release"):
@@ -67,6 +72,8 @@ class Inference:
         height, width = images.shape[-2:]
         crop_height, crop_width = height_width(self.crop_size)
         stride_height, stride_width = height_width(self.stride)
+        if not self.pad_to_window:
+            crop_height, crop_width = min(crop_height, height), min(crop_width, width)
         padded = F.pad(images, (0, max(crop_width - width, 0), 0, max(crop_height - height, 0)))
         padded_height, padded_width = padded.shape[-2:]
         corners = [
@@ -109,8 +116,8 @@ def logits_at_scale(
     with ``flip`` by those of the mirrored images, mirrored back: (2B, classes, H, W).
 
     The image is resized bilinearly with ``inference.align_corners``'s convention and the
-    logits are resized back to the original size the same way, in float32 whatever
-    precision the network ran in.
+    logits are resized back to the original size with ``inference.logits_align_corners``'s
+    (the same unless set), in float32 whatever precision the network ran in.
     """
     height, width = images.shape[-2:]
     inputs = images
@@ -126,7 +133,8 @@ def logits_at_scale(
         unflipped, mirrored = logits.chunk(2)
         logits = torch.cat([unflipped, mirrored.flip(-1)])
     if logits.shape[-2:] != (height, width):
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=inference.align_corners)
+        back = inference.align_corners if inference.logits_align_corners is None else inference.logits_align_corners
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=back)
     return logits
 
 
