@@ -20,11 +20,40 @@ from omegaconf.errors import MissingMandatoryValue
 
 from emanet.config_checks import check_config
 from emanet.engine.distributed import export_launcher_environment
+from emanet.engine.runtime import usable_cores
 from emanet.errors import CheckpointMismatchError, ConfigError, EmanetError, TrainingStopped, one_line
 
 log = logging.getLogger("emanet")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+# hydra-submitit-launcher's launcher that runs each job as a process on this machine
+# (LocalQueueConf._target_ in hydra_plugins/hydra_submitit_launcher/config.py).
+SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+
+
+def parallel_local_jobs(*, _root_: DictConfig) -> int | None:
+    """``hydra.sweeper.max_batch_size`` (configs/train.yaml): how many jobs of a multirun
+    Hydra's sweeper hands the launcher at once. Under ``hydra/launcher=submitit_local``, as
+    many as the usable cores hold, each job taking ``tasks_per_node`` processes of
+    ``runtime.threads`` threads (null, torch's default: a thread per core, so one job at a
+    time); that launcher itself starts every job it is given at once. None (all at once)
+    for the others: the basic launcher runs them one after another anyway, and a cluster
+    bounds its own (SLURM's ``array_parallelism``)."""
+    launcher = OmegaConf.select(_root_, "hydra.launcher")
+    if launcher is None or launcher.get("_target_") != SUBMITIT_LOCAL:
+        return None
+    cores = usable_cores()
+    threads = OmegaConf.select(_root_, "runtime.threads")
+    if not (isinstance(threads, int) and threads >= 1):  # null; a bad value is refused by each job
+        threads = cores
+    return max(1, cores // (launcher.tasks_per_node * threads))
+
+
+# Registered on import: train.py, evaluate.py and scripts/predict.py import this module
+# before Hydra composes their config, and so does a submitit job when it loads their task.
+OmegaConf.register_new_resolver("emanet.parallel_local_jobs", parallel_local_jobs, replace=True)
 
 
 def compose_config(config_name: str, overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
@@ -44,21 +73,34 @@ def compose_config(config_name: str, overrides: Sequence[str], return_hydra_conf
     return cfg
 
 
+# The keys whose values name files or folders: only their values are looked up on the
+# file system. Any other value (a 700-character sweep such as reproduce_paper's
+# +iteration_cell=..., a list, a number) is not a path whatever a stat of it would say,
+# and asking the file system about it can fail: pathlib raises ENAMETOOLONG for a name
+# over NAME_MAX (255 bytes on Linux). A short explicit list rather than one derived from
+# the composed config: the quoting runs on the command line, before Hydra composes
+# anything, and a test checks the list against every experiment's config.
+PATH_KEYS = frozenset({
+    "checkpoint", "input", "data_root", "dataset.root", "model.backbone.pretrained",
+    "hydra.run.dir", "hydra.sweep.dir",
+})
+
+
 def quote_path_overrides(overrides: list[str]) -> list[str]:
-    """Quote the ``key=value`` overrides whose value is an existing file or folder that
-    Hydra's override grammar would reject or read as a sweep.
+    """Quote the ``key=value`` overrides of a path key (:data:`PATH_KEYS`) whose value is an
+    existing file or folder that Hydra's override grammar would reject or read as a sweep.
 
     Sweep runs live in folders named after their overrides (``.../model.ema.train_stages=2,
     seed=1/``), and '=' or ',' in a value is a syntax error for Hydra, so
     ``checkpoint=<that folder>/checkpoints/last.pt`` would otherwise need hand quoting.
     Everything else (flags, sweeps such as ``checkpoint=a.pt,b.pt``, values Hydra reads
-    as they are) is passed on unchanged.
+    as they are, the values of other keys) is passed on unchanged.
     """
     parser = OverridesParser.create()
     quoted = []
     for override in overrides:
         key, _, value = override.partition("=")
-        if value and not override.startswith("-") and value[0] not in ("'", '"') and Path(value).exists():
+        if key.lstrip("+") in PATH_KEYS and value and value[0] not in ("'", '"') and existing_path(value):
             try:
                 readable = not parser.parse_override(override).is_sweep_override()
             except HydraException:
@@ -68,6 +110,15 @@ def quote_path_overrides(overrides: list[str]) -> list[str]:
                 override = f"{key}={quote}{value}{quote}"
         quoted.append(override)
     return quoted
+
+
+def existing_path(value: str) -> bool:
+    """Whether ``value`` names an existing file or folder; a name the file system refuses
+    (over NAME_MAX, a NUL byte) names none."""
+    try:
+        return Path(value).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:

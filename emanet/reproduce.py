@@ -108,12 +108,23 @@ def as_pairs(overrides: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
-def uses_cluster_launcher(hydra_overrides: Sequence[str]) -> bool:
-    """True when a launcher other than Hydra's basic one (jobs one after another in this
-    process) is chosen: its jobs run elsewhere or side by side, so multiruns may be started
-    together instead of one after another."""
+# Launchers whose jobs run on this machine: Hydra's basic one (one after another in the
+# multirun's process) and submitit's local one (as many at once as the cores hold,
+# hydra.sweeper.max_batch_size in configs/train.yaml).
+LOCAL_LAUNCHERS = ("basic", "submitit_local")
+
+
+def chosen_launcher(hydra_overrides: Sequence[str]) -> str:
+    """The ``hydra/launcher=...`` of the overrides; Hydra's default is ``basic``."""
     choices = [o.partition("=")[2] for o in hydra_overrides if o.lstrip("+").startswith("hydra/launcher=")]
-    return bool(choices) and choices[-1] != "basic"
+    return choices[-1] if choices else "basic"
+
+
+def uses_cluster_launcher(hydra_overrides: Sequence[str]) -> bool:
+    """True when the chosen launcher runs its jobs elsewhere (a SLURM preset): multiruns
+    may then be started together. A local launcher's multiruns go one after another, each
+    already taking what the machine holds: together, they would multiply that."""
+    return chosen_launcher(hydra_overrides) not in LOCAL_LAUNCHERS
 
 
 def check_recorded_settings(record: Path, settings: dict) -> None:
@@ -130,12 +141,14 @@ def check_recorded_settings(record: Path, settings: dict) -> None:
     write_json(settings, record)
 
 
-def smoke_overrides(demo: DictConfig, iterations: int) -> dict[str, str]:
-    """The demo's data and network (``demo``: the composed ``experiment=demo`` config) and a
-    schedule of ``iterations`` steps for any experiment: the whole pipeline in minutes on CPU."""
+def smoke_overrides(demo: DictConfig, iterations: int, side_by_side: bool) -> dict[str, str]:
+    """The demo's data, network and data loading (``demo``: the composed ``experiment=demo``
+    config) and a schedule of ``iterations`` steps for any experiment: the whole pipeline in
+    minutes on CPU. ``side_by_side``: the launcher runs several jobs at once (any but the
+    basic one)."""
     backbone, model = demo.model.backbone, demo.model
     multi_grid = ",".join(str(v) for v in backbone.multi_grid)
-    return {
+    smoke = {
         "dataset": "demo",
         "dataset.generate.num_train": "4",
         "dataset.generate.num_val": "2",
@@ -158,7 +171,18 @@ def smoke_overrides(demo: DictConfig, iterations: int) -> dict[str, str]:
         "dataset.crop_size": str(demo.dataset.crop_size),
         "eval.crop_size": str(demo.eval.crop_size),
         "eval.stride": str(demo.eval.stride),
+        # A handful of tiny images: the experiments' loader processes would cost more to
+        # start and stop than the loading they take over.
+        "runtime.num_workers": str(demo.runtime.num_workers),
     }
+    if side_by_side:
+        # Jobs this small gain little from a second thread, and submitit_local runs as many
+        # at once as there are cores at one thread each, but one at a time at torch's
+        # default of a thread per core: on 2 cores 4 min 53 s against 10 min 24 s. One
+        # after another (the basic launcher) they are faster at the default: 1 min 43 s
+        # against 2 min 14 s (docs/benchmarks.md, "The paper's smoke run").
+        smoke["runtime.threads"] = "1"
+    return smoke
 
 
 # --------------------------------------------------------------------------------- plan

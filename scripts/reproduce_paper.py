@@ -3,7 +3,7 @@ table, and beyond it (Cityscapes, ADE20K), under one root, on any Hydra launcher
 tables beside the paper's (or others' published) numbers.
 
     python scripts/reproduce_paper.py [--root DIR] [--only table1,table3,table4,iteration,beyond]
-        [--dry-run] [--smoke] [--max-stages 8] [overrides...]
+        [--dry-run] [--smoke [--record]] [--max-stages 8] [overrides...]
 
     python scripts/reproduce_paper.py --dry-run          # the runs, their GPU-hours, what is missing
     python scripts/reproduce_paper.py hydra/launcher=submitit_slurm hydra.launcher.partition=gpu
@@ -18,8 +18,8 @@ Runs (ROOT: runs/paper, or runs/paper_smoke with --smoke):
              imported and evaluated by hand: scripts/paper_tables.py takes those runs)
 The runs of one backbone (and the iteration table's trainings, and the evaluations of each of
 them) are one Hydra multirun (`train.py -m experiment=a,b,c`), so a cluster launcher submits
-each as one job array; with a launcher other than the basic one the multiruns are submitted
-together, with the basic one they run one after another here. Overrides (key=value) go to
+each as one job array; with a cluster launcher the multiruns are submitted together, with one
+that runs jobs here (basic, submitit_local) one after another. Overrides (key=value) go to
 every train.py / evaluate.py call: hydra/launcher=..., hydra.launcher.*=..., runtime.*....
 
 A run with a metrics.json is finished and skipped; any other is launched again into its run
@@ -36,22 +36,27 @@ measurement of the model, else an estimate from its training FLOPs) and the miss
 prerequisites, and launches nothing: exit status 0 if everything is ready, 2 if something is
 missing. --smoke runs the same pipeline on the demo data with the demo's network and a few
 iterations (no real data needed): the whole paper in minutes on a laptop (Table 1's FLOPs,
-memory and parameter columns, which describe the paper's networks, are left empty). Exit
-status 1: a run failed (the tables are still written from the finished runs).
+memory and parameter columns, which describe the paper's networks, are left empty);
+--smoke --record times it, from scratch (a new ROOT), into docs/benchmarks.jsonl and
+docs/benchmarks.md. Exit status 1: a run failed (the tables are still written from the
+finished runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from emanet import reproduce
-from emanet.benchmark_records import records
+from emanet.benchmark_records import append_record, rebuild_table, records, rows_table
 from emanet.cli import compose_config
 from emanet.errors import EmanetError
 
@@ -69,6 +74,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated parts to run (default all: {','.join(reproduce.PARTS)})")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and check the prerequisites only")
     parser.add_argument("--smoke", action="store_true", help="demo data, demo network, a few iterations")
+    parser.add_argument("--record", action="store_true",
+                        help="with --smoke: publish its wall time in docs/benchmarks.jsonl and docs/benchmarks.md")
     parser.add_argument("--max-stages", type=int, default=8, help="largest T of the iteration table (the paper: 8)")
     parser.add_argument("--assumed-tflops", type=float, default=reproduce.ASSUMED_TFLOPS,
                         help="sustained TFLOP/s of the GPU-hour estimates (default %(default)g)")
@@ -78,6 +85,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [part for part in args.parts if part not in reproduce.PARTS]
     if unknown or not args.parts:
         parser.error(f"--only takes parts among {','.join(reproduce.PARTS)}, got {args.only!r}")
+    if args.record and (not args.smoke or args.dry_run):
+        parser.error("--record times a smoke run: pass --smoke, without --dry-run")
     if args.max_stages < 1:
         parser.error(f"--max-stages must be a positive whole number, got {args.max_stages}")
     if any(o.partition("=")[0].lstrip("+~") == "experiment" for o in args.overrides):
@@ -104,15 +113,42 @@ def costs(runs: list[reproduce.Run], configs: dict, tflops: float) -> list[repro
     return result
 
 
+# docs/benchmarks.md's table of the smoke runs timed with --record.
+SMOKE_COLUMNS = [
+    ("command", lambda record, _: f"`{record['command']}`"),
+    ("runs", lambda record, _: record["runs"]),
+    ("jobs at once", lambda record, _: record["jobs_at_once"]),
+    ("wall time", lambda record, _: "{} min {} s".format(*divmod(round(record["wall_seconds"]), 60))),
+    ("load average at the start", lambda record, _: record["load_average"]),
+]
+
+
+def smoke_table(smoke_records: list[dict]) -> str:
+    return rows_table(smoke_records, SMOKE_COLUMNS, rows_of=lambda record: [record])
+
+
+def jobs_at_once(training: reproduce.Run, hydra_overrides: list[str]) -> int | str:
+    """How many jobs of a multirun the launcher runs at once ("all": as many as it is given)."""
+    if reproduce.chosen_launcher(hydra_overrides) == "basic":
+        return 1
+    cfg = compose_config("train", [*training.override_list(), *hydra_overrides], return_hydra_config=True)
+    return cfg.hydra.sweeper.max_batch_size or "all"
+
+
 def main(argv: list[str] | None = None) -> None:
+    started, load_average = time.perf_counter(), os.getloadavg()[0]
     args = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     job_overrides, hydra_overrides = reproduce.split_hydra_overrides(args.overrides)
     smoke = None
     if args.smoke:
-        smoke = reproduce.smoke_overrides(compose_config("train", ["experiment=demo"]), SMOKE_ITERATIONS)
+        demo = compose_config("train", ["experiment=demo"])
+        smoke = reproduce.smoke_overrides(demo, SMOKE_ITERATIONS, reproduce.chosen_launcher(hydra_overrides) != "basic")
     root = (args.root or Path("runs") / ("paper_smoke" if args.smoke else "paper")).resolve()
     runs = reproduce.paper_runs(root, args.parts, job_overrides, smoke, args.max_stages)
+    if args.record and any(run.finished for run in runs):
+        raise SystemExit(f"error: --record times a smoke run from scratch, and {root} holds finished runs: "
+                         "pass a new --root")
     trainings = [run for run in runs if run.script == "train"]
     try:  # a bad override stops here, before anything is launched
         configs = dict(zip(trainings, reproduce.run_configs(trainings, compose_config), strict=True))
@@ -144,6 +180,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {line}", file=sys.stderr)
     if failures:
         sys.exit(1)
+    if args.record:
+        command = " ".join(["python scripts/reproduce_paper.py", *(sys.argv[1:] if argv is None else argv)])
+        result = {
+            "overrides": args.overrides, "runs": len(runs), "jobs_at_once": jobs_at_once(trainings[0], hydra_overrides),
+            "wall_seconds": round(time.perf_counter() - started, 1), "load_average": round(load_average, 2),
+        }
+        print(json.dumps(append_record("paper_smoke", command, result)))
+        rebuild_table("paper_smoke", smoke_table)
 
 
 if __name__ == "__main__":

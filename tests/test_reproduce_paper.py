@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from emanet import reproduce
+from emanet.engine.runtime import usable_cores
 from emanet.tables import BEYOND_EXPERIMENTS, TABLE1_ROWS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,11 +32,10 @@ def csv_rows(path: Path) -> dict[str, dict]:
 
 
 def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path):
-    # Tiny runs side by side in separate processes (the submitit local launcher), one thread each.
+    # Tiny runs side by side in separate processes (the submitit local launcher).
     command = [
         sys.executable, str(REPO / "scripts" / "reproduce_paper.py"), "--smoke", "--root", "root", "--max-stages", "1",
-        "hydra/launcher=submitit_local", "runtime.threads=1", "runtime.num_workers=0", "runtime.progress=false",
-        "data_root=data",
+        "hydra/launcher=submitit_local", "runtime.progress=false", "data_root=data",
     ]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -48,6 +48,15 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
     emanet512 = json.loads((root / "resnet101" / "voc_emanet512" / "metrics.json").read_text())
     config = OmegaConf.load(root / "resnet101" / "voc_emanet512" / "config.yaml")
     assert (config.dataset.name, config.model.backbone.depth, config.schedule.iterations) == ("demo", 18, 2)
+    assert (config.runtime.threads, config.runtime.num_workers) == (1, 0)  # the smoke's, side by side
+    # At most a job per usable core at any time: each run lasts from Hydra's .hydra/ at its
+    # start to its metrics.json, and the launcher starts no job before the ones it waits for end.
+    spans = [(run.parent / ".hydra" / "config.yaml", run) for run in root.rglob("metrics.json")]
+    assert len(spans) == 18
+    events = sorted(event for start, end in spans for event in ((start.stat().st_mtime_ns, 1),
+                                                                 (end.stat().st_mtime_ns, -1)))
+    running = [sum(change for _, change in events[: i + 1]) for i in range(len(events))]
+    assert max(running) <= usable_cores(), events
 
     table1 = csv_rows(root / "table1.csv")
     for method in TABLE1_ROWS.values():
@@ -84,6 +93,15 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
     assert "starting" not in second.stderr
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps  # no run touched
 
+
+
+def test_only_a_cluster_launchers_multiruns_are_launched_together():
+    # A local launcher's multirun already runs as many jobs as the machine holds.
+    for overrides, cluster in (([], False), (["hydra/launcher=basic"], False),
+                               (["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"], False),
+                               (["hydra/launcher=slurm_4gpu", "hydra.launcher.partition=gpu"], True),
+                               (["hydra/launcher=submitit_slurm"], True)):
+        assert reproduce.uses_cluster_launcher(overrides) == cluster, overrides
 
 
 def test_dry_run_names_each_missing_prerequisite_and_its_command(tmp_path, capsys, monkeypatch):
@@ -151,6 +169,18 @@ def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
         reproduce_paper.parse_arguments(["--only", "table2"])
     assert exit_.value.code == 2
     assert "--only takes parts among table1,table3,table4,iteration,beyond, got 'table2'" in capsys.readouterr().err
+    for argv in (["--record"], ["--smoke", "--record", "--dry-run"]):
+        with pytest.raises(SystemExit) as exit_:
+            reproduce_paper.parse_arguments(argv)
+        assert "--record times a smoke run: pass --smoke, without --dry-run" in capsys.readouterr().err
+    # --record times a smoke run from scratch: a root with a finished run is refused before anything runs.
+    finished = root / "resnet101" / "cocostuff10k_emanet512"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        reproduce_paper.main(["--smoke", "--record", "--root", str(root), "--only", "table4"])
+    assert str(exit_.value) == f"error: --record times a smoke run from scratch, and {root} holds finished runs: " \
+        "pass a new --root"
 
 
 def test_runs_of_one_backbone_are_one_multirun_and_evaluations_follow_their_trainings(tmp_path, monkeypatch):

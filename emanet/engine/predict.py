@@ -30,7 +30,7 @@ from emanet.engine.evaluate import (
     protocol_record,
 )
 from emanet.engine.evaluator import is_multi_scale, predict, predict_classes
-from emanet.engine.runtime import configure_runtime, size_grouped_batches
+from emanet.engine.runtime import configure_runtime, loader_workers, size_grouped_batches
 from emanet.errors import ConfigError
 from emanet.io import atomic_write, write_json
 
@@ -195,7 +195,7 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
     dataset = ImageFiles(files, cfg.dataset.mean, cfg.dataset.std, cfg.max_side)
     loader = DataLoader(
         dataset, batch_sampler=size_grouped_batches(dataset, range(len(dataset)), cfg.eval.batch_size),
-        num_workers=cfg.runtime.num_workers, pin_memory=device.type == "cuda",
+        num_workers=loader_workers(cfg.runtime.num_workers), pin_memory=device.type == "cuda",
     )
     write = prediction_writer(cfg, run_dir)
     inference = eval_inference(cfg)

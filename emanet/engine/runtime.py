@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import random
 import signal
@@ -19,6 +21,8 @@ from emanet.data.segmentation import SegmentationDataset, collate_skipping_bad
 from emanet.data.transforms import eval_transform
 from emanet.engine.distributed import SeededSampler, ShardSampler, World
 from emanet.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,6 +49,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system has one (a
+    container, ``taskset`` or a SLURM task can allow fewer than the machine's), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """``runtime.num_workers`` bounded by the usable cores: more loading processes than
+    cores only take turns on them, each with its own copy of the dataset and torch's
+    threads, and torch warns about it."""
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    note_fewer_workers(requested, cores)
+    return cores
+
+
+@functools.cache  # once per process: training builds a loader for training and one per evaluation
+def note_fewer_workers(requested: int, cores: int) -> None:
+    log.info("runtime.num_workers=%d but this process may use %d cores: %d data-loading workers", requested,
+             cores, cores)
+
+
 def build_train_loader(
     dataset: Dataset, batch_size: int, num_workers: int, sampler: SeededSampler, seed: int, pin_memory: bool = False
 ) -> DataLoader:
@@ -59,7 +88,7 @@ def build_train_loader(
         batch_size=batch_size,
         sampler=sampler,
         drop_last=True,
-        num_workers=num_workers,
+        num_workers=loader_workers(num_workers),
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
@@ -100,7 +129,7 @@ def build_eval_loader(cfg: DictConfig, world: World | None = None, pin_memory: b
     shard = ShardSampler(len(dataset), world or World())
     return DataLoader(
         dataset, batch_sampler=size_grouped_batches(dataset, shard, cfg.eval.batch_size),
-        num_workers=cfg.runtime.num_workers, pin_memory=pin_memory, collate_fn=collate_skipping_bad,
+        num_workers=loader_workers(cfg.runtime.num_workers), pin_memory=pin_memory, collate_fn=collate_skipping_bad,
         worker_init_fn=leave_stopping_to_the_training_process,
     )
 
