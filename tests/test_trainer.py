@@ -585,3 +585,19 @@ def test_class_names_that_do_not_fit_are_refused_naming_the_keys(data_root, tmp_
     with pytest.raises(ConfigError, match=message):
         train(compose_config([*TINY, f"data_root={data_root}", *overrides]), tmp_path)
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_the_training_loaders_workers_stop_when_training_ends(data_root, tmp_path):
+    """Persistent workers are stopped at the end of training, not left to the garbage
+    collector (which a multirun in one process met in its next job, waiting 5 s per worker)."""
+    import gc
+    import multiprocessing
+
+    gc.collect()
+    before = set(multiprocessing.active_children())
+    gc.disable()
+    try:
+        train(compose_config([*TINY, "runtime.num_workers=2", f"data_root={data_root}"]), tmp_path)
+        assert set(multiprocessing.active_children()) - before == set()
+    finally:
+        gc.enable()
