@@ -263,7 +263,8 @@ def test_prediction_panels_pass_over_samples_that_were_left_out():
     dataset = [None, good, None, good, good]  # what dataset.skip_bad returns for bad files
     cfg = OmegaConf.create({
         "dataset": {"mean": [0.5] * 3, "std": [0.25] * 3},
-        "eval": {"mode": "whole", "crop_size": 4, "stride": 4, "crops_per_pass": 1, "align_corners": False},
+        "eval": {"mode": "whole", "crop_size": 4, "stride": 4, "crops_per_pass": 1, "align_corners": False,
+                 "logits_align_corners": None, "pad_to_window": True},
     })
     writer = Writer()
     log_prediction_images(torch.nn.Conv2d(3, 3, 1), dataset, cfg, torch.device("cpu"), writer, 7, count=2)
