@@ -33,10 +33,24 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     return platform.processor() or None
 
 
+def cpu_vector_extension(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The widest x86 vector extension the processor has ("avx512", "avx2", "avx"), where
+    the system says: two processors of one name ("AMD EPYC") can differ in it, and so in
+    the oneDNN kernels torch runs, in speed and in the float rounding of training."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return None
+    widest_first = (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"))
+    return next((name for name, flag in widest_first if flag in flags), None)
+
+
 def machine_description() -> dict:
     description = {
         "cpu": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu_vector_extension": cpu_vector_extension(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -118,7 +132,8 @@ def rebuild_table(benchmark: str, table: Callable[[list[dict]], str], section: s
 
 def machine_cell(record: dict) -> str:
     machine = record["machine"]
-    cpus = f"{machine['cpu_count']} CPUs" + (f" ({machine['cpu_model']})" if machine.get("cpu_model") else "")
+    details = ", ".join(machine[key] for key in ("cpu_model", "cpu_vector_extension") if machine.get(key))
+    cpus = f"{machine['cpu_count']} CPUs" + (f" ({details})" if details else "")
     return f"{machine.get('gpu') or cpus}, torch {machine['torch']}"
 
 

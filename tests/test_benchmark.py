@@ -285,6 +285,22 @@ def test_the_processor_is_named_from_cpuinfo(tmp_path):
     assert records.machine_description()["cpu_model"] == records.cpu_model()
 
 
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu sse2 avx f16c avx2 fma avx512f avx512dq avx512_bf16", "avx512"),
+    ("fpu sse2 avx f16c avx2 fma bmi2", "avx2"),  # an AMD EPYC of the demo's records: no AVX-512
+    ("fpu sse2 avx", "avx"),
+    ("fp asimd evtstrm", None),  # not x86
+])
+def test_the_widest_vector_extension_is_read_from_the_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    assert records.cpu_vector_extension(cpuinfo) == expected
+    assert records.cpu_vector_extension(tmp_path / "missing") is None
+    machine = {"cpu_count": 2, "cpu_model": "AMD EPYC", "cpu_vector_extension": expected, "torch": "2.14.1"}
+    assert records.machine_cell({"machine": machine}) == (
+        f"2 CPUs (AMD EPYC, {expected}), torch 2.14.1" if expected else "2 CPUs (AMD EPYC), torch 2.14.1")
+
+
 def test_machine_description_names_versions_and_the_float32_settings_of_a_gpu(monkeypatch):
     cpu = records.machine_description()
     assert (cpu["torch"], cpu["torchvision"]) == (torch.__version__, torchvision.__version__)
