@@ -511,6 +511,13 @@ def test_every_converter_holds_the_lock_on_its_dataset_folder_while_converting(
         return convert_labels(jobs, description, workers, **options)
 
     monkeypatch.setattr(prepare, "convert_labels", probing_convert_labels)
+    run_preparation(benchmark, voc, sbd, root)
+    assert held and all(held)
+
+
+def run_preparation(benchmark: str, voc, sbd, root) -> None:
+    """``python scripts/prepare_dataset.py BENCHMARK`` on the test data (``root``: the
+    dataset's own root; VOC's is ``voc``)."""
     if benchmark == "voc_aug":
         prepare_voc_aug(voc, sbd)
     elif benchmark == "pascal_context":
@@ -519,7 +526,6 @@ def test_every_converter_holds_the_lock_on_its_dataset_folder_while_converting(
         prepare_coco_stuff10k(root)
     else:
         prepare_coco_stuff164k(root)
-    assert held and all(held)
 
 
 OLD_NS = 1_000_000_000 * 10**9  # a modification time (2001) no write of this test can give
@@ -546,14 +552,7 @@ def test_rerun_rewrites_exactly_the_outputs_that_differ_from_their_source(
         write_coco_stuff164k(root, ["000000000009", "000000000025"])
 
     def convert():
-        if benchmark == "voc_aug":
-            prepare_voc_aug(voc, sbd)
-        elif benchmark == "pascal_context":
-            prepare_pascal_context(root, root)
-        elif benchmark == "coco_stuff10k":
-            prepare_coco_stuff10k(root)
-        else:
-            prepare_coco_stuff164k(root)
+        run_preparation(benchmark, voc, sbd, root)
 
     convert()
     output_folder = {"voc_aug": "SegmentationClassAug", "pascal_context": "SegmentationClassContext"}
