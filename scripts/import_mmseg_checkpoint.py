@@ -40,20 +40,22 @@ MMSEG_EXPERIMENTS = (
 )
 
 
-def check_recipe(source: str | Path, meta: dict, experiment: str, overrides) -> None:
+def check_recipe(source: str | Path, meta: dict, cfg, experiment: str, overrides) -> None:
     """Refuse, in one line naming the experiment to use, a checkpoint whose recorded config
-    contradicts the crops or ``align_corners`` of ``experiment``: its logits would be
-    upsampled with the wrong convention."""
+    contradicts the crops or ``align_corners`` of ``cfg`` (``experiment``'s config): its
+    logits would be upsampled with the wrong convention."""
     recorded = recorded_recipe(meta)
 
-    def conflicts(name: str) -> list[str]:
-        cfg = compose_config("train", [f"experiment={name}", *overrides])
-        return recipe_conflicts(recorded, height_width(cfg.dataset.crop_size), cfg.model.align_corners)
+    def conflicts(config) -> list[str]:
+        return recipe_conflicts(recorded, height_width(config.dataset.crop_size), config.model.align_corners)
 
-    found = conflicts(experiment)
+    found = conflicts(cfg)
     if not found:
         return
-    matching = [name for name in MMSEG_EXPERIMENTS if name != experiment and not conflicts(name)]
+    matching = [
+        name for name in MMSEG_EXPERIMENTS
+        if name != experiment and not conflicts(compose_config("train", [f"experiment={name}", *overrides]))
+    ]
     hint = f"import it with --experiment {' or '.join(matching)}" if matching else "check --experiment"
     raise CheckpointError(
         f"{source}: its recorded config trained with {' and '.join(found)}: it is not experiment={experiment}'s "
@@ -66,8 +68,8 @@ def import_checkpoint(
     trusted: bool = False,
 ) -> dict:
     state, meta = read_mmseg_checkpoint(source, trusted)
-    check_recipe(source, meta, experiment, overrides)
     cfg = compose_config("train", [f"experiment={experiment}", *overrides])
+    check_recipe(source, meta, cfg, experiment, overrides)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
     load_mmseg_state(model, state, source)
     checkpoint = {
