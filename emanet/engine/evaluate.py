@@ -123,9 +123,7 @@ def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> di
         "crop_size": to_plain(cfg.eval.crop_size) if cfg.eval.mode == "slide" else None,  # a list for [h, w]
         "stride": to_plain(cfg.eval.stride) if cfg.eval.mode == "slide" else None,
         "align_corners": bool(cfg.eval.align_corners),
-        "logits_align_corners": bool(
-            cfg.eval.align_corners if cfg.eval.logits_align_corners is None else cfg.eval.logits_align_corners
-        ),
+        "logits_align_corners": bool(eval_inference(cfg).logits_back_align_corners),
         "pad_to_window": bool(cfg.eval.pad_to_window) if cfg.eval.mode == "slide" else None,
         "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
         "output_stride": output_stride,

@@ -59,6 +59,11 @@ class Inference:
         if self.crops_per_pass < 1:
             raise ConfigError(f"eval.crops_per_pass must be at least 1, got {self.crops_per_pass}")
 
+    @property
+    def logits_back_align_corners(self) -> bool:
+        """The convention the logits go back to the image's size with."""
+        return self.align_corners if self.logits_align_corners is None else self.logits_align_corners
+
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if self.mode == "whole":
             return model(images)
@@ -133,8 +138,9 @@ def logits_at_scale(
         unflipped, mirrored = logits.chunk(2)
         logits = torch.cat([unflipped, mirrored.flip(-1)])
     if logits.shape[-2:] != (height, width):
-        back = inference.align_corners if inference.logits_align_corners is None else inference.logits_align_corners
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=back)
+        logits = F.interpolate(
+            logits, size=(height, width), mode="bilinear", align_corners=inference.logits_back_align_corners
+        )
     return logits
 
 
