@@ -84,6 +84,45 @@ def test_last_pt_of_a_copied_folder_is_checked_against_its_own_digest(tmp_path, 
         load_checkpoint(tmp_path / "copy" / "last.pt")
 
 
+@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="needs coreutils' sha256sum")
+def test_last_pt_copied_alone_with_its_digest_passes_sha256sum_and_loading(tmp_path, caplog):
+    save_training_checkpoint(small_state(1), tmp_path / "run", keep=3)
+    save_training_checkpoint(small_state(2), tmp_path / "run", keep=3)
+    (tmp_path / "copy").mkdir()
+    for name in ("last.pt", "last.pt.sha256"):  # no iter_*.pt beside them
+        shutil.copy(tmp_path / "run" / name, tmp_path / "copy")
+    checked = subprocess.run(["sha256sum", "-c", "last.pt.sha256"], cwd=tmp_path / "copy", capture_output=True,
+                             text=True)
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "last.pt: OK\n", "")
+    with caplog.at_level(logging.WARNING):
+        assert load_checkpoint(tmp_path / "copy" / "last.pt")["iteration"] == 2
+    assert caplog.text == ""  # verified against its digest, not loaded unverified
+    # The training checkpoint's own digest still names it: last.pt's was not written through it.
+    digest = (tmp_path / "run" / "last.pt.sha256").read_text().split()[0]
+    assert (tmp_path / "run" / "iter_0000002.pt.sha256").read_text() == f"{digest}  iter_0000002.pt\n"
+
+
+def test_last_pt_digest_linked_by_an_earlier_version_is_replaced_not_written_through(tmp_path):
+    save_checkpoint(small_state(1), tmp_path / "iter_0000001.pt")
+    os.link(tmp_path / "iter_0000001.pt", tmp_path / "last.pt")  # as earlier versions left a run
+    os.link(tmp_path / "iter_0000001.pt.sha256", tmp_path / "last.pt.sha256")
+    recorded = (tmp_path / "iter_0000001.pt.sha256").read_text()
+    save_training_checkpoint(small_state(2), tmp_path, keep=3)
+    assert (tmp_path / "iter_0000001.pt.sha256").read_text() == recorded
+    assert load_checkpoint(tmp_path / "iter_0000001.pt")["iteration"] == 1
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
+
+
+def test_a_reader_of_last_pt_checks_the_checkpoint_it_opened_while_training_moves_last_pt_on(tmp_path):
+    from emanet.engine.checkpoint import check_digest
+
+    save_training_checkpoint(small_state(1), tmp_path, keep=3)
+    with open(tmp_path / "last.pt", "rb") as opened:  # iteration 1's
+        save_training_checkpoint(small_state(2), tmp_path, keep=3)  # last.pt and its digest: iteration 2's
+        check_digest(opened, tmp_path / "last.pt")  # against iteration 1's digest: no false alarm
+        assert torch.load(opened, weights_only=True)["iteration"] == 1
+
+
 def test_resuming_from_a_checkpoint_without_a_digest_leaves_last_pt_without_one(tmp_path):
     from emanet.engine.checkpoint import newest_intact_checkpoint
 

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from emanet.errors import CheckpointError, CheckpointMismatchError
@@ -141,28 +142,131 @@ def is_same_file(path: Path, opened: os.stat_result) -> bool:
         return False
 
 
-def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
+def load_model_weights(
+    model: nn.Module, checkpoint: dict[str, Any], path: str | Path, configured: DictConfig | None = None
+) -> None:
     """Load ``checkpoint['model']`` strictly. A mismatch is explained in one line that leads
     with the cause and the fix and summarises the keys that differ; the error carries their
     full lists for the run's log file (tens of thousands of characters for another
-    architecture)."""
+    architecture).
+
+    With ``configured`` (the config the model was built from), the cause names the
+    ``model.*`` settings (and ``dataset.num_classes``) the checkpoint's recorded training
+    config has other values of, and ``experiment=NAME`` only when it was another one.
+    """
     if "model" not in checkpoint:
         raise CheckpointError(f"{path} holds no 'model' entry; is it a checkpoint of this project?")
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
     except RuntimeError as error:
-        trained_with = checkpoint.get("config", {}).get("name")
-        if trained_with:
-            cause = (
-                f"{path} was trained with experiment={trained_with} and does not fit the configured model: "
-                f"pass experiment={trained_with} (and any model.* setting it was trained with)"
-            )
-        else:
-            cause = f"{path} does not fit the configured model: pass the experiment the checkpoint was trained with"
+        trained = checkpoint.get("config") or {}
+        differences = setting_differences(trained, configured) if configured is not None else []
+        listing = [f"trained with {key}={command_line_value(was)}, configured {command_line_value(now)}"
+                   for key, was, now in differences]
         raise CheckpointMismatchError(
-            f"{cause}. Differences: {state_dict_mismatch(error)} (every key in the run's log file)",
-            details=str(error),
+            f"{mismatch_cause(path, trained, configured, differences)}. Differences: {state_dict_mismatch(error)} "
+            "(every key in the run's log file)",
+            details="\n".join([*listing, str(error)]),
         ) from error
+
+
+# model.* settings an evaluation chooses for itself (T, the output stride) or that only start
+# a training (ImageNet weights): a checkpoint trained with other values is not asked to be
+# given them back.
+EVALUATION_CHOICES = frozenset({
+    "model.backbone.pretrained", "model.backbone.eval_output_stride", "model.ema.eval_stages",
+})
+# model.* settings that never change the names or shapes of the model's tensors (checked for
+# every one): named after those that do, which are the cause of a mismatch.
+SETTINGS_WITHOUT_TENSORS = frozenset({
+    "model.backbone.output_stride", "model.backbone.multi_grid", "model.bn_momentum", "model.align_corners",
+    "model.dropout", "model.ema.train_stages", "model.ema.momentum", "model.ema.lambda_",
+    "model.ema.normalize_bases", "model.ema.maintenance",
+})
+# Settings named in the one-line message; the error's details list every one.
+SETTING_EXAMPLES = 4
+
+
+def setting_differences(trained: dict, configured: DictConfig) -> list[tuple[str, Any, Any]]:
+    """(key, trained value, configured value) for each ``model.*`` setting and
+    ``dataset.num_classes`` that the checkpoint's recorded training config ``trained`` (resolved)
+    has another value of than ``configured``, those that shape tensors first; keys either one
+    lacks (another version's, another head's) and :data:`EVALUATION_CHOICES` are left out.
+    Empty if the checkpoint records no model settings."""
+    if not isinstance(trained.get("model"), dict):
+        return []
+    was = flattened({"model": trained["model"]})
+    now = flattened({"model": OmegaConf.to_container(configured.model, resolve=True)})
+    if "num_classes" in (trained.get("dataset") or {}):
+        was["dataset.num_classes"] = trained["dataset"]["num_classes"]
+        now["dataset.num_classes"] = OmegaConf.select(configured, "dataset.num_classes")
+    differences = [
+        (key, was[key], now[key])
+        for key in was
+        if key in now and was[key] != now[key] and key not in EVALUATION_CHOICES
+    ]
+    return sorted(differences, key=lambda difference: difference[0] in SETTINGS_WITHOUT_TENSORS)  # stable
+
+
+def flattened(settings: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"model.ema.num_bases": 64, ...}`` from nested dicts; lists stay values."""
+    flat = {}
+    for name, value in settings.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(flattened(value, f"{key}."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def command_line_value(value: Any) -> str:
+    """``value`` as a Hydra override takes it: null, true, [1,2,4]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(command_line_value(item) for item in value) + "]"
+    return str(value)
+
+
+def mismatch_cause(
+    path: str | Path, trained: dict, configured: DictConfig | None, differences: list[tuple[str, Any, Any]]
+) -> str:
+    """The first part of a mismatch's message: what the checkpoint was trained with that the
+    configured model is not, and what to pass. ``experiment=NAME`` is named as the fix only
+    when it is not the configured experiment (or that is unknown)."""
+    trained_with = trained.get("name")
+    configured_name = OmegaConf.select(configured, "name") if configured is not None else None
+    other_experiment = bool(trained_with) and trained_with != configured_name
+    if differences:
+        shown = differences[:SETTING_EXAMPLES]
+        more = f" and {len(differences) - len(shown)} more" if len(differences) > len(shown) else ""
+        was = "it was trained with " + ", ".join(f"{key}={command_line_value(value)}" for key, value, _ in shown)
+        now = "configured: " + ", ".join(command_line_value(value) for _, _, value in shown) + (", ..." if more else "")
+        if other_experiment:
+            return (
+                f"{path} was trained with experiment={trained_with} and does not fit the configured model: "
+                f"pass experiment={trained_with} ({was}{more}; {now})"
+            )
+        return f"{path} does not fit the configured model: {was}{more} ({now}): pass those on the command line"
+    if other_experiment:
+        return (
+            f"{path} was trained with experiment={trained_with} and does not fit the configured model: "
+            f"pass experiment={trained_with} (and any model.* setting it was trained with)"
+        )
+    if trained_with and isinstance(trained.get("model"), dict):
+        return (
+            f"{path} does not fit the configured model although it was trained with its model.* settings "
+            f"(experiment={trained_with}): was it written by another version of this project?"
+        )
+    if trained_with:
+        return (
+            f"{path} was trained with experiment={trained_with}, as configured, and does not fit the configured "
+            "model: pass the model.* settings it was trained with (the checkpoint does not record them)"
+        )
+    return f"{path} does not fit the configured model: pass the experiment the checkpoint was trained with"
 
 
 # A list of missing or unexpected keys is cut to its count and this many keys: a checkpoint
@@ -243,11 +347,24 @@ def save_training_checkpoint(state: dict[str, Any], directory: Path, keep: int) 
 
 
 def point_last_at(path: Path) -> None:
-    """Make ``last.pt`` beside ``path`` the checkpoint ``path``, and ``last.pt.sha256`` its digest."""
+    """Make ``last.pt`` beside ``path`` the checkpoint ``path`` (a hard link), and
+    ``last.pt.sha256`` its digest.
+
+    The digest is a file of its own, written atomically, that names ``last.pt``: a hard link
+    to ``path``'s digest would name ``path``, and ``sha256sum -c last.pt.sha256`` fails in a
+    copy of ``last.pt`` and its digest alone. Readers in this folder check ``last.pt``
+    against the digest of the ``iter_*.pt`` it is (:func:`digest_record`), so the moment
+    between the link and the digest is no window for a false alarm.
+    """
     last = path.parent / "last.pt"
     replace_with_link(path, last)
     if digest_file(path).is_file():
-        replace_with_link(digest_file(path), digest_file(last))
+        # The digest recorded at the checkpoint's writing (or checked when resuming from it):
+        # hashing a checkpoint of hundreds of MB again would cost seconds a save.
+        digest = (digest_file(path).read_text().split() or [""])[0]
+        # Renamed into place: never written through an earlier version's last.pt.sha256, a
+        # hard link to an iter_*.pt's digest.
+        atomic_write(digest_file(last), lambda temp: Path(temp).write_text(f"{digest}  {last.name}\n"))
     else:  # a checkpoint of an earlier version: no digest, and none of another file either
         digest_file(last).unlink(missing_ok=True)
 

@@ -15,7 +15,7 @@ from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
 from emanet.engine.distributed import all_reduce_sum
 from emanet.engine.metrics import confusion_matrix, metrics_from_confusion
-from emanet.errors import ConfigError
+from emanet.errors import ConfigError, out_of_memory_explained
 
 
 @dataclass(frozen=True)
@@ -155,9 +155,13 @@ def scaled_size(height: int, width: int, scale: float, align_corners: bool) -> t
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool, inference: Inference = Inference()
+    model: nn.Module, images: torch.Tensor, scales: Sequence[float], flip: bool, inference: Inference = Inference(),
+    ids: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Average of softmax probabilities over scales (and flips) at the original resolution.
+
+    Running out of memory ends in an :class:`~emanet.errors.OutOfMemoryError` naming the
+    scale, the images (their ``ids`` if given) and the ``eval.*`` settings that bound it.
 
     Returns:
         probabilities (B, classes, H, W), and the single-scale logits (scale 1.0, no flip)
@@ -167,26 +171,73 @@ def predict(
     probabilities = None
     single_scale_logits = None
     for scale in scales:
-        logits = logits_at_scale(model, images, scale, flip, inference)  # (views x B, classes, H, W)
-        if scale == 1.0:
-            single_scale_logits = logits[:batch]
-        probs = logits.softmax(dim=1).unflatten(0, (-1, batch)).sum(dim=0)  # (B, classes, H, W)
-        probabilities = probs if probabilities is None else probabilities + probs
+        with out_of_memory_explained(segmenting(images, scale, inference, ids), memory_fix(images, scale, inference)):
+            logits = logits_at_scale(model, images, scale, flip, inference)  # (views x B, classes, H, W)
+            if scale == 1.0:
+                single_scale_logits = logits[:batch]
+            probs = logits.softmax(dim=1).unflatten(0, (-1, batch)).sum(dim=0)  # (B, classes, H, W)
+            probabilities = probs if probabilities is None else probabilities + probs
     return probabilities / (len(scales) * (2 if flip else 1)), single_scale_logits
+
+
+# Ids named in an out-of-memory message; a batch of more is cut to these and a count.
+ID_EXAMPLES = 3
+
+
+def segmenting(images: torch.Tensor, scale: float, inference: Inference, ids: Sequence[str] | None) -> str:
+    """What a pass of :func:`predict` does, for an out-of-memory message: "segmenting
+    2007_000033 at scale 4.0 (a whole image of 1024x2048, 4096x8192 at that scale)"."""
+    batch, (height, width) = images.shape[0], images.shape[-2:]
+    named = ""
+    if ids:
+        ids = list(ids)
+        named = " " + ", ".join(map(str, ids[:ID_EXAMPLES])) + (
+            f" and {len(ids) - ID_EXAMPLES} more" if len(ids) > ID_EXAMPLES else ""
+        )
+    whole = "whole " if inference.mode != "slide" else ""
+    what = f"a {whole}image" if batch == 1 else f"{batch} {whole}images"
+    scaled = ""
+    if scale != 1.0:
+        scaled_height, scaled_width = scaled_size(height, width, scale, inference.align_corners)
+        scaled = f", {scaled_height}x{scaled_width} at that scale"
+    windows = ""
+    if inference.mode == "slide":
+        crop_height, crop_width = height_width(inference.crop_size)
+        windows = f", in windows of {crop_height}x{crop_width}, {inference.crops_per_pass} per pass"
+    return f"segmenting{named} at scale {float(scale)} ({what} of {height}x{width}{scaled}{windows})"
+
+
+def memory_fix(images: torch.Tensor, scale: float, inference: Inference) -> str:
+    """The ``eval.*`` settings that bound the memory of a pass of :func:`predict`: windows
+    for whole images (the network's activations grow with the image), fewer or smaller
+    windows for sliding windows; the scale and the batch where they add to it."""
+    lower = []
+    if inference.mode == "slide":
+        if inference.crops_per_pass > 1:
+            lower.append(f"eval.crops_per_pass (now {inference.crops_per_pass})")
+        lower.append("eval.crop_size")
+    if scale > 1.0:
+        lower.append("eval.scales")
+    if images.shape[0] > 1:
+        lower.append("eval.batch_size")
+    if inference.mode == "slide":
+        return "lower " + " / ".join(lower)
+    return "pass eval.mode=slide (windows of eval.crop_size)" + (" or lower " + " / ".join(lower) if lower else "")
 
 
 @torch.no_grad()
 def predict_classes(
     model: nn.Module, images: torch.Tensor, device: torch.device, scales: Sequence[float], flip: bool,
-    inference: Inference = Inference(), amp: AmpSettings | None = None,
+    inference: Inference = Inference(), amp: AmpSettings | None = None, ids: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Predicted classes (B, H, W) on the CPU for normalised images (B, 3, H, W), with the
     network under ``amp``'s autocast and memory format; and the single-scale classes
-    (scale 1.0, unflipped) when the protocol includes that pass but is more than it."""
+    (scale 1.0, unflipped) when the protocol includes that pass but is more than it.
+    ``ids`` name the images if memory runs out."""
     amp = amp or AmpSettings()
     images = amp.memory_format(images.to(device, non_blocking=True))
     with amp.autocast(device):
-        probabilities, single_logits = predict(model, images, scales, flip, inference)
+        probabilities, single_logits = predict(model, images, scales, flip, inference, ids)
     single_scale = None
     if single_logits is not None and is_multi_scale(scales, flip):
         single_scale = single_logits.argmax(1).cpu()
@@ -237,7 +288,9 @@ def evaluate(
         if batch is None:  # its image was left out (dataset.skip_bad)
             continue
         labels = batch["label"]
-        prediction, single_scale = predict_classes(model, batch["image"], device, scales, flip, inference, amp)
+        prediction, single_scale = predict_classes(
+            model, batch["image"], device, scales, flip, inference, amp, batch.get("id")
+        )
         confusion += confusion_matrix(prediction, labels, num_classes, ignore_index)
         if on_prediction is not None:
             on_prediction(batch, prediction)
