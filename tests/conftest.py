@@ -1,5 +1,7 @@
 """Fixtures several test modules share."""
 
+import os
+
 import pytest
 import torch
 from test_trainer import TINY, compose_config
@@ -8,6 +10,13 @@ from emanet.engine.train import train
 
 # What a fresh process (a test's subprocess) runs with.
 DEFAULT_THREADS = torch.get_num_threads()
+
+
+def pytest_configure(config):
+    """No label-check cache under the home folder: tests write only under their temporary
+    folders (tests/test_label_check.py points the cache at one to test it); set before any
+    fixture trains, and inherited by the tests' subprocesses."""
+    os.environ["EMANET_LABEL_CHECK_CACHE"] = "off"
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,9 @@ VOC_LAYOUT = {
 }
 
 
-DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError)  # what Pillow raises on a bad file
+# What Pillow raises on a bad file; DecompressionBombError (not an OSError) for one of over
+# 2 x Image.MAX_IMAGE_PIXELS pixels, whose header may be forged to exhaust memory.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
@@ -197,6 +199,25 @@ class SegmentationDataset(Dataset):
     def label_path(self, index: int) -> Path:
         return self._label_path(self.ids[index])
 
+    def map_label(self, label: np.ndarray) -> np.ndarray:
+        """Stored label values (uint8) -> training values: ``ignore_background`` drops class 0.
+        The one place of the mapping, so that the label check (:mod:`emanet.data.label_check`)
+        judges the values training sees."""
+        return ignore_background(label, self.ignore_index) if self.ignore_background else label
+
+    def leave_out(self, problems: Mapping[str, str]) -> None:
+        """Drop the samples ``problems`` names (id -> what is wrong with its files), each
+        logged and counted in :attr:`num_skipped` as a sample skipped when loaded is
+        (``dataset.skip_bad``); DatasetError when none is left."""
+        for problem in problems.values():
+            log.warning("skipping %s", problem)
+        with self._skipped.get_lock():
+            self._skipped.value += sum(sample_id in problems for sample_id in self.ids)
+        self.ids = [sample_id for sample_id in self.ids if sample_id not in problems]
+        if not self.ids:
+            split_file = self.root / self.layout["split"].format(split=self.split)
+            raise DatasetError(f"no usable sample in {split_file}: every one is bad (named above); see data/README.md")
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image (H, W, 3) uint8 and label (H, W) uint8 of one sample, checked.
 
@@ -214,8 +235,7 @@ class SegmentationDataset(Dataset):
                 f"{label_path}: label is {label.shape[1]}x{label.shape[0]} but its image "
                 f"{image_path.name} is {image.shape[1]}x{image.shape[0]}"
             )
-        if self.ignore_background:
-            label = ignore_background(label, self.ignore_index)
+        label = self.map_label(label)
         invalid = (label >= self.num_classes) & (label != self.ignore_index)
         if invalid.any():
             raise DatasetError(
