@@ -200,6 +200,7 @@ RULES: dict[str, Number | NumberList | Size | Boolean | Word] = {
     "runtime.compile": Boolean(),
     # scripts/predict.py
     "max_side": Number(integer=True, minimum=1, optional=True),
+    "stop_on_bad_file": Boolean(),
     # eval
     "eval.mode": Word(("whole", "slide", "release")),
     "eval.scales": NumberList(POSITIVE),

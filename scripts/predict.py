@@ -13,6 +13,14 @@ the id ``photo``; inside a folder, the id keeps the sub-folders. A photo whose l
 is over ``max_side`` (2048; ``max_side=null`` for no limit) is segmented at a working
 size with that long side and its classes resized back to its full resolution, in
 bounded memory; 16-bit images are scaled to 8 bits.
+
+Someone's folder of photos holds the odd file that is not one: hidden files and folders
+(macOS's ``._IMG_0001.JPG`` sidecars, ``.thumbs/``) are left out, and a file that cannot
+be decoded is named in a warning and skipped (listed under ``skipped`` in
+predictions.json; ``stop_on_bad_file=true`` stops at it instead, status 2). A long run
+must survive being stopped: predictions.json is rewritten as the run goes, Ctrl-C or
+SIGTERM ends it with one line and status 130, and re-running with the same
+``hydra.run.dir`` resumes it (with another checkpoint or protocol, replaces it).
 """
 
 import sys
@@ -20,7 +28,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from emanet.cli import quote_path_overrides, run_job
+from emanet.cli import quote_path_overrides, refuse_unknown_overrides, run_job
 from emanet.engine.predict import predict_files
 
 
@@ -31,4 +39,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    refuse_unknown_overrides("predict", sys.argv[1:])  # a typo in a key or option: one line, exit 2
     main()

@@ -33,15 +33,20 @@ def write_photo(path, height, width, seed):
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
 
 
+def save_random_model(path, seed=0, iteration=7):
+    """A demo-sized model with random weights, saved at ``path`` in this project's checkpoint format."""
+    cfg = compose_config("train", [])
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    save_checkpoint({"model": model.state_dict(), "iteration": iteration, "config": {"name": "demo"}}, path)
+    return model
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     """A demo-sized model with random weights, in this project's checkpoint format."""
-    cfg = compose_config("train", [])
-    torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
     path = tmp_path / "model.pt"
-    save_checkpoint({"model": model.state_dict(), "iteration": 7, "config": {"name": "demo"}}, path)
-    return path, model
+    return path, save_random_model(path)
 
 
 def test_every_image_found_is_segmented_as_the_evaluator_segments_it(tmp_path, checkpoint):
