@@ -150,6 +150,8 @@ def smoke_overrides(demo: DictConfig, iterations: int, side_by_side: bool) -> di
     multi_grid = ",".join(str(v) for v in backbone.multi_grid)
     smoke = {
         "dataset": "demo",
+        # A demo folder of its own: one of other settings is refused, never rebuilt.
+        "dataset.root": "${data_root}/demo_smoke/VOC2012",
         "dataset.generate.num_train": "4",
         "dataset.generate.num_val": "2",
         "model.backbone.depth": str(backbone.depth),

@@ -41,7 +41,7 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
     assert first.returncode == 0, first.stderr[-3000:]
     root = tmp_path / "root"
     assert "0 of 18 runs finished; 5 multirun(s) to launch" in first.stderr
-    assert (tmp_path / "data" / "demo" / "VOC2012").is_dir()  # data_root relative to the current directory
+    assert (tmp_path / "data" / "demo_smoke" / "VOC2012").is_dir()  # data_root relative to the current directory
     for stem in ("table1", "table3", "table4", "iteration_table", "beyond"):
         assert f"written: {root / stem}.md" in first.stdout
         assert Image.open(root / f"{stem}.png").width > 300

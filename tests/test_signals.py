@@ -159,5 +159,5 @@ def test_the_evaluation_loaders_workers_also_leave_stopping_to_the_training_proc
     # would end them, and the run with them, before its checkpoint.
     from emanet.engine.runtime import build_eval_loader, leave_stopping_to_the_training_process
 
-    cfg = compose_config([f"data_root={data_root}", "runtime.num_workers=1"])
+    cfg = compose_config([*TINY, f"data_root={data_root}", "runtime.num_workers=1"])
     assert build_eval_loader(cfg).worker_init_fn is leave_stopping_to_the_training_process

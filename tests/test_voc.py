@@ -1,6 +1,7 @@
 """The VOC reader on a tiny dataset written here, and the demo generator."""
 
 import hashlib
+import json
 import math
 import os
 
@@ -173,14 +174,38 @@ def test_the_demo_dataset_folder_gets_the_mode_of_a_plain_mkdir(tmp_path):
     assert root.stat().st_mode & 0o777 == 0o755
 
 
-def test_demo_dataset_is_reused_and_regenerated_when_settings_change(tmp_path):
+def test_demo_dataset_is_reused_and_never_rebuilt_with_other_settings(tmp_path):
     root = generate_demo_dataset(tmp_path / "VOC2012", num_train=2, num_val=1, seed=0)
+    before = _tree_digest(root)
     marker_time = (root / "demo_dataset.json").stat().st_mtime_ns
     generate_demo_dataset(root, num_train=2, num_val=1, seed=0)
     assert (root / "demo_dataset.json").stat().st_mtime_ns == marker_time
-    generate_demo_dataset(root, num_train=3, num_val=1, seed=0)
-    assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 3
+    with pytest.raises(DatasetError) as raised:
+        generate_demo_dataset(root, num_train=3, num_val=1, seed=0)
+    assert str(raised.value) == (
+        f"{root} holds the demo dataset built with dataset.generate.num_train=2, and this run asks for "
+        "num_train=3: it is not rebuilt, as other runs read it; pass dataset.generate.num_train=2 to use it, "
+        "or another dataset.root for a demo of these settings"
+    )
+    with pytest.raises(DatasetError, match=r"built with dataset.generate.num_val=1 dataset.generate.seed=0, and "
+                                           r"this run asks for num_val=2, seed=1:"):
+        generate_demo_dataset(root, num_train=2, num_val=2, seed=1)
+    assert _tree_digest(root) == before
     assert [p.name for p in tmp_path.iterdir()] == ["VOC2012"]  # no staging folder left
+
+
+def test_the_demo_val_split_does_not_depend_on_the_number_of_training_images(tmp_path):
+    small = generate_demo_dataset(tmp_path / "small" / "VOC2012", num_train=2, num_val=3, seed=0)
+    large = generate_demo_dataset(tmp_path / "large" / "VOC2012", num_train=7, num_val=3, seed=0)
+    for folder, suffix in (("JPEGImages", "jpg"), ("SegmentationClass", "png")):
+        for index in range(3):
+            name = f"demo_val_{index:05d}.{suffix}"
+            assert (small / folder / name).read_bytes() == (large / folder / name).read_bytes()
+    assert (small / "JPEGImages" / "demo_train_00001.jpg").read_bytes() == (
+        large / "JPEGImages" / "demo_train_00001.jpg").read_bytes()
+    other_seed = generate_demo_dataset(tmp_path / "seed1" / "VOC2012", num_train=2, num_val=3, seed=1)
+    assert (other_seed / "JPEGImages" / "demo_val_00000.jpg").read_bytes() != (
+        small / "JPEGImages" / "demo_val_00000.jpg").read_bytes()
 
 
 def test_demo_refuses_a_folder_it_did_not_write_and_leaves_it_untouched(tmp_path):
@@ -201,12 +226,17 @@ def test_demo_refuses_a_folder_it_did_not_write_and_leaves_it_untouched(tmp_path
     assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 2
 
 
-def test_an_older_demo_is_still_regenerated_with_whatever_it_holds(tmp_path):
+def test_a_demo_of_an_earlier_version_is_refused_not_rebuilt(tmp_path):
     root = generate_demo_dataset(tmp_path / "VOC2012", num_train=2, num_val=1, seed=0)
-    (root / "stray.txt").write_text("written into the demo folder")
-    generate_demo_dataset(root, num_train=3, num_val=1, seed=1)
-    assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 3
-    assert not (root / "stray.txt").exists()
+    marker = json.loads((root / "demo_dataset.json").read_text())
+    (root / "demo_dataset.json").write_text(json.dumps({**marker, "version": 1}))
+    with pytest.raises(DatasetError) as raised:
+        generate_demo_dataset(root, num_train=2, num_val=1, seed=0)
+    assert str(raised.value) == (
+        f"{root} holds the demo dataset of an earlier version of emanet (version 1; this one writes version 2, "
+        "with other images): delete that folder to rebuild it, or pass another dataset.root"
+    )
+    assert len(SegmentationDataset(root, "train", DEMO_CLASSES)) == 2
 
 
 def generate_and_read(rank, root, results):

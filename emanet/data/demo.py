@@ -43,6 +43,9 @@ COLOR_POOL = np.array(
 )
 
 MARKER = "demo_dataset.json"
+# The generator's version, recorded in MARKER: 2 draws the val images from a stream of their
+# own, so that they do not depend on the number of training images.
+VERSION = 2
 
 
 def _rotated_coords(xx, yy, cx, cy, angle):
@@ -138,27 +141,52 @@ def generate_demo_dataset(
     The folder is built in a temporary sibling and renamed into place, so an interrupted
     run never leaves a half-written dataset; a finished one is reused when its recorded
     settings match. Processes that ask for it at once (the ranks of a torchrun job,
-    parallel sweeps) take turns: the first writes it, the others find it written. Only a
-    folder the demo wrote itself (its marker file present) is ever replaced; ``root`` may
-    also be missing or empty, and any other folder is refused with a DatasetError.
+    parallel sweeps) take turns: the first writes it, the others find it written. ``root``
+    must be missing, empty or a demo of the same settings: a demo of other settings is
+    never rebuilt (another job may be reading it, and runs trained or evaluated on it
+    would no longer match their data), nor is any other folder; both are refused with a
+    DatasetError naming what differs.
+
+    The training images are drawn from ``seed``, the val images from a stream of their own
+    derived from it: the val split of one seed is the same whatever ``num_train``.
     """
     root = Path(root)
     settings = {
         "num_train": num_train, "num_val": num_val,
-        "min_size": min_size, "max_size": max_size, "seed": seed, "version": 1,
+        "min_size": min_size, "max_size": max_size, "seed": seed, "version": VERSION,
     }
     marker = root / MARKER
     root.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(root.parent):
-        if marker.is_file() and json.loads(marker.read_text()) == settings:
+        if marker.is_file():
+            built = json.loads(marker.read_text())
+            if built != settings:
+                raise DatasetError(rebuild_refusal(root, built, settings))
             return root
-        if not marker.is_file() and root.exists() and (not root.is_dir() or any(root.iterdir())):
+        if root.exists() and root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise DatasetError(
                 f"{root} is neither empty nor a demo dataset (no {MARKER}), and the demo replaces its folder: "
                 "choose another dataset.root, or empty that folder"
             )
         write_demo_dataset(root, settings)
     return root
+
+
+def rebuild_refusal(root: Path, built: dict, asked: dict) -> str:
+    """Why the demo in ``root``, written with the settings ``built``, is not rebuilt with ``asked``."""
+    if built.get("version") != asked["version"]:
+        return (
+            f"{root} holds the demo dataset of an earlier version of emanet (version {built.get('version')}; "
+            f"this one writes version {asked['version']}, with other images): delete that folder to rebuild it, "
+            "or pass another dataset.root"
+        )
+    differences = [key for key in asked if key != "version" and built.get(key) != asked[key]]
+    theirs = " ".join(f"dataset.generate.{key}={built.get(key)}" for key in differences)
+    ours = ", ".join(f"{key}={asked[key]}" for key in differences)
+    return (
+        f"{root} holds the demo dataset built with {theirs}, and this run asks for {ours}: it is not rebuilt, "
+        f"as other runs read it; pass {theirs} to use it, or another dataset.root for a demo of these settings"
+    )
 
 
 def write_demo_dataset(root: Path, settings: dict) -> None:
@@ -170,8 +198,11 @@ def write_demo_dataset(root: Path, settings: dict) -> None:
     try:
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (staging / sub).mkdir(parents=True)
-        rng = np.random.default_rng(settings["seed"])
+        # The val split's own stream (spawn key 1) keeps it independent of the training count.
+        streams = {"train": np.random.default_rng(settings["seed"]),
+                   "val": np.random.default_rng(np.random.SeedSequence(settings["seed"], spawn_key=(1,)))}
         for split, count in (("train", num_train), ("val", num_val)):
+            rng = streams[split]
             ids = []
             for index in range(count):
                 image_id = f"demo_{split}_{index:05d}"
@@ -182,10 +213,8 @@ def write_demo_dataset(root: Path, settings: dict) -> None:
                 ids.append(image_id)
             (staging / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         (staging / MARKER).write_text(json.dumps(settings))
-        if (root / MARKER).is_file():
-            shutil.rmtree(root)  # an earlier demo, written by this function
-        elif root.exists():
-            root.rmdir()  # an empty folder; anything else of the user's is never removed
+        if root.exists():
+            root.rmdir()  # an empty folder; anything else is never removed
         staging.rename(root)
     finally:
         if staging.exists():
