@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from emanet.cli import quote_path_overrides, run_job
+from emanet.cli import quote_path_overrides, refuse_unknown_overrides, run_job
 from emanet.engine.evaluate import evaluate_checkpoint
 
 
@@ -16,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    refuse_unknown_overrides("evaluate", sys.argv[1:])  # a typo in a key or option: one line, exit 2
     main()

@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from emanet.cli import quote_path_overrides, run_job
+from emanet.cli import quote_path_overrides, refuse_unknown_overrides, run_job
 from emanet.engine.train import train
 
 
@@ -19,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = quote_path_overrides(sys.argv[1:])
+    refuse_unknown_overrides("train", sys.argv[1:])  # a typo in a key or option: one line, exit 2
     main()

@@ -15,11 +15,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue
 
 from emanet.config_checks import check_config
+from emanet.config_keys import check_command_line
 from emanet.engine.distributed import export_launcher_environment
+from emanet.engine.run_directory import check_writable, own_run_dir, refuse_if_in_use, training_run_of
 from emanet.engine.runtime import usable_cores
 from emanet.errors import CheckpointMismatchError, ConfigError, EmanetError, TrainingStopped, one_line
 
@@ -121,6 +124,29 @@ def existing_path(value: str) -> bool:
         return False
 
 
+def refuse_unknown_overrides(config_name: str, argv: Sequence[str]) -> None:
+    """End the program (status 2, one line) when the command line of the entry point of
+    ``config_name`` overrides a key no part of the config reads (a typo: Hydra would add
+    ``+schedule.iteratons=5`` and run without it) or chooses a group option that does not
+    exist: before Hydra composes anything or creates a run directory
+    (:func:`emanet.config_keys.check_command_line`).
+
+    evaluate.py and predict.py given a training run's checkpoint start from that run's
+    config (:func:`start_from_training_run`): the keys of its experiment are known too."""
+    with one_line_errors():
+        check_command_line(config_name, [*trained_with(config_name, argv), *argv], CONFIG_DIR)
+
+
+def trained_with(config_name: str, argv: Sequence[str]) -> list[str]:
+    """The recorded overrides of the training run whose checkpoint the command line of a
+    checkpoint job names (the last ``checkpoint=`` that is not a sweep); none otherwise."""
+    if config_name not in CHECKPOINT_JOBS:
+        return []
+    values = [arg.partition("=")[2].strip("'\"") for arg in argv if arg.startswith("checkpoint=")]
+    run_dir = training_run_of(values[-1]) if values and "," not in values[-1] else None
+    return recorded_overrides(run_dir) if run_dir is not None else []
+
+
 def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
     """Run ``job(cfg, run_dir)`` in Hydra's run directory.
 
@@ -131,17 +157,170 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir)
     with one_line_errors():
+        cfg, note = start_from_training_run(cfg, hydra_config.job.config_name, list(hydra_config.overrides.task))
+        if note and int(os.environ.get("RANK", 0)) == 0:
+            log.info("%s", note)
         try:
             check_config(cfg)
         except ConfigError:
             remove_unused_run_dir(run_dir)
             raise
     export_launcher_environment()  # a SLURM or submitit task: its rank, as torchrun would set it
-    note = eval_preset_note(hydra_config.job.config_name, list(hydra_config.overrides.task))
+    trained = training_run_of(str(cfg.checkpoint)) if "checkpoint" in cfg and not OmegaConf.is_missing(
+        cfg, "checkpoint") else None
+    run_overrides = recorded_overrides(trained) if trained is not None else []
+    task = list(hydra_config.overrides.task)
+    # A preset the training run chose is the run's, not news: only the command line's are told about.
+    chosen_here = any(override.startswith("eval=") for override in task)
+    note = eval_preset_note(hydra_config.job.config_name, [*run_overrides, *task]) if chosen_here else None
     if note and int(os.environ.get("RANK", 0)) == 0:
         log.warning("%s", note)
     with one_line_errors():
         return job(cfg, run_dir)
+
+
+class RunDirectories(Callback):
+    """Hydra callback (``hydra.callbacks`` in configs/train.yaml) that settles a single run's
+    directory before Hydra writes anything there (its ``.hydra/`` records, the log file):
+
+    * evaluate.py and predict.py given a training run's checkpoint are named after that
+      run's experiment (``runs/<its name>/eval_<time>``), unless ``name=`` is passed;
+    * pointed at another job's run directory, they write into a folder of their own inside
+      it (:func:`~emanet.engine.run_directory.own_run_dir`), said in the log;
+    * a run directory another job of the same kind is using, or that cannot be written
+      (under a file, read-only), is refused in one line, exit 2.
+
+    A multirun's sweep directory is checked for writing; its jobs' folders are the sweep's.
+    """
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        with one_line_errors():
+            job = config.hydra.job.config_name
+            user_keys = {override.lstrip("+~").partition("=")[0] for override in config.hydra.overrides.task}
+            if job in CHECKPOINT_JOBS and not OmegaConf.is_missing(config, "checkpoint") and "name" not in user_keys:
+                trained = training_run_of(str(config.checkpoint))
+                if trained is not None:
+                    with read_write(config), open_dict(config):
+                        config.name = OmegaConf.load(trained / "config.yaml").get("name", config.name)
+            run_dir, note = own_run_dir(Path(str(config.hydra.run.dir)), job)
+            with read_write(config.hydra.run):  # resolved once: ${now:...} would move on
+                config.hydra.run.dir = str(run_dir)
+            if note:
+                self.notes.append(note)
+            check_writable(run_dir, "hydra.run.dir")
+            refuse_if_in_use(run_dir, job)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        with one_line_errors():
+            check_writable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+    def on_job_start(self, config: DictConfig, **kwargs: object) -> None:
+        for note in self.notes:  # logging is set up by now
+            log.warning("%s", note)
+        self.notes.clear()
+
+
+# The jobs that read a trained checkpoint, and the keys of theirs that are not the training's.
+CHECKPOINT_JOBS = ("evaluate", "predict")
+
+
+def start_from_training_run(
+    cfg: DictConfig, config_name: str, overrides: Sequence[str]
+) -> tuple[DictConfig, str | None]:
+    """For evaluate.py and predict.py given a checkpoint of a training run directory: the
+    config that run trained with (its config.yaml), the command line's overrides on top,
+    and a line saying so; ``cfg`` itself, and None, for any other job or checkpoint.
+
+    Nobody has to retype how a run was trained (its experiment, model and dataset settings,
+    the demo's size): an evaluation of a run trained with ``dataset.generate.num_train=16``
+    scores that run's val split. What the command line sets is what differs between the
+    config composed with the run's own overrides (its ``.hydra/overrides.yaml``) followed
+    by the command line's and the one composed without the command line's: so
+    ``experiment=NAME`` naming the run's own experiment changes nothing, ``eval=ss`` sets
+    the preset's keys, and ``model.ema.eval_stages=3`` that key. Keys the run's config does
+    not have (settings added since, the job's own such as ``checkpoint``) keep their
+    composed values.
+    """
+    if config_name not in CHECKPOINT_JOBS or OmegaConf.is_missing(cfg, "checkpoint"):
+        return cfg, None
+    run_dir = training_run_of(str(cfg.checkpoint))
+    if run_dir is None:
+        return cfg, None
+    trained = OmegaConf.load(run_dir / "config.yaml")
+    run_overrides = recorded_overrides(run_dir)
+    own = [override for override in overrides if not is_hydras(override)]
+    # The job's own keys (checkpoint, input): the same in both compositions, however set.
+    job_only = [override for override in own if override.lstrip("+~").partition("=")[0].split(".")[0] not in trained]
+    composed = compose_config(config_name, [*run_overrides, *own])
+    without_command_line = compose_config(config_name, [*run_overrides, *job_only])
+    # Resolved (a required key left unset stays "???"): data_root=DIR moves dataset.root, which
+    # the run's config holds resolved, as it would move it for a training.
+    resolved = OmegaConf.to_container(composed, resolve=True, throw_on_missing=False)
+    command_line = changed_keys(
+        OmegaConf.to_container(without_command_line, resolve=True, throw_on_missing=False), resolved
+    )
+    OmegaConf.set_struct(composed, False)  # the run's config may hold keys of an experiment not composed here
+    merged = OmegaConf.merge(composed, trained)
+    for key in (*job_settings(config_name), *command_line):
+        OmegaConf.update(merged, key, value_at(resolved, key), merge=False, force_add=True)
+    OmegaConf.set_struct(merged, True)
+    set_on_top = ", ".join(f"{key}={value_at(resolved, key)}" for key in command_line) or "nothing"
+    note = (
+        f"starting from {run_dir / 'config.yaml'}, the config of the run that wrote the checkpoint; "
+        f"the command line sets {set_on_top} on top"
+    )
+    return merged, note
+
+
+def is_hydras(override: str) -> bool:
+    """Whether ``override`` sets one of Hydra's own keys or groups (``hydra.run.dir=...``,
+    ``hydra/launcher=...``): where a job runs, not what it computes."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def recorded_overrides(run_dir: Path) -> list[str]:
+    """The config overrides a run was started with (Hydra's ``.hydra/overrides.yaml``; none
+    for a run made without Hydra's records), Hydra's own left out."""
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    overrides = OmegaConf.load(recorded) if recorded.is_file() else []
+    return [str(override) for override in overrides if not is_hydras(str(override))]
+
+
+def job_settings(config_name: str) -> list[str]:
+    """The dotted keys that the primary config ``configs/<config_name>.yaml`` and the primary
+    configs it builds on, other than train's, set themselves (predict's
+    ``eval.save_predictions: true``): the job's own, which a training run's config does not
+    replace."""
+    primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
+    keys = changed_keys({}, OmegaConf.to_container(primary))
+    keys = [key for key in keys if key.split(".")[0] not in ("defaults", "hydra")]
+    for default in primary.get("defaults", []):
+        builds_on = isinstance(default, str) and default not in ("train", "_self_")
+        if builds_on and (CONFIG_DIR / f"{default}.yaml").is_file():
+            keys += job_settings(default)
+    return keys
+
+
+def value_at(container: dict, key: str) -> object:
+    """The value of the dotted ``key`` in a config container (None where it has none)."""
+    for name in key.split("."):
+        container = container.get(name) if isinstance(container, dict) else None
+    return container
+
+
+def changed_keys(before: object, after: object, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config containers (lists compared whole)."""
+    if isinstance(before, dict | None) and isinstance(after, dict | None) and (before or after) is not None:
+        before, after = before or {}, after or {}
+        return [
+            key
+            for name in sorted(set(before) | set(after), key=str)
+            for key in changed_keys(before.get(name), after.get(name), f"{prefix}.{name}" if prefix else str(name))
+        ]
+    return [] if before == after else [prefix]
 
 
 @contextmanager
@@ -181,9 +360,11 @@ def log_to_file_only(level: int, message: str) -> None:
 
 def remove_unused_run_dir(run_dir: Path) -> None:
     """Remove a run directory that holds only what Hydra wrote at startup (``.hydra/`` and
-    the job's log): a run refused before it started leaves nothing behind. A directory
-    with anything else in it (an earlier run's checkpoints) is left alone."""
-    if run_dir.is_dir() and all(entry.name == ".hydra" or entry.suffix == ".log" for entry in run_dir.iterdir()):
+    the job's log) and the job's lock: a run refused before it started leaves nothing
+    behind. A directory with anything else in it (an earlier run's checkpoints) is left
+    alone."""
+    startup = (".log", ".lock")
+    if run_dir.is_dir() and all(entry.name == ".hydra" or entry.suffix in startup for entry in run_dir.iterdir()):
         shutil.rmtree(run_dir)
 
 

@@ -22,10 +22,17 @@ from emanet.data.palette import colorize, save_label_png
 from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
-from emanet.engine.distributed import World, init_distributed, shared_run_dir, shutdown_distributed
+from emanet.engine.distributed import (
+    World,
+    broadcast_from_main,
+    init_distributed,
+    shared_run_dir,
+    shutdown_distributed,
+)
 from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
 from emanet.engine.figures import evaluation_figures, write_figures
 from emanet.engine.metrics import format_table
+from emanet.engine.run_directory import own_run_dir, run_directory_lock
 from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
 from emanet.errors import DatasetError
@@ -171,11 +178,20 @@ def prediction_writer(cfg: DictConfig, output_dir: Path | None) -> Callable[[dic
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     """``evaluate.py``: load ``cfg.checkpoint`` into the configured model and evaluate it.
 
-    Under torchrun every process evaluates its share of the images; rank 0 writes.
+    Under torchrun every process evaluates its share of the images; rank 0 writes, into
+    ``run_dir`` or, where that holds another job's records, a folder of its own inside it
+    (:func:`~emanet.engine.run_directory.own_run_dir`), holding its lock meanwhile.
     """
     world = init_distributed(configure_runtime(cfg))
-    run_dir = shared_run_dir(run_dir)
-    amp = AmpSettings.from_config(cfg.eval, world.device, key="eval")
+    amp = AmpSettings.from_config(cfg.eval, world.device, key="eval")  # refused before anything is written
+    run_dir, note = broadcast_from_main(own_run_dir(shared_run_dir(run_dir), "evaluate"))
+    if note and world.is_main:
+        log.warning("%s", note)
+    with run_directory_lock(run_dir, world, "evaluate"):
+        return evaluate_in_locked_directory(cfg, run_dir, world, amp)
+
+
+def evaluate_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World, amp: AmpSettings) -> dict:
     model, checkpoint = load_trained_model(cfg, world.device, amp)
     writer = None
     if world.is_main:
@@ -205,7 +221,7 @@ def load_trained_model(
     if "model" in checkpoint:  # inference never runs the auxiliary head: its weights are not needed
         weights = {k: v for k, v in checkpoint["model"].items() if not k.startswith("aux_head.")}
         checkpoint = {**checkpoint, "model": weights}
-    load_model_weights(model, checkpoint, cfg.checkpoint)
+    load_model_weights(model, checkpoint, cfg.checkpoint, cfg)
     channels_last = amp is not None and amp.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     return model, checkpoint

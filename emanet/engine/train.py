@@ -7,9 +7,11 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -22,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from emanet.data import build_dataset, warn_skipped
+from emanet.data.label_check import find_bad_labels, refuse_or_leave_out
 from emanet.data.transforms import train_transform
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import (
@@ -53,9 +56,16 @@ from emanet.engine.optim import (
     configured_hyperparameters,
     restore_configured_hyperparameters,
 )
+from emanet.engine.run_directory import run_directory_lock
 from emanet.engine.runtime import build_train_loader, configure_runtime
-from emanet.errors import ConfigError, RunDirectoryInUseError, TrainingDivergedError, TrainingStopped
-from emanet.io import LockHeld, held_lock_file
+from emanet.errors import (
+    ConfigError,
+    DatasetError,
+    TrainingDivergedError,
+    TrainingStopped,
+    one_line,
+    out_of_memory_explained,
+)
 from emanet.models.baseline_heads import ASPP
 from emanet.models.ema import one_bases_update_per_step
 from emanet.models.segmentor import build_model
@@ -134,7 +144,13 @@ def train_step(
     # DDP all-reduces gradients on the last micro-batch only (torch.compile wraps it).
     ddp = isinstance(getattr(model, "_orig_mod", model), DistributedDataParallel)
     total = torch.zeros((), device=device)
-    with one_bases_update_per_step(model):
+    crops = micro_batches[0]["image"].shape  # what each pass holds the activations of
+    memory = out_of_memory_explained(
+        f"training at iteration {iteration + 1} (micro-batches of {crops[0]} crops of {crops[-2]}x{crops[-1]})",
+        "raise schedule.accumulation_steps (the same batch in smaller passes) or lower schedule.batch_size / "
+        "dataset.crop_size",
+    )
+    with one_bases_update_per_step(model), memory:
         for number, (batch, label) in enumerate(zip(micro_batches, labels, strict=True)):
             images = amp.memory_format(batch["image"].to(device, non_blocking=True))
             sync = not ddp or number == len(micro_batches) - 1
@@ -161,10 +177,12 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> DistributedDataParallel:
 
 
 def checkpoint_state(
-    model, optimizer, scheduler, amp: AmpSettings, iteration: int, cfg: DictConfig, batches_drawn: int
+    model, optimizer, scheduler, amp: AmpSettings, iteration: int, cfg: DictConfig, batches_drawn: int,
+    train_seconds: float,
 ) -> dict:
     """Everything a resumed run needs to continue bit-identically (the data order follows
-    from the seed and each process's count of loader batches drawn)."""
+    from the seed and each process's count of loader batches drawn), and the seconds spent
+    training so far over every invocation of the run, for its metrics.json."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -174,6 +192,7 @@ def checkpoint_state(
         "rng": gather_from_every_process(rng_states()),
         "batches_drawn": gather_from_every_process(batches_drawn),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "train_seconds": train_seconds,
     }
 
 
@@ -209,9 +228,9 @@ def config_changes(saved: object, current: object, key: str = "") -> list[str]:
 
 def resume(
     run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: World, cfg: DictConfig
-) -> tuple[int, Path | None, int]:
+) -> tuple[int, Path | None, int, float]:
     """Load the newest intact checkpoint of ``run_dir``, if any; returns (iteration, path,
-    the loader batches this process had drawn). Rank 0 chooses it, setting aside newer ones
+    the loader batches this process had drawn, the seconds trained so far). Rank 0 chooses it, setting aside newer ones
     that fail to read or to match their digest (see :func:`newest_intact_checkpoint`).
 
     Settings that differ from the checkpoint's (other than those that do not change the
@@ -221,7 +240,7 @@ def resume(
     path, state = newest_intact_checkpoint(run_dir / "checkpoints") if world.is_main else (None, None)
     path = broadcast_from_main(path)
     if path is None:
-        return 0, None, 0
+        return 0, None, 0, 0.0
     if state is None:
         state = load_checkpoint(path)
     changes = config_changes(state["config"], OmegaConf.to_container(cfg, resolve=True)) if "config" in state else []
@@ -230,7 +249,7 @@ def resume(
             "resuming %s with %d setting(s) other than it was trained with: %s", path, len(changes),
             "; ".join(changes),
         )
-    load_model_weights(model, state, path)
+    load_model_weights(model, state, path, cfg)
     configured = configured_hyperparameters(optimizer)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -245,7 +264,8 @@ def resume(
         drawn = [state["iteration"] * cfg.schedule.accumulation_steps] * world.size
     if world.is_main:
         log.info("resuming from %s (iteration %d)", path, state["iteration"])
-    return state["iteration"], path, drawn[world.rank]
+    # Absent from checkpoints of earlier versions: the time of the invocations before is unknown.
+    return state["iteration"], path, drawn[world.rank], state.get("train_seconds", 0.0)
 
 
 def check_schedule(cfg: DictConfig) -> None:
@@ -273,6 +293,49 @@ def check_image_pooling_batch(model: nn.Module, micro_batch: int, cfg: DictConfi
         )
 
 
+def check_every_label(datasets: list, cfg: DictConfig, world: World) -> None:
+    """Check every label of ``datasets`` before the first step (:func:`find_bad_labels`): a
+    bad one would stop training where it is drawn, or (val) after all of training. Rank 0
+    checks, the other processes wait and act on its findings: stop, or leave the same
+    samples out (``dataset.skip_bad``)."""
+    for dataset in datasets:
+        bad = find_bad_labels(dataset, cfg.runtime.num_workers, cfg.runtime.progress) if world.is_main else None
+        refuse_or_leave_out(dataset, broadcast_from_main(bad), cfg.dataset.name)
+
+
+def draw_micro_batches(batches: Iterator[dict], count: int) -> tuple[list[dict], str | None]:
+    """The step's ``count`` micro-batches, or ([], the one-line message) of a DatasetError
+    that a process met drawing them (a file that became unreadable, a label changed after
+    the check). A collective under DDP: every process learns of it and stops after the
+    same step, where the others would wait for the failed one in the step's collectives."""
+    try:
+        drawn, problem = [next(batches) for _ in range(count)], None
+    except DatasetError as error:
+        drawn, problem = [], one_line(error)
+    if not all_reduce_max(int(problem is not None)):
+        return drawn, None
+    return [], next(message for message in gather_from_every_process(problem) if message)
+
+
+def stop_for_bad_data(
+    problem: str, iteration: int, state: Callable[[], dict], checkpoint_dir: Path, keep: int, world: World
+) -> NoReturn:
+    """Write the checkpoint of ``iteration``, the last completed one (``state()`` is the
+    periodic checkpoint's collective: :func:`draw_micro_batches` brought every process
+    here), then stop with one line naming the file and how to resume."""
+    fix = "fix the file (or set dataset.skip_bad=true) and re-run the same command"
+    if iteration == 0:
+        message = f"{problem}; no iteration had completed, so no checkpoint was written; {fix}"
+    else:
+        snapshot = state()
+        if world.is_main:
+            save_training_checkpoint(snapshot, checkpoint_dir, keep)
+        written = checkpoint_dir / checkpoint_name(iteration)
+        message = f"{problem}; checkpoint {written} written at iteration {iteration}; {fix} to resume"
+    shutdown_distributed()  # after rank 0 has written the checkpoint
+    raise DatasetError(message)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train the configured model, evaluate it on the val split, and fill ``run_dir``.
 
@@ -287,31 +350,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = shared_run_dir(run_dir)
     with run_directory_lock(run_dir, world):
         return train_in_locked_directory(cfg, run_dir, world)
-
-
-RUN_LOCK_NAME = "train.lock"
-
-
-@contextmanager
-def run_directory_lock(run_dir: Path, world: World) -> Iterator[None]:
-    """Rank 0 holds the lock of ``run_dir`` meanwhile: two runs in one directory would
-    overwrite each other's checkpoints and metrics. Every process refuses a directory that
-    another run holds, naming its pid and host."""
-    with ExitStack() as held:
-        refusal = None
-        if world.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                held.enter_context(held_lock_file(run_dir / RUN_LOCK_NAME))
-            except LockHeld as holder:
-                refusal = (
-                    f"run directory {run_dir} is in use by another training run ({holder or 'holder unknown'}, "
-                    f"per {RUN_LOCK_NAME}): wait for it to end, or pass another hydra.run.dir"
-                )
-        refusal = broadcast_from_main(refusal)
-        if refusal:
-            raise RunDirectoryInUseError(refusal)
-        yield
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -381,6 +419,7 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
             ignore_index=data_cfg.ignore_index, scale_sampling=data_cfg.scale_sampling,
         ),
     )
+    check_every_label([train_set, build_dataset(data_cfg, data_cfg.val_split)], cfg, world)
     if schedule.batch_size > len(train_set):
         raise ConfigError(
             f"schedule.batch_size={schedule.batch_size} exceeds the {len(train_set)} images "
@@ -403,7 +442,9 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
     checkpoint_dir = run_dir / "checkpoints"
     if world.is_main:  # it holds the lock: no other run is writing there
         remove_leftovers(checkpoint_dir)
-    start, last_checkpoint, batches_drawn = resume(run_dir, model, optimizer, scheduler, amp, world, cfg)
+    start, last_checkpoint, batches_drawn, seconds_before = resume(
+        run_dir, model, optimizer, scheduler, amp, world, cfg
+    )
     network = model
     if world.size > 1:
         network = wrap_ddp(model, device)
@@ -411,6 +452,11 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
         network = torch.compile(network)
 
     total = schedule.iterations
+    if start > total and world.is_main:
+        log.warning(
+            "the run's checkpoint %s is at iteration %d, beyond schedule.iterations=%d: nothing to train; "
+            "evaluating the iteration-%d weights", last_checkpoint, start, total, start,
+        )
     if world.is_main:
         log.info(
             "training %s for %d iterations, global batch %d (%d processes x %d x %d accumulation steps), on %s; "
@@ -425,6 +471,7 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
     del loader  # batches owns it: closing them stops its workers
     model.train()
     began = time.perf_counter()
+    train_seconds = seconds_before  # until a step is taken: a finished run re-run takes none
     # Logged per window of log_every steps: the mean loss, and images/s of the training steps
     # (periodic evaluations are not counted).
     window_start, window_images, window_losses = began, 0, []
@@ -436,13 +483,25 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
     with StopRequest() as stop_request:
         for iteration in progress:
             lr = optimizer.param_groups[0]["lr"]
-            micro_batches = [next(batches) for _ in range(schedule.accumulation_steps)]
+            drawn_before = batches.consumed  # the loader position a checkpoint of `iteration` records
+            micro_batches, bad_data = draw_micro_batches(batches, schedule.accumulation_steps)  # collective
+            if bad_data:
+                progress.close()
+                if writer is not None:
+                    writer.close()
+                batches.close()
+                state = partial(  # of the last completed iteration: drawing does not touch the global RNG
+                    checkpoint_state, model, optimizer, scheduler, amp, iteration, cfg, drawn_before,
+                    seconds_before + time.perf_counter() - began,
+                )
+                stop_for_bad_data(bad_data, iteration, state, checkpoint_dir, schedule.checkpoint_keep, world)
             loss = train_step(
                 network, micro_batches, optimizer, device, data_cfg.ignore_index, cfg.loss.normalization, amp,
                 iteration, last_checkpoint, cfg.model.aux.weight,
             )
             scheduler.step()
             done = iteration + 1
+            train_seconds = seconds_before + time.perf_counter() - began  # over every invocation of the run
             window_images += schedule.batch_size
             window_losses.append(loss)
             if done % schedule.log_every == 0 or done == total:
@@ -458,7 +517,9 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
                 window_start, window_images, window_losses = now, 0, []
             stop_signal = stop_request.agreed()  # collective: every process stops after the same step
             if done % schedule.checkpoint_every == 0 or done == total or stop_signal:
-                state = checkpoint_state(model, optimizer, scheduler, amp, done, cfg, batches.consumed)  # collective
+                state = checkpoint_state(  # collective
+                    model, optimizer, scheduler, amp, done, cfg, batches.consumed, train_seconds
+                )
                 if world.is_main:
                     last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
             if stop_signal:
@@ -485,17 +546,17 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
                 model.train()
                 window_start += time.perf_counter() - evaluation_start
     progress.close()
-    train_seconds = time.perf_counter() - began
     batches.close()
     warn_skipped(train_set)
 
-    metrics = evaluate_on_val(model, cfg, device, eval_amp, writer, total, world, output_dir=run_dir)
+    iteration = max(start, total)  # of the weights evaluated: a resumed run's checkpoint may be beyond total
+    metrics = evaluate_on_val(model, cfg, device, eval_amp, writer, iteration, world, output_dir=run_dir)
     if world.is_main:
         writer.close()
         run = {
             "experiment": cfg.name,
             "checkpoint": str((checkpoint_dir / "last.pt").resolve()),
-            "iteration": total,
+            "iteration": iteration,
             "train_seconds": round(train_seconds, 1),
         }
         metrics = write_run_metrics(run_dir, run, metrics)
