@@ -47,6 +47,7 @@ def run_acceptance(monkeypatch, tmp_path, *argv):
     benchmark.main()
 
 
+@pytest.mark.slow
 def test_the_cpu_run_reports_every_check_and_measures_speed_into_its_run_directory(tmp_path, monkeypatch, capsys):
     published = [path.read_bytes() for path in PUBLISHED]
     run_acceptance(monkeypatch, tmp_path, *TOY)
@@ -82,6 +83,7 @@ def test_the_cpu_run_reports_every_check_and_measures_speed_into_its_run_directo
     assert [path.name for path in tmp_path.iterdir()] == ["run"]
 
 
+@pytest.mark.slow
 def test_a_failed_check_fails_the_run_with_exit_status_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(acceptance.TOLERANCES, "bf16_loss", acceptance.Tolerance(0.0))  # bf16 rounds: > 0
     monkeypatch.setattr(benchmark, "measure_train", lambda *args: [
@@ -178,6 +180,7 @@ def test_batch_norm_variants_agree_when_converted_and_differ_when_a_weight_is_ch
     assert all(r.difference > r.tolerance for r in results)
 
 
+@pytest.mark.slow
 def test_compile_and_channels_last_checks_compare_with_the_plain_network(demo):
     cfg, model, batch = demo
     # The eager backend traces with TorchDynamo as inductor does, without compiling kernels.

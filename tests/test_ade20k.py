@@ -83,6 +83,7 @@ def test_an_image_without_its_annotation_is_refused_naming_it_and_no_list_is_wri
     assert not (root / "training.txt").exists() and not (root / "validation.txt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_value_above_150_is_refused_naming_the_file(ade, workers):
     _, root = ade

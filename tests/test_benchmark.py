@@ -118,6 +118,7 @@ def test_unit_table_reads_records_from_before_the_layout_option_as_nchw(docs, mo
     assert "| NCHW | 9 | EMA unit | 1.0 | 3.0 | 0.25x | 0.5 |" in lines[2]
 
 
+@pytest.mark.slow
 def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, monkeypatch):
     steps = []
     trainer_step = benchmark.train_step
@@ -164,6 +165,7 @@ def test_train_step_flops_counts_forward_and_backward_of_a_convolution():
     assert conv.weight.grad is None  # the counting pass leaves no gradients behind
 
 
+@pytest.mark.slow
 def test_targets_turn_images_per_second_into_tflops_and_fractions_of_peak(docs, monkeypatch):
     record = run_benchmark(monkeypatch, "targets")
     assert record["model"] == "voc_emanet512 R101 OS8"
@@ -192,6 +194,7 @@ def test_bf16_peak_is_looked_up_by_the_most_specific_gpu_name():
     assert benchmark.bf16_peak_tflops("NVIDIA GeForce RTX 4090") is None
 
 
+@pytest.mark.slow
 def test_eval_benchmark_times_both_protocols_for_each_precision(docs, monkeypatch):
     record = run_benchmark(
         monkeypatch, "eval", "--device", "cpu", "--preset", "small", "--images", "4", "eval.scales=[0.5,1.0]",

@@ -81,6 +81,7 @@ def test_a_checkpoint_of_the_configured_experiment_names_the_settings_it_was_tra
     load_with(path, ["model.ema.eval_stages=5", "model.ema.channels=32", "model.ema.num_bases=8"])  # the fix fits
 
 
+@pytest.mark.slow
 def test_the_number_of_classes_and_list_settings_are_named_as_the_command_line_takes_them(tmp_path):
     overrides = ["dataset.num_classes=7", "model.backbone.depth=34", "model.backbone.multi_grid=[1,2,4]"]
     path = trained_checkpoint(tmp_path / "last.pt", overrides)
@@ -124,6 +125,7 @@ def test_a_checkpoint_that_records_the_configured_experiment_only_is_not_told_to
     )
 
 
+@pytest.mark.slow
 def test_resuming_with_other_model_settings_names_them(full_run, data_root, tmp_path):
     from test_checkpoint_safety import copy_checkpoints
     from test_trainer import TINY, compose_config
@@ -146,6 +148,7 @@ OTHER_VALUES = {
 }
 
 
+@pytest.mark.slow
 def test_the_settings_said_to_change_no_tensor_change_none():
     from emanet.cli import compose_config
     from emanet.engine.checkpoint import SETTINGS_WITHOUT_TENSORS

@@ -83,6 +83,7 @@ def test_mapping_matches_cityscapesscripts_id_by_id(official):
     assert list(dataset_class_names(cfg.dataset)) == train_names and cfg.dataset.num_classes == 19
 
 
+@pytest.mark.slow
 def test_converter_writes_train_ids_and_split_lists_the_dataset_reads(official, tmp_path, caplog):
     root = tmp_path / "cityscapes"
     sources = write_tree(root)
@@ -121,6 +122,7 @@ def test_converter_writes_train_ids_and_split_lists_the_dataset_reads(official, 
 OLD_NS = 1_000_000_000 * 10**9  # a modification time (2001) no write of this test can give
 
 
+@pytest.mark.slow
 def test_rerun_rewrites_exactly_the_outputs_that_differ_from_their_source_and_says_so(official, tmp_path, caplog):
     root = tmp_path / "cityscapes"
     sources = write_tree(root)
@@ -190,6 +192,7 @@ def write_polygons(path, size, seed, labels):
     path.write_text(json.dumps({"imgHeight": height, "imgWidth": width, "objects": objects}))
 
 
+@pytest.mark.slow
 def test_train_ids_equal_createTrainIdLabelImgs_file_mode_and_pixels(official, tmp_path, monkeypatch):
     """labelIds made from polygons by the official json2labelImg, converted here, against
     createTrainIdLabelImgs' trainIds from the same polygons (cityscapesscripts 2.3.0,
@@ -243,6 +246,7 @@ def error_lines(err):
     return [line for line in err.splitlines() if line.startswith("error: ")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_label_values_outside_the_table_are_refused_naming_the_file(official, workers, tmp_path, monkeypatch, capsys):
     root = tmp_path / "cityscapes"
@@ -278,6 +282,7 @@ def test_annotated_ids_without_images_are_refused_before_converting(official, tm
     assert not (root / "splits").exists()
 
 
+@pytest.mark.slow
 def test_split_counts_are_checked_unless_allow_partial(official, tmp_path, monkeypatch, capsys):
     root = tmp_path / "cityscapes"
     write_tree(root)

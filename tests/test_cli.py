@@ -56,6 +56,7 @@ def test_reproduce_papers_36_cell_sweep_is_passed_on_without_asking_the_file_sys
         assert quote_path_overrides([f"checkpoint={value}"]) == [f"checkpoint={value}"]
 
 
+@pytest.mark.slow
 def test_the_path_keys_are_the_configs_keys_that_hold_paths():
     # Each one is a key of the configs (predict's holds every other's), and every value of
     # an experiment that is built from one of them (${data_root}/...) is one of them.
@@ -110,6 +111,7 @@ def run_script(script, *overrides):
     )
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_is_one_line_on_the_terminal_and_every_key_in_the_log(tmp_path):
     cfg = compose_config("train", ["model.ema.channels=32"])
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
@@ -128,6 +130,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_on_the_terminal_and_every_ke
     assert "size mismatch for head.ema.conv_out.0.weight" in log
 
 
+@pytest.mark.slow
 def test_a_required_key_left_unset_is_printed_once_and_logged_once(tmp_path):
     result = run_script("evaluate.py", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
@@ -136,6 +139,7 @@ def test_a_required_key_left_unset_is_printed_once_and_logged_once(tmp_path):
     assert (tmp_path / "evaluate.log").read_text().count(message) == 1
 
 
+@pytest.mark.slow
 def test_a_refused_config_is_printed_once_and_leaves_no_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     result = run_script("train.py", "eval.stride=100", f"hydra.run.dir={run_dir}")

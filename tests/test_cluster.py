@@ -137,6 +137,7 @@ def torchrun_two_processes(data_root, tmp_path_factory):
     return last_state(run_dir)
 
 
+@pytest.mark.slow
 def test_two_tasks_started_by_slurm_train_bit_identically_to_torchrun(torchrun_two_processes, data_root, tmp_path):
     job_id = job_id_with_a_free_port()
     tasks = [
@@ -157,6 +158,7 @@ def test_two_tasks_started_by_slurm_train_bit_identically_to_torchrun(torchrun_t
     assert_same_weights(state, torchrun_two_processes)
 
 
+@pytest.mark.slow
 def test_torchrun_over_two_nodes_trains_bit_identically_to_one_node(torchrun_two_processes, data_root, tmp_path):
     # Two torchrun agents meeting through a c10d rendezvous on 127.0.0.1, one process each:
     # two "nodes" of one machine, sharing the run directory as a cluster's file system would.
@@ -176,6 +178,7 @@ def test_torchrun_over_two_nodes_trains_bit_identically_to_one_node(torchrun_two
     assert_same_weights(state, torchrun_two_processes)
 
 
+@pytest.mark.slow
 def test_two_tasks_of_the_submitit_local_launcher_train_bit_identically_to_torchrun(
     torchrun_two_processes, data_root, tmp_path
 ):
@@ -221,6 +224,7 @@ def test_the_node_presets_submit_a_task_per_gpu_warned_before_the_time_limit(
         assert f"#SBATCH {line}\n" in script
 
 
+@pytest.mark.slow
 def test_a_job_preempted_under_submitit_is_requeued_and_ends_bit_identically(full_run, data_root, tmp_path):
     # The submitit local launcher runs the job in a process of its own and requeues it when
     # the job's handler of submitit's preemption signal (SIGUSR2) asks to. The signal comes
@@ -253,6 +257,7 @@ def test_a_job_preempted_under_submitit_is_requeued_and_ends_bit_identically(ful
     assert (run_dir / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_the_readmes_cluster_commands_compose():
     # Every `python train.py -m ...` of the README's cluster section, with the first value of
     # each sweep, is a config Hydra accepts (launcher presets and settings included).

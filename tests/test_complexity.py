@@ -20,6 +20,7 @@ def rows():
     return {row["method"]: row for row in measure(513, with_memory=False)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method,tolerance",
     [("ResNet-101", 0.01), ("EMANet(256)", 0.01), ("EMANet(512)", 0.01),
@@ -61,6 +62,7 @@ def test_non_local_costs_more_than_ema_at_the_same_width(rows):
     assert rows["Non-local"]["flops_g"] > rows["EMANet(512)"]["flops_g"]
 
 
+@pytest.mark.slow
 def test_json_output_has_the_paper_method_names():
     result = subprocess.run(
         [sys.executable, "scripts/complexity.py", "--json", "--no-memory", "--size", "129"],
@@ -124,6 +126,7 @@ def test_saved_activation_memory_counts_only_the_counted_modules():
     assert not any(module._forward_hooks or module._forward_pre_hooks for module in net.modules())
 
 
+@pytest.mark.slow
 def test_head_memory_counts_the_counted_modules_not_the_classifier():
     # FLOPs, params and memory count the same modules: for DeeplabV3 the ASPP, so the
     # classifier's input (the ASPP's dropout output, 256 x 9 x 9 floats at 65x65 and
@@ -138,6 +141,7 @@ def test_head_memory_counts_the_counted_modules_not_the_classifier():
     assert whole_head - counted == 256 * 9 * 9 * 4
 
 
+@pytest.mark.slow
 def test_at_another_input_size_only_the_parameters_are_compared_with_the_paper(rows):
     other = {row["method"]: row for row in measure(257, with_memory=False)}
     for method, row in other.items():

@@ -97,6 +97,7 @@ def test_numbers_refuse_booleans_text_and_non_finite_values():
     assert not NumberList(Number(above=0)).allows([]) and not NumberList(Number(above=0)).allows([0.5, 0])
 
 
+@pytest.mark.slow
 def test_a_config_problem_is_refused_before_hydra_writes_a_run_directory_to_keep(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -90,6 +90,7 @@ def test_a_key_of_one_experiment_is_known_when_that_experiment_is_chosen():
     assert message.endswith("(python train.py experiment=voc_emanet512 --cfg job lists every setting)")
 
 
+@pytest.mark.slow
 def test_the_keys_read_from_the_files_alone_are_in_every_config_composed():
     # A key found in the files is not looked up in the composed config (composing costs
     # 0.2-0.4 s): each must be there, whichever experiment or option is chosen. predict's
@@ -135,6 +136,7 @@ def test_each_added_key_is_read_where_it_says():
         assert "${" + key + "." in text or "${" + key + "}" in text, (key, path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("script", "argv"), [
     ("train.py", ["+schedule.iteratons=5"]),
     ("evaluate.py", ["experiment=nonexistent", "checkpoint=x"]),

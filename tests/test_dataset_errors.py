@@ -95,6 +95,7 @@ def test_error_in_a_loader_worker_reaches_the_user_as_one_line(voc):
     assert message.startswith(str(voc / "JPEGImages" / "a.jpg")) and "\n" not in message
 
 
+@pytest.mark.slow
 def test_skip_bad_leaves_out_bad_samples_in_workers_and_counts_them(voc):
     break_files(voc)
     (voc / "ImageSets/Segmentation/val.txt").write_text("a\nb\nc\nd\n")

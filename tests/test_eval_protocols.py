@@ -30,12 +30,14 @@ def eval_keys_set_by(experiment: str) -> dict:
     return {key: value for key, value in ran.items() if preset_alone("ms_flip")[key] != value}
 
 
+@pytest.mark.slow
 def test_every_preset_names_its_own_mode():
     assert {preset: preset_alone(preset)["mode"] for preset in PRESETS} == {
         "ms_flip": "whole", "ms_flip_slide": "slide", "release_ss": "release", "ss": "whole", "ss_slide": "slide",
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_the_preset_on_the_command_line_sets_the_mode_for_every_experiment(experiment):
     for preset in PRESETS:
@@ -48,6 +50,7 @@ def test_the_preset_on_the_command_line_sets_the_mode_for_every_experiment(exper
     assert cfg.eval.mode == "slide"
 
 
+@pytest.mark.slow
 def test_the_experiments_that_set_eval_keys_are_the_ones_below():
     # A new experiment that sets eval keys joins the precedence cases of the next test.
     assert {name: keys for name in EXPERIMENTS if (keys := eval_keys_set_by(name))} == {
@@ -62,6 +65,7 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "note"), [
     (["eval=ss_slide"],
      "eval=ss_slide: experiment=demo's eval.crop_size=64, eval.stride=48 win over the preset's 513, 341 "

@@ -62,6 +62,7 @@ def tiny_runs(tmp_path_factory):
     return {"train": (run_dir, trained, drawn["train"]), "evaluate": (eval_dir, evaluated, drawn["evaluate"])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job", ["train", "evaluate"])
 def test_runs_end_with_the_figures_drawn_from_their_metrics(tiny_runs, job):
     directory, metrics, drawn = tiny_runs[job]
@@ -114,6 +115,7 @@ def test_row_normalised_confusion():
     np.testing.assert_array_equal(row_normalized(confusion), expected)  # an absent class: a row of NaN
 
 
+@pytest.mark.slow
 def test_figures_fit_many_long_class_names():
     # COCO-Stuff's 171 classes with long names: every name and value stays on the canvas.
     names = [f"class {index} with a long name" for index in range(171)]

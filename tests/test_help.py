@@ -10,6 +10,7 @@ from tests_paths import REPO
 EVAL_PRESETS = ["ms_flip", "ss", "ms_flip_slide", "ss_slide", "release_ss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "evaluate.py", "scripts/predict.py"])
 def test_help_lists_the_experiments_and_presets_in_a_page_without_internal_groups(script):
     result = subprocess.run(
@@ -28,6 +29,7 @@ def test_help_lists_the_experiments_and_presets_in_a_page_without_internal_group
     assert f"python {script} " in page  # its usage line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(
     path.relative_to(REPO).as_posix() for path in (REPO / "scripts").glob("*.py") if "argparse" in path.read_text()
 ))

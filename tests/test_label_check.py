@@ -194,6 +194,7 @@ def test_skip_bad_leaves_the_bad_sample_out_and_training_proceeds(demo, tmp_path
     assert metrics["iteration"] == 2
 
 
+@pytest.mark.slow
 def test_bad_data_mid_run_writes_a_checkpoint_first_and_the_same_command_resumes(
     data_root, tmp_path, monkeypatch, caplog
 ):

@@ -266,6 +266,7 @@ def test_a_wrong_shape_is_refused_naming_the_file_and_key(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_the_script_reports_a_foreign_file_in_one_line(tmp_path):
     torch.save({"net": {}}, tmp_path / "release.pth")
     result = subprocess.run(
@@ -426,6 +427,7 @@ def test_the_recorded_recipe_is_read_from_either_releases_meta_without_running_i
     assert recorded_recipe({"config": "import os\nos.remove('x')\n"}) == RecordedRecipe()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("meta_key", ["config", "cfg"])
 def test_a_checkpoint_of_another_recipe_is_refused_naming_the_experiment_to_use(tmp_path, meta_key):
     state = mmseg_state_dict()

@@ -189,6 +189,7 @@ def test_non_local_block_matches_direct_attention():
     torch.testing.assert_close(block(x)[0].flatten(1), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
 @pytest.mark.parametrize("stem", ["deep", "v1c", "torchvision"])
 @pytest.mark.parametrize("output_stride", [8, 16])

@@ -141,6 +141,7 @@ runpy.run_path("evaluate.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmSize from Linux's /proc")
 def test_a_real_allocation_failure_of_evaluate_py_ends_in_one_line_with_status_2(tmp_path, data_root):
     cfg = compose_config("train", [])

@@ -52,6 +52,7 @@ def demo_run(tmp_path_factory):
     return cfg, run_dir, metrics, data_root
 
 
+@pytest.mark.slow
 def test_demo_run_writes_every_promised_file(demo_run):
     cfg, run_dir, metrics, data_root = demo_run
     assert (data_root / "demo" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt").is_file()
@@ -123,6 +124,7 @@ def test_a_run_directory_stands_for_its_newest_checkpoint(demo_run, tmp_path, gi
     assert evaluated["checkpoint"] == str(run_dir.resolve() / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slow
 def test_a_run_trained_with_an_auxiliary_head_evaluates_without_it(demo_run, tmp_path):
     # The auxiliary head is trained, checkpointed for resuming, and left out of inference.
     _, _, _, data_root = demo_run
@@ -166,6 +168,7 @@ def test_saved_predictions_are_the_evaluated_ones_and_batching_changes_nothing(d
     assert 100 * np.mean(intersection[present] / union[present]) == pytest.approx(evaluated["mIoU"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_evaluation_is_recorded_and_close_to_float32(demo_run, tmp_path):
     _, run_dir, metrics, data_root = demo_run
     checkpoint = f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}"
@@ -230,6 +233,7 @@ def run_cli(*args, cwd=REPO):
     )
 
 
+@pytest.mark.slow
 def test_a_checkpoint_in_a_sweep_folder_is_passed_without_quoting(demo_run, tmp_path):
     # Sweep runs are named after their overrides: '=' and ',' are Hydra syntax.
     _, run_dir, metrics, data_root = demo_run
@@ -241,6 +245,7 @@ def test_a_checkpoint_in_a_sweep_folder_is_passed_without_quoting(demo_run, tmp_
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mIoU"] == metrics["mIoU"]
 
 
+@pytest.mark.slow
 def test_voc_experiment_composes_and_reports_missing_dataset(tmp_path):
     result = run_cli("train.py", "experiment=voc_emanet512", f"data_root={tmp_path}",
                      f"hydra.run.dir={tmp_path / 'run'}")
@@ -250,6 +255,7 @@ def test_voc_experiment_composes_and_reports_missing_dataset(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_voc_experiment_resolves_the_paper_recipe():
     cfg = compose_config("train", ["experiment=voc_emanet512"])
     assert cfg.name == "voc_emanet512"
@@ -273,6 +279,7 @@ def test_psanet_is_evaluated_in_crop_sized_windows_unless_another_mode_is_named(
     assert compose_config("evaluate", ["experiment=voc_psanet", "checkpoint=x", "eval=ss"]).eval.mode == "whole"
 
 
+@pytest.mark.slow
 def test_the_eval_preset_named_on_the_command_line_is_the_one_that_runs(demo_run, tmp_path):
     # The demo evaluates in windows (eval=ms_flip_slide); eval=release_ss must run the release's protocol.
     _, run_dir, _, data_root = demo_run
@@ -291,6 +298,7 @@ def test_the_eval_preset_named_on_the_command_line_is_the_one_that_runs(demo_run
                              f"results in {tmp_path / 'eval'}") for line in output)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_missing_checkpoint(tmp_path):
     result = run_cli("evaluate.py", f"checkpoint={tmp_path / 'none.pt'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2

@@ -134,6 +134,7 @@ def test_a_checkpoint_of_another_model_is_refused_with_the_tensor_that_differs(t
         predict_files(cfg, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, key", [("scripts/predict.py", "input"), ("evaluate.py", "checkpoint")])
 def test_a_required_key_left_unset_is_named_without_a_traceback(tmp_path, script, key):
     result = subprocess.run(
@@ -145,6 +146,7 @@ def test_a_required_key_left_unset_is_named_without_a_traceback(tmp_path, script
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_photo_is_segmented_the_way_up_its_exif_orientation_says(tmp_path, checkpoint):
     path, _ = checkpoint
     pixels = np.random.default_rng(4).integers(0, 256, (60, 100, 3), dtype=np.uint8)  # stored 100 wide

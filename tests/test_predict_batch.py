@@ -69,6 +69,7 @@ def test_hidden_files_and_folders_are_left_out_of_a_folder_but_not_when_named(tm
         find_images([str(tmp_path / "photos")])
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_named_and_listed_while_workers_load_batches(tmp_path, checkpoint, caplog):
     photos = tmp_path / "photos"
     for name in ("a.png", "b.png", "c.jpg", "e.png"):
@@ -134,6 +135,7 @@ def test_a_run_whose_every_file_is_bad_fails(tmp_path, checkpoint):
         predict_files(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_a_signal_lists_what_it_wrote_and_resumes_to_the_same_outputs(
     tmp_path, checkpoint, monkeypatch, capsys, caplog
 ):
@@ -247,6 +249,7 @@ runpy.run_path("scripts/predict.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_script_with_one_line_status_130_and_a_record_to_resume_from(tmp_path, checkpoint,
                                                                                     monkeypatch):
     for index in range(8):

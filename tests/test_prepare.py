@@ -207,6 +207,7 @@ def test_coco_stuff10k_maps_182_ids_to_171_classes(tmp_path):
         coco_stuff10k_label(bad, np.arange(182))
 
 
+@pytest.mark.slow
 def test_coco_stuff164k_maps_pngs_and_writes_split_lists_in_worker_processes(tmp_path):
     root = tmp_path / "coco_stuff164k"
     source = np.array([[0, 11, 12, 91, 181, 255, 0, 0]] * 6, dtype=np.uint8)
@@ -331,6 +332,7 @@ def test_voc_aug_undecodable_or_missing_label_png_is_one_error_naming_the_file(v
         prepare_voc_aug(voc, sbd)
 
 
+@pytest.mark.slow
 def test_coco_stuff164k_undecodable_map_names_the_file_also_from_worker_processes(tmp_path):
     root = tmp_path / "coco_stuff164k"
     for split in ("train2017", "val2017"):
@@ -600,6 +602,7 @@ def convert_and_note(name, root, notes, hold_seconds):
     prepare_coco_stuff10k(root)
 
 
+@pytest.mark.slow
 def test_two_jobs_converting_into_one_folder_take_turns(tmp_path):
     import multiprocessing
 
@@ -693,6 +696,7 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, tmp_path):
     assert (status, err) == (130, "interrupted; re-run the same command to resume\n")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_conversion_in_worker_processes_is_one_line(tmp_path):
     # A named pipe as a label map: the worker reading it waits until the test writes, so
     # Ctrl-C comes mid-conversion. A terminal sends its SIGINT to every process of the

@@ -135,6 +135,7 @@ def test_keys_the_release_does_not_have_are_refused_naming_the_file(tmp_path):
         read_release_checkpoint(tmp_path / "release.pth")
 
 
+@pytest.mark.slow
 def test_import_script_reports_a_foreign_file(tmp_path):
     torch.save({"weights": {}}, tmp_path / "other.pth")
     result = subprocess.run(
@@ -195,6 +196,7 @@ def write_voc_val(root, ids, sizes, seed=0):
     (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
 
 
+@pytest.mark.slow
 def test_evaluating_the_converted_checkpoint_predicts_what_the_release_eval_script_predicts(tmp_path):
     from emanet.cli import compose_config
     from emanet.engine.evaluate import evaluate_checkpoint

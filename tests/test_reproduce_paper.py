@@ -31,6 +31,7 @@ def csv_rows(path: Path) -> dict[str, dict]:
         return {row["method"]: row for row in csv.DictReader(file)}
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path):
     # Tiny runs side by side in separate processes (the submitit local launcher).
     command = [
@@ -104,6 +105,7 @@ def test_only_a_cluster_launchers_multiruns_are_launched_together():
         assert reproduce.uses_cluster_launcher(overrides) == cluster, overrides
 
 
+@pytest.mark.slow
 def test_dry_run_names_each_missing_prerequisite_and_its_command(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("EMANET_DATA_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -143,6 +145,7 @@ def test_dry_run_names_each_missing_prerequisite_and_its_command(tmp_path, capsy
                for line in lines)
 
 
+@pytest.mark.slow
 def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
     root = tmp_path / "root"
     status, lines = dry_run(["--smoke", "--root", str(root), "--max-stages", "2", f"data_root={tmp_path}"], capsys)

@@ -29,6 +29,7 @@ with open(sys.argv[1], "w") as lock:
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_in_a_locked_run_directory_is_refused_naming_the_holder(data_root, tmp_path):
     overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=1"]
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "train.lock")], stdout=subprocess.PIPE,

@@ -50,6 +50,7 @@ def run_script(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedP
                            cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_into_a_training_run_write_folders_of_their_own(trained_run, tmp_path):
     before = records(trained_run)
     photos = tmp_path / "photos"
@@ -142,6 +143,7 @@ def test_an_evaluation_starts_from_the_config_of_the_run_that_wrote_the_checkpoi
     assert marker.read_bytes() == built  # the run's data, not rebuilt
 
 
+@pytest.mark.slow
 def test_the_runs_own_experiment_named_again_changes_nothing_and_a_preset_sets_its_keys(trained_run):
     checkpoint = f"checkpoint={trained_run}"
     same, note = start_from_training_run(compose_config("evaluate", [checkpoint, "experiment=demo"]), "evaluate",
@@ -161,6 +163,7 @@ def test_a_checkpoint_outside_a_run_directory_takes_the_command_line_as_it_is(fu
     assert start_from_training_run(cfg, "evaluate", overrides) == (cfg, None)
 
 
+@pytest.mark.slow
 def test_metrics_report_the_checkpoints_iteration_and_the_time_trained_over_every_invocation(data_root, tmp_path):
     overrides = [*TINY, f"data_root={data_root}"]
     train(compose_config("train", [*overrides, "schedule.iterations=4"]), tmp_path)
@@ -179,6 +182,7 @@ def test_metrics_report_the_checkpoints_iteration_and_the_time_trained_over_ever
     assert json.loads((tmp_path / "metrics.json").read_text())["train_seconds"] == round(resumed, 1)
 
 
+@pytest.mark.slow
 def test_a_run_directory_under_a_file_is_refused_in_one_line_before_anything_is_written(full_run, tmp_path):
     (tmp_path / "notes.txt").write_text("a file, not a folder\n")
     result = run_script("scripts/predict.py", f"checkpoint={full_run}", f"input={tmp_path / 'notes.txt'}",

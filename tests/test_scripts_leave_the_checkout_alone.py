@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from tests_paths import REPO
 
@@ -17,6 +18,7 @@ import visualize_bases  # noqa: E402
 PUBLISHED = [REPO / "docs" / "benchmarks.jsonl", REPO / "docs" / "benchmarks.md"]
 
 
+@pytest.mark.slow
 def test_a_toy_benchmark_goes_to_a_run_directory_under_the_working_directory(tmp_path):
     before = [path.read_bytes() for path in PUBLISHED]
     result = subprocess.run(
@@ -31,6 +33,7 @@ def test_a_toy_benchmark_goes_to_a_run_directory_under_the_working_directory(tmp
     assert f"results in {run_dir.relative_to(tmp_path)} (--record publishes them" in result.stdout
 
 
+@pytest.mark.slow
 def test_visualize_bases_writes_into_the_checkpoints_run_directory(tmp_path, monkeypatch, capsys):
     overrides = ["experiment=demo", f"data_root={tmp_path / 'data'}", "dataset.generate.num_train=2",
                  "dataset.generate.num_val=2"]
@@ -48,6 +51,7 @@ def test_visualize_bases_writes_into_the_checkpoints_run_directory(tmp_path, mon
     assert list(working_directory.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_demo_benchmark_goes_to_a_run_directory_unless_recorded(tmp_path):
     before = [path.read_bytes() for path in PUBLISHED]
     tiny = ["schedule.iterations=2", "schedule.batch_size=2", "dataset.generate.num_train=2",

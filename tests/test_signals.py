@@ -73,6 +73,7 @@ with one_line_errors():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"])
 def test_a_signalled_run_checkpoints_exits_3_and_resumes_bit_identically(
     uninterrupted, data_root, tmp_path, signal_name
@@ -94,6 +95,7 @@ def test_a_signalled_run_checkpoints_exits_3_and_resumes_bit_identically(
     assert_same_weights(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_job_managers_handler_gets_the_signal_after_the_checkpoint_and_is_restored(data_root, tmp_path, monkeypatch):
     # submitit's handler of its preemption signal requeues the job and exits: it must run
     # once the step under way is checkpointed, not in the middle of it.
@@ -143,6 +145,7 @@ def signalled_rank_worker(rank, world_size, rendezvous, overrides, run_dir, resu
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_every_process_stops_after_the_step_one_of_them_was_signalled_in(data_root, tmp_path):
     overrides = [*TINY, f"data_root={data_root}", "schedule.checkpoint_every=4"]
     mp.spawn(signalled_rank_worker, args=(2, tmp_path / "rendezvous", overrides, tmp_path / "run", tmp_path),

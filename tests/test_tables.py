@@ -99,6 +99,7 @@ def test_ranking_table_fills_the_emanet_row():
     assert "| EMANet (ResNet-101) | 53.1 | 50.50 (SS) | -2.60 |" in text
 
 
+@pytest.mark.slow
 def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
     overrides = [
         "schedule.iterations=2", "schedule.batch_size=2", "dataset.generate.num_train=4",
@@ -247,6 +248,7 @@ def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
     assert notes[6].startswith(f"{not_json / 'metrics.json'}: not a metrics.json (") and len(notes) == 7
 
 
+@pytest.mark.slow
 def test_visualize_bases_writes_the_figure_and_refuses_bad_options_in_one_line(tmp_path, monkeypatch, capsys):
     import torch
 

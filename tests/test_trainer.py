@@ -97,6 +97,7 @@ def assert_same_weights(resumed: dict, uninterrupted: dict) -> None:
         assert torch.equal(resumed["model"][name], tensor), name
 
 
+@pytest.mark.slow
 def test_a_run_with_gradient_accumulation_resumes_bit_identically(data_root, tmp_path):
     # The data stream is consumed accumulation_steps micro-batches per step: a resumed run
     # must start at the right micro-batch, not replay or skip any.
@@ -106,6 +107,7 @@ def test_a_run_with_gradient_accumulation_resumes_bit_identically(data_root, tmp
     assert_same_weights(resumed, uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_run_that_leaves_out_bad_samples_resumes_bit_identically(full_run, data_root, tmp_path, monkeypatch):
     # Half the images have a damaged label that the check before training does not see (as
     # if damaged after it): with one image per step, the steps that meet one draw a second
@@ -144,6 +146,7 @@ def test_resuming_with_other_settings_names_them(full_run, data_root, tmp_path, 
     assert [group["initial_lr"] for group in last["optimizer"]["param_groups"]] == [0.02, 0.02, 0.04]
 
 
+@pytest.mark.slow
 def test_logged_loss_and_speed_are_window_means_without_the_evaluations(data_root, tmp_path, monkeypatch):
     # A fake clock: each training step takes 1 s, each evaluation 100 s.
     clock, losses = [0.0], []
@@ -172,6 +175,7 @@ def test_logged_loss_and_speed_are_window_means_without_the_evaluations(data_roo
     assert len([e for e in events.Scalars("val/mIoU")]) == 3  # at 2, 4 and the end
 
 
+@pytest.mark.slow
 def test_evaluations_during_training_do_not_change_what_a_resumed_run_computes(data_root, tmp_path):
     # Iteration 4 is both checkpointed and evaluated: a run resumed from its checkpoint has
     # not evaluated, so evaluating must leave the training RNG where it was.
@@ -259,6 +263,7 @@ def test_the_auxiliary_loss_is_added_with_its_weight():
         torch.testing.assert_close(parameter, expected_parameter, msg=name)
 
 
+@pytest.mark.slow
 def test_image_pooling_with_one_image_per_micro_batch_is_refused_before_training(data_root, tmp_path):
     # BatchNorm of ASPP's pooled branch would see one value per channel and fail at step 1.
     accumulated = [*TINY, f"data_root={data_root}", "model=deeplabv3", "schedule.accumulation_steps=4"]
@@ -387,6 +392,7 @@ def ddp_worker(rank, world_size, rendezvous, images, labels, results, accumulati
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_stay_identical_and_match_one_process_over_the_global_batch(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(3, 4, 3, 32, 32)  # 3 steps of a global batch of 4
@@ -432,6 +438,7 @@ def eval_worker(rank, world_size, rendezvous, samples, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_counts_every_image_once(tmp_path):
     from emanet.engine.evaluator import evaluate
 
@@ -452,6 +459,7 @@ def test_distributed_evaluation_counts_every_image_once(tmp_path):
     assert single.confusion.sum() == single.single_scale_confusion.sum() == 5 * 9 * 11
 
 
+@pytest.mark.slow
 def test_two_processes_with_gradient_accumulation_stay_identical(tmp_path):
     torch.manual_seed(0)
     images = torch.randn(3, 4, 3, 32, 32)
@@ -465,6 +473,7 @@ def test_two_processes_with_gradient_accumulation_stay_identical(tmp_path):
         assert torch.equal(rank1[name], tensor), name
 
 
+@pytest.mark.slow
 def test_compiled_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeypatch):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
@@ -543,6 +552,7 @@ def train_worker(rank, world_size, rendezvous, overrides, run_dir):
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_each_process_draws_its_own_dropout_masks(full_run, data_root, tmp_path):
     overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=2"]
     mp.spawn(train_worker, args=(2, tmp_path / "rendezvous", overrides, tmp_path / "run"), nprocs=2, join=True)
@@ -562,6 +572,7 @@ def run_dir_worker(rank, world_size, rendezvous, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_every_process_writes_into_rank_0s_run_directory(tmp_path):
     mp.spawn(run_dir_worker, args=(2, tmp_path / "rendezvous", tmp_path), nprocs=2, join=True)
     assert [(tmp_path / f"dir{rank}.txt").read_text() for rank in (0, 1)] == ["runs/demo/2026-01-01_00-00-00"] * 2
@@ -592,6 +603,7 @@ def test_class_names_that_do_not_fit_are_refused_naming_the_keys(data_root, tmp_
     assert not (tmp_path / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_the_training_loaders_workers_stop_when_training_ends(data_root, tmp_path):
     """Persistent workers are stopped at the end of training, not left to the garbage
     collector (which a multirun in one process met in its next job, waiting 5 s per worker)."""

@@ -245,6 +245,7 @@ def generate_and_read(rank, root, results):
     (results / f"read{rank}.txt").write_text(str(sum(dataset.load(i)[1].size for i in range(len(dataset)))))
 
 
+@pytest.mark.slow
 def test_processes_generating_the_demo_at_once_take_turns(tmp_path):
     import torch.multiprocessing as mp
 
