@@ -130,6 +130,20 @@ def rebuild_table(benchmark: str, table: Callable[[list[dict]], str], section: s
     atomic_write(MARKDOWN, lambda temp: Path(temp).write_text(text))
 
 
+def replace_section(name: str, body: str, heading: str) -> None:
+    """Put ``body`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in
+    docs/benchmarks.md, replacing what was there, or at the end under a new ``## heading``
+    where the markers are absent (a table that is not rebuilt from records)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = MARKDOWN.read_text()
+    block = f"{begin}\n{body}{end}"
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
+    atomic_write(MARKDOWN, lambda temp: Path(temp).write_text(text))
+
+
 def machine_cell(record: dict) -> str:
     machine = record["machine"]
     details = ", ".join(machine[key] for key in ("cpu_model", "cpu_vector_extension") if machine.get(key))

@@ -40,16 +40,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emanet.benchmark_records import machine_cell, machine_description
+from emanet.benchmark_records import machine_cell, machine_description, replace_section
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.label_check import find_bad_labels
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.io import atomic_write, write_json
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- label-check:begin -->", "<!-- label-check:end -->"
 VOC_TRAIN, VOC_VAL = 10582, 1449
 LAYOUT = {"labels": "SegmentationClassAug/{id}.png"}  # dataset=voc_aug's
 # (width, height) of VOC 2012 images, most common first, with how often each comes.
@@ -174,18 +171,12 @@ def table(rows: list[dict], files: int) -> str:
 
 def record(text_table: str, machine: str, command: str, files: int, mode: str, load: float) -> None:
     """Replace the table between the markers in docs/benchmarks.md (a new section if absent)."""
-    text = DOCS.read_text()
     extrapolated = "" if files == VOC_TRAIN + VOC_VAL else (
         f" Measured on {files} files; in brackets, scaled linearly to VOC's {VOC_TRAIN + VOC_VAL}."
     )
-    block = (f"{BEGIN}\n{datetime.date.today().isoformat()}, {machine}, {files} label PNGs (mode {mode}) of "
-             f"VOC's sizes (`{command}`), load average {load:.2f} at the start.{extrapolated}\n\n"
-             f"{text_table}{END}")
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Label check before training\n\n" + block + "\n"
-    atomic_write(DOCS, lambda temp: Path(temp).write_text(text))
+    body = (f"{datetime.date.today().isoformat()}, {machine}, {files} label PNGs (mode {mode}) of "
+            f"VOC's sizes (`{command}`), load average {load:.2f} at the start.{extrapolated}\n\n{text_table}")
+    replace_section("label-check", body, "Label check before training")
 
 
 def main() -> None:

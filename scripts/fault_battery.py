@@ -46,12 +46,10 @@ from pathlib import Path
 
 import torch
 
-from emanet.benchmark_records import machine_cell, machine_description
+from emanet.benchmark_records import machine_cell, machine_description, replace_section
 from emanet.io import atomic_write, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- fault-battery:begin -->", "<!-- fault-battery:end -->"
 STOPPED = 3  # the documented status of a run stopped by a signal, with its checkpoint
 
 ITERATIONS = 300
@@ -623,14 +621,9 @@ def table(rows: list[dict]) -> str:
 
 def record(rows: list[dict], machine: str, seconds: float) -> None:
     """Replace the battery's table in docs/benchmarks.md."""
-    text = DOCS.read_text()
-    block = (f"{BEGIN}\n{datetime.date.today().isoformat()}, {machine}, {seconds:.0f} s "
-             f"(`python scripts/fault_battery.py --record`):\n\n{table(rows)}{END}")
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Fault battery\n\n" + block + "\n"
-    atomic_write(DOCS, lambda temp: Path(temp).write_text(text))
+    body = (f"{datetime.date.today().isoformat()}, {machine}, {seconds:.0f} s "
+            f"(`python scripts/fault_battery.py --record`):\n\n{table(rows)}")
+    replace_section("fault-battery", body, "Fault battery")
 
 
 def main() -> None:
