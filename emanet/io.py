@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(temp_path)`` and rename the result onto ``path``.
@@ -84,3 +86,26 @@ def held_lock_file(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
+
+
+def replace_marked_section(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between the lines ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` of
+    the Markdown file ``path`` (a generated table in a hand-written page), atomically."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{path} has no {begin} ... {end} section; add one where the table should go")
+    text = text[: text.index(begin)] + f"{begin}\n{body}{end}" + text[text.index(end) + len(end):]
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
+
+
+def marked_section(path: Path, name: str) -> str:
+    """What :func:`replace_marked_section` put between the markers of ``name`` in ``path``."""
+    text = path.read_text()
+    begin, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->"
+    return text[text.index(begin) + len(begin): text.index(end)] if begin in text and end in text else ""
+
+
+def to_plain(value: object) -> object:
+    """A config value as Python and JSON take it: lists and dicts for config containers."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value

@@ -1,16 +1,19 @@
-"""Startup validation: every bad value refused in one line naming the key, before any work."""
+"""Startup validation: every bad value refused in one line naming the key, before any work,
+by the rules of the config schema (emanet/config_schema.py)."""
 
 import os
 import subprocess
 import sys
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from tests_paths import REPO
 
 from emanet.cli import compose_config, remove_unused_run_dir
-from emanet.config_checks import RULES, Number, NumberList, check_config, config_problems, unchecked_keys
+from emanet.config_checks import RULES, config_problems, key_table, schema_keys
+from emanet.config_schema import Number, NumberList
 from emanet.errors import ConfigError
+from emanet.io import marked_section
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "configs" / "experiment").glob("*.yaml"))
 MODELS = sorted(path.stem for path in (REPO / "configs" / "model").glob("*.yaml") if not path.stem.startswith("_"))
@@ -42,18 +45,42 @@ DATASETS = sorted(path.stem for path in (REPO / "configs" / "dataset").glob("*.y
     ("runtime.threads=0", "runtime.threads=0: expected an integer >= 1 or null"),
     ("eval.stride=65", "eval.stride=65 is larger than eval.crop_size=64: the windows would leave gaps"),
     ("dataset.generate.min_size=200", "dataset.generate.min_size=200 is larger than dataset.generate.max_size=80"),
+    # The checks between keys that engine, model and data code made before the schema.
+    ("model.mid_channels=null", "model.head=ema reads model.mid_channels, which is not set: select the head's own "
+                                "model config (configs/model/) or pass model.mid_channels=..."),
+    ("model.backbone.width=15 model.backbone.stem=v1c", "model.backbone.width=15 is odd: model.backbone.stem=v1c's "
+                                                        "first two convolutions have width / 2 channels"),
+    ("dataset.name=my_shapes", "dataset.name=my_shapes has no built-in class names (built in: voc_aug, "
+                               "pascal_context, pascal_context59, coco_stuff10k, coco_stuff164k, cityscapes, ade20k, "
+                               "demo): for a dataset of your own, list its classes in dataset.class_names"),
+    ("dataset.class_names=[a,b]", "dataset.num_classes=5 but dataset.class_names lists 2 classes"),
+    ("loss.normalization=mean", "loss.normalization=mean: expected one of valid, all_pixels"),
+    ("eval.crops_per_pass=0", "eval.crops_per_pass=0: expected an integer >= 1"),
+    ("schedule.eval_every=-1", "schedule.eval_every=-1: expected an integer >= 0"),
+    ("schedule.checkpoint_every=0", "schedule.checkpoint_every=0: expected an integer >= 1"),
+    ("schedule.log_every=0", "schedule.log_every=0: expected an integer >= 1"),
+    ("schedule.checkpoint_keep=0", "schedule.checkpoint_keep=0: expected an integer >= 1"),
+    ("eval.amp=half", "eval.amp=half: expected one of off, bf16, fp16"),
+    ("dataset.num_classes=4", "dataset.num_classes=4 but dataset.name=demo has 5 classes"),
 ])
 def test_a_bad_value_is_one_line_naming_key_value_and_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as raised:
-        compose_config("train", [override])
+        compose_config("train", override.split())
     assert str(raised.value) == message
+
+
+def test_predict_refuses_a_run_that_would_write_nothing():
+    with pytest.raises(ConfigError, match="^eval.save_predictions and eval.save_overlays are both false: nothing "
+                                          "would be written$"):
+        compose_config("predict", ["checkpoint=x", "input=y", "eval.save_predictions=false",
+                                   "eval.save_overlays=false"])
 
 
 def test_every_bad_value_is_named_at_once():
     cfg = compose_config("train", [])
-    cfg.optim.lr, cfg.schedule.batch_size = 0, 0
+    cfg.optim.lr, cfg.schedule.batch_size = 0, 0  # the schema's float field holds 0.0
     assert config_problems(cfg) == [
-        "optim.lr=0: expected a number > 0", "schedule.batch_size=0: expected an integer >= 1",
+        "optim.lr=0.0: expected a number > 0", "schedule.batch_size=0: expected an integer >= 1",
     ]
 
 
@@ -68,24 +95,66 @@ def test_values_that_follow_another_key_are_reported_under_that_key_only():
     assert config_problems(cfg) == ["eval.amp=half: expected one of off, bf16, fp16"]
 
 
+def key_paths(node: object, prefix: str = "") -> set[str]:
+    """Every dotted key of a plain container, inner nodes included."""
+    if not isinstance(node, dict):
+        return set()
+    paths = set()
+    for key, value in node.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths |= {path} | key_paths(value, path)
+    return paths
+
+
 @pytest.mark.parametrize("overrides", [
     *([f"experiment={experiment}"] for experiment in EXPERIMENTS),
     *(["experiment=voc_emanet512", f"model={model}"] for model in MODELS),
     *(["experiment=voc_emanet512", f"dataset={dataset}"] for dataset in DATASETS),
 ])
-def test_every_numeric_and_boolean_key_has_a_rule_and_the_shipped_configs_pass(overrides):
+def test_the_shipped_configs_pass_and_every_key_they_have_is_in_the_schema(overrides):
     # compose_config checks the values: the shipped configs pass their own rules.
-    assert unchecked_keys(compose_config("predict", [*overrides, "checkpoint=x", "input=x"])) == []
+    cfg = compose_config("predict", [*overrides, "checkpoint=x", "input=x"])
+    assert set(key_paths(OmegaConf.to_container(cfg))) <= schema_keys("predict")
 
 
-def test_the_rules_follow_the_code_they_guard():
+def test_a_key_no_schema_declares_is_refused_where_hydra_would_add_it():
+    cfg = compose_config("train", [])
+    with open_dict(cfg):
+        cfg.schedul = {"iterations": 5}  # what an experiment file with a typo at the top level gives
+    assert config_problems(cfg) == ["schedul is not a setting (a key of no schema in emanet/config_schema.py)"]
+    # model.aspp is typed Any (null for the EMA head): Hydra lets any key in; the check does not
+    cfg = compose_config("train", ["experiment=voc_deeplabv3"])
+    with open_dict(cfg):
+        cfg.model.aspp.chanels = 128
+    assert config_problems(cfg) == [
+        "model.aspp.chanels is not a setting (a key of no schema in emanet/config_schema.py)"]
+
+
+def test_the_rules_follow_the_tables_that_build_what_they_name():
+    from emanet.data import CLASS_NAMES
     from emanet.engine.amp import AMP_DTYPES
-    from emanet.engine.train import LOSS_NORMALIZATIONS
-    from emanet.models.resnet import DEPTHS
+    from emanet.models.resnet import DEPTHS, STEMS
+    from emanet.models.segmentor import HEADS
 
     assert set(RULES["runtime.amp"].choices) == set(RULES["eval.amp"].choices) == set(AMP_DTYPES)
-    assert RULES["loss.normalization"].choices == LOSS_NORMALIZATIONS
-    assert set(RULES["model.backbone.depth"].choices) == set(DEPTHS)
+    assert RULES["model.head"].choices == ("ema", "ema_mmseg", "fcn", "deeplabv3", "deeplabv3plus", "psanet",
+                                           "nonlocal") == tuple(HEADS)
+    assert RULES["model.backbone.stem"].choices == ("deep", "v1c", "torchvision") == STEMS
+    assert RULES["model.backbone.depth"].choices == (18, 34, 50, 101, 152) == tuple(DEPTHS)
+    assert len(CLASS_NAMES) == 8
+
+
+def test_the_key_table_has_a_row_per_key_with_its_rule():
+    table = key_table().splitlines()
+    assert len(table) == 2 + len(RULES)
+    assert "| `schedule.iterations` | an integer >= 1 | training steps |" in table
+    assert ("| `model.ema.eval_stages` | an integer >= 1 | T at evaluation (the training T unless set) |" in table)
+    assert key_table(["optim."]).splitlines()[2:] == [
+        "| `optim.lr` | a number > 0 | base learning rate |",
+        "| `optim.momentum` | a number >= 0 and < 1 | SGD momentum |",
+        "| `optim.weight_decay` | a number >= 0 | L2 weight decay |",
+        "| `optim.bias_lr_mult` | a number >= 0 | learning-rate factor of biases |",
+    ]
 
 
 def test_numbers_refuse_booleans_text_and_non_finite_values():
@@ -123,5 +192,6 @@ def test_only_a_run_directory_with_nothing_but_hydras_files_is_removed(tmp_path)
     assert not fresh.exists() and (used / "checkpoints").is_dir() and (used / "train.log").is_file()
 
 
-def test_a_valid_config_passes():
-    check_config(OmegaConf.create(compose_config("train", ["experiment=voc_emanet512"])))
+def test_the_docs_table_of_keys_is_the_one_the_schema_renders():
+    # scripts/config_reference.py --update-docs rewrites it after a schema change.
+    assert marked_section(REPO / "docs" / "configuration.md", "config-keys") == key_table()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from emanet.cli import compose_config
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
@@ -146,10 +147,11 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_network():
         # overlapping, tiling, crop > image, [height, width] windows (one wider than the image)
         for crop, stride in [(32, 20), (32, 32), (96, 50), ((16, 48), (10, 30)), ((32, 96), (20, 60))]:
             torch.testing.assert_close(Inference("slide", crop, stride)(model, images), whole)
-    with pytest.raises(ConfigError, match="eval.stride=40 must be in 1..eval.crop_size=32"):
-        Inference("slide", 32, 40)
-    with pytest.raises(ConfigError, match=r"eval.stride=\(10, 50\) must be in 1..eval.crop_size=\(16, 48\)"):
-        Inference("slide", (16, 48), (10, 50))
+    # A stride that would leave gaps is refused with the config, before any inference.
+    with pytest.raises(ConfigError, match=r"^eval.stride=40 is larger than eval.crop_size=32: the windows would "):
+        compose_config("train", ["eval.mode=slide", "eval.crop_size=32", "eval.stride=40"])
+    with pytest.raises(ConfigError, match=r"^eval.stride=\[10,50\] is larger than eval.crop_size=\[16,48\]"):
+        compose_config("train", ["eval.mode=slide", "eval.crop_size=[16,48]", "eval.stride=[10,50]"])
 
 
 def test_windows_of_height_and_width_are_cut_where_the_offsets_say():
@@ -211,8 +213,6 @@ def test_sliding_window_passes_hold_at_most_crops_per_pass_and_give_the_same_log
             assert model.batch_sizes == passes  # never fewer than one window of each image
     torch.testing.assert_close(results[5], results[12])
     torch.testing.assert_close(results[1], results[12])
-    with pytest.raises(ConfigError, match="eval.crops_per_pass must be at least 1, got 0"):
-        Inference("slide", 32, 20, crops_per_pass=0)
 
 
 def test_release_mode_pads_to_one_mod_eight_and_crops_back():
@@ -277,13 +277,13 @@ def test_summary_line_names_the_protocol_and_the_run_directory(tmp_path, monkeyp
 
     metrics = {
         "experiment": "demo", "mIoU": 87.951, "aAcc": 96.888, "single_scale": {"mIoU": 75.99},
-        "eval": {"mode": "slide", "scales": [0.5, 1.0], "flip": True, "em_iterations": 3},
+        "eval": {"mode": "slide", "scales": [0.5, 1.0], "flip": True, "eval_stages": 3},
     }
     monkeypatch.chdir(tmp_path)
     assert one_line_summary(metrics, tmp_path / "runs" / "demo" / "d") == (
         "demo: mIoU 87.95 (MS+flip, slide, T=3), 75.99 single scale; aAcc 96.89; results in runs/demo/d"
     )
-    single = {**metrics, "eval": {"mode": "release", "scales": [1.0], "flip": False, "em_iterations": 5}}
+    single = {**metrics, "eval": {"mode": "release", "scales": [1.0], "flip": False, "eval_stages": 5}}
     del single["single_scale"]
     assert one_line_summary(single, Path("/elsewhere/run")) == (
         "demo: mIoU 87.95 (SS, release, T=5); aAcc 96.89; results in /elsewhere/run"

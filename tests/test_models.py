@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
+from emanet.cli import compose_config
 from emanet.errors import ConfigError
 from emanet.models.resnet import ResNet, stage_strides_and_dilations
 from emanet.models.segmentor import build_model
@@ -95,20 +95,19 @@ def tiny_model_config(model: str):
     overrides = [
         f"model={model}", "model.backbone.depth=18", "model.backbone.width=8", "model.backbone.multi_grid=[1,2]",
     ]
-    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
-        return compose(config_name="train", overrides=overrides).model
+    return compose_config("train", overrides).model
 
 
-def test_a_model_config_that_cannot_be_built_is_a_config_error_naming_the_key():
-    cfg = tiny_model_config("emanet")
-    cfg.backbone.depth = 50  # three layer4 blocks, but multi_grid still has two factors
-    with pytest.raises(ConfigError, match=r"model.backbone.multi_grid needs one factor per layer4 block \(3\), "
-                                          r"got \[1, 2\]: set it with the depth"):
-        build_model(cfg, num_classes=5)
-    cfg = tiny_model_config("emanet")
-    cfg.head = "unet"
-    with pytest.raises(ConfigError, match=r"model.head must be one of .*; got 'unet'"):
-        build_model(cfg, num_classes=5)
+def test_a_model_config_that_cannot_be_built_is_refused_by_the_config_check_naming_the_key():
+    # three layer4 blocks at depth 50, but the demo's multi_grid has two factors
+    with pytest.raises(ConfigError, match=r"^model.backbone.multi_grid needs one factor per layer4 block \(3\), "
+                                          r"got \[1,2\]: set it with the depth"):
+        compose_config("train", ["model.backbone.depth=50"])
+    with pytest.raises(ConfigError, match=r"^model.backbone.multi_grid=\[2,2\]: expected a list starting with 1$"):
+        compose_config("train", ["model.backbone.multi_grid=[2,2]"])
+    with pytest.raises(ConfigError, match=r"^model.head=unet: expected one of ema, ema_mmseg, fcn, deeplabv3, "
+                                          r"deeplabv3plus, psanet, nonlocal$"):
+        compose_config("train", ["model.head=unet"])
 
 
 @pytest.mark.parametrize("model", ["emanet", "emanet_mmseg", "fcn", "deeplabv3", "deeplabv3plus", "nonlocal"])
@@ -142,9 +141,8 @@ def test_auxiliary_head_runs_on_layer3_in_training_only():
             module.eval()
     torch.testing.assert_close(net(images)[1], reference)
     assert build_model(cfg, num_classes=5, auxiliary=False).aux_head is None
-    cfg.aux.weight = -1
-    with pytest.raises(ConfigError, match=r"model.aux.weight must be 0 \(no auxiliary head\) or positive, got -1"):
-        build_model(cfg, num_classes=5)
+    with pytest.raises(ConfigError, match=r"^model.aux.weight=-1: expected a number >= 0$"):
+        compose_config("train", ["model.aux.weight=-1"])
 
 
 def test_psanet_logits_at_input_size_for_any_feature_size():

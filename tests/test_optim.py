@@ -5,6 +5,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from emanet.cli import compose_config
 from emanet.engine.optim import (
     build_optimizer,
     build_poly_scheduler,
@@ -172,5 +173,5 @@ def test_loss_divisor_and_loss():
     assert float(loss_divisor([labels, torch.zeros(1, 1, 3, dtype=torch.long)], 255, "valid")) == 4.0
     unlabelled = torch.full((1, 1, 2), 255)
     assert float(segmentation_loss(logits, unlabelled, 255, loss_divisor([unlabelled], 255, "valid"))) == 0.0
-    with pytest.raises(ConfigError, match=r"loss.normalization must be one of \('valid', 'all_pixels'\), got 'mean'"):
-        loss_divisor([labels], 255, "mean")
+    with pytest.raises(ConfigError, match=r"^loss.normalization=mean: expected one of valid, all_pixels$"):
+        compose_config("train", ["loss.normalization=mean"])

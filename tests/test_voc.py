@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from emanet.cli import compose_config
 from emanet.data.classes import CONTEXT59_CLASSES, VOC_CLASSES
 from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.palette import color_map, read_label_png, save_label_png
@@ -285,8 +286,8 @@ def test_scale_sampling_discrete_draws_the_set_and_continuous_its_range():
     assert all(0.5 <= s <= 2.0 for s in uniform) and len(set(uniform)) == 50
     assert discrete.apply(image, scale=1.5).shape == (60, 90, 3)
     assert discrete.apply_to_mask(image[..., 0], scale=0.5).shape == (20, 30)
-    with pytest.raises(ConfigError, match="dataset.scale_sampling must be 'discrete' or 'continuous'"):
-        train_transform(64, [1.0], scale_sampling="uniform")
+    with pytest.raises(ConfigError, match="^dataset.scale_sampling=uniform: expected one of discrete, continuous$"):
+        compose_config("train", ["dataset.scale_sampling=uniform"])
 
 
 def test_random_scale_output_sizes_are_the_releases_floor_not_rounded():

@@ -18,8 +18,6 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
-from emanet.errors import ConfigError
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -79,8 +77,6 @@ def train_transform(
     ignore_index: int = 255,
     scale_sampling: str = "discrete",
 ) -> A.Compose:
-    if scale_sampling not in ("discrete", "continuous"):
-        raise ConfigError(f"dataset.scale_sampling must be 'discrete' or 'continuous', got {scale_sampling!r}")
     crop_height, crop_width = height_width(crop_size)
     return A.Compose(
         [

@@ -15,7 +15,7 @@ from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
 from emanet.engine.distributed import all_reduce_sum
 from emanet.engine.metrics import confusion_matrix, metrics_from_confusion
-from emanet.errors import ConfigError, out_of_memory_explained
+from emanet.errors import out_of_memory_explained
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,6 @@ class Inference:
     align_corners: bool = False
     logits_align_corners: bool | None = None
     pad_to_window: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("whole", "slide", "release"):
-            raise ConfigError(f"eval.mode must be 'whole', 'slide' or 'release', got {self.mode!r}")
-        pairs = zip(height_width(self.stride), height_width(self.crop_size), strict=True)
-        if self.mode == "slide" and not all(0 < stride <= crop for stride, crop in pairs):
-            raise ConfigError(f"eval.stride={self.stride} must be in 1..eval.crop_size={self.crop_size}")
-        if self.crops_per_pass < 1:
-            raise ConfigError(f"eval.crops_per_pass must be at least 1, got {self.crops_per_pass}")
 
     @property
     def logits_back_align_corners(self) -> bool:

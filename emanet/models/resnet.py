@@ -121,6 +121,10 @@ DEPTHS: dict[int, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int]
     152: (Bottleneck, (3, 8, 36, 3)),
 }
 
+# deep: the release's three 3x3 convs (64-64-128); v1c: mmsegmentation's ResNetV1c (32-32-64);
+# torchvision: one 7x7 conv.
+STEMS = ("deep", "v1c", "torchvision")
+
 
 def stage_strides_and_dilations(
     output_stride: int, num_blocks: Sequence[int], multi_grid: Sequence[int]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -9,12 +11,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from emanet.errors import ConfigError
 from emanet.models.baseline_heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, NonLocalHead, PSAHead
 from emanet.models.ema_head import EMAHead
 from emanet.models.mmseg_ema_head import MMSegEMAHead
 from emanet.models.pretrained import load_backbone_weights
-from emanet.models.resnet import ResNet
+from emanet.models.resnet import NormLayer, ResNet
 
 
 class SegmentationModel(nn.Module):
@@ -47,98 +48,121 @@ class SegmentationModel(nn.Module):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
-# Heads that run EM iterations: model.ema.train_stages / eval_stages (T) apply to them.
-EM_HEADS = ("ema", "ema_mmseg")
-
-
 def build_model(
     cfg: DictConfig, num_classes: int, load_pretrained: bool = True, auxiliary: bool = True
 ) -> SegmentationModel:
-    """Build the network described by the ``model`` config group.
+    """Build the network described by the ``model`` config group (checked by
+    :func:`emanet.config_checks.check_config`).
 
     ``load_pretrained=False`` skips ImageNet weights, for models about to receive a checkpoint.
     ``auxiliary=False`` leaves out the auxiliary head (``model.aux``), which only training uses.
     ``model.align_corners`` is how the logits are upsampled to the input size.
     """
     norm_layer = partial(nn.BatchNorm2d, momentum=cfg.bn_momentum)
-    try:
-        backbone = ResNet(
-            depth=cfg.backbone.depth,
-            stem=cfg.backbone.stem,
-            output_stride=cfg.backbone.output_stride,
-            multi_grid=tuple(cfg.backbone.multi_grid),
-            width=cfg.backbone.width,
-            norm_layer=norm_layer,
+    backbone = ResNet(
+        depth=cfg.backbone.depth,
+        stem=cfg.backbone.stem,
+        output_stride=cfg.backbone.output_stride,
+        multi_grid=tuple(cfg.backbone.multi_grid),
+        width=cfg.backbone.width,
+        norm_layer=norm_layer,
+    )
+    head = HEADS[cfg.head].build(cfg, backbone, num_classes, norm_layer)
+    aux_head = None
+    if auxiliary and cfg.aux.weight > 0:
+        aux_head = FCNHead(
+            backbone.layer3_channels, num_classes, cfg.aux.channels, cfg.dropout, norm_layer, in_feature="layer3"
         )
-        head = build_head(cfg, backbone, num_classes, norm_layer)
-        if cfg.aux.weight < 0:
-            raise ValueError(f"model.aux.weight must be 0 (no auxiliary head) or positive, got {cfg.aux.weight}")
-        aux_head = None
-        if auxiliary and cfg.aux.weight > 0:
-            aux_head = FCNHead(
-                backbone.layer3_channels, num_classes, cfg.aux.channels, cfg.dropout, norm_layer, in_feature="layer3"
-            )
-    except ValueError as error:  # the modules' own checks, which name the model.* key at fault
-        raise ConfigError(str(error)) from None
     if load_pretrained and cfg.backbone.pretrained:
         load_backbone_weights(backbone, cfg.backbone.pretrained, cfg.backbone.depth, cfg.backbone.stem)
     return SegmentationModel(backbone, head, aux_head, align_corners=cfg.align_corners)
 
 
-def build_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer) -> nn.Module:
-    """The head named by ``cfg.head``, sized for ``backbone``."""
-    in_channels = backbone.out_channels
-    if cfg.head == "ema":
-        return EMAHead(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            ema_channels=cfg.ema.channels,
-            mid_channels=cfg.mid_channels,
-            num_bases=cfg.ema.num_bases,
-            train_stages=cfg.ema.train_stages,
-            eval_stages=cfg.ema.eval_stages,
-            momentum=cfg.ema.momentum,
-            lambda_=cfg.ema.lambda_,
-            normalize_bases=cfg.ema.normalize_bases,
-            maintenance=cfg.ema.maintenance,
-            dropout=cfg.dropout,
-            norm_layer=norm_layer,
-        )
-    if cfg.head == "ema_mmseg":
-        return MMSegEMAHead(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            ema_channels=cfg.ema.channels,
-            channels=cfg.mid_channels,
-            num_bases=cfg.ema.num_bases,
-            train_stages=cfg.ema.train_stages,
-            eval_stages=cfg.ema.eval_stages,
-            momentum=cfg.ema.momentum,
-            concat_input=cfg.concat_input,
-            dropout=cfg.dropout,
-            norm_layer=norm_layer,
-        )
-    if cfg.head == "fcn":
-        return FCNHead(in_channels, num_classes, cfg.channels, cfg.dropout, norm_layer)
-    if cfg.head == "deeplabv3":
-        return DeepLabV3Head(
-            in_channels, num_classes, cfg.aspp.channels, tuple(cfg.aspp.rates), cfg.dropout, norm_layer
-        )
-    if cfg.head == "deeplabv3plus":
-        return DeepLabV3PlusHead(
-            in_channels, backbone.low_level_channels, num_classes, cfg.aspp.channels, tuple(cfg.aspp.rates),
-            cfg.low_level_projection, cfg.dropout, norm_layer,
-        )
-    if cfg.head == "psanet":
-        return PSAHead(
-            in_channels, num_classes, cfg.psa.channels, cfg.psa.attention_size, cfg.mid_channels, cfg.dropout,
-            norm_layer,
-        )
-    if cfg.head == "nonlocal":
-        return NonLocalHead(
-            in_channels, num_classes, cfg.attention_channels, cfg.mid_channels, cfg.dropout, norm_layer
-        )
-    raise ValueError(
-        f"model.head must be one of ema, ema_mmseg, fcn, deeplabv3, deeplabv3plus, psanet, nonlocal; "
-        f"got {cfg.head!r}"
+def ema_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer: NormLayer) -> nn.Module:
+    return EMAHead(
+        in_channels=backbone.out_channels,
+        num_classes=num_classes,
+        ema_channels=cfg.ema.channels,
+        mid_channels=cfg.mid_channels,
+        num_bases=cfg.ema.num_bases,
+        train_stages=cfg.ema.train_stages,
+        eval_stages=cfg.ema.eval_stages,
+        momentum=cfg.ema.momentum,
+        lambda_=cfg.ema.lambda_,
+        normalize_bases=cfg.ema.normalize_bases,
+        maintenance=cfg.ema.maintenance,
+        dropout=cfg.dropout,
+        norm_layer=norm_layer,
     )
+
+
+def mmseg_ema_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer: NormLayer) -> nn.Module:
+    return MMSegEMAHead(
+        in_channels=backbone.out_channels,
+        num_classes=num_classes,
+        ema_channels=cfg.ema.channels,
+        channels=cfg.mid_channels,
+        num_bases=cfg.ema.num_bases,
+        train_stages=cfg.ema.train_stages,
+        eval_stages=cfg.ema.eval_stages,
+        momentum=cfg.ema.momentum,
+        concat_input=cfg.concat_input,
+        dropout=cfg.dropout,
+        norm_layer=norm_layer,
+    )
+
+
+def fcn_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer: NormLayer) -> nn.Module:
+    return FCNHead(backbone.out_channels, num_classes, cfg.channels, cfg.dropout, norm_layer)
+
+
+def deeplabv3_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer: NormLayer) -> nn.Module:
+    return DeepLabV3Head(
+        backbone.out_channels, num_classes, cfg.aspp.channels, tuple(cfg.aspp.rates), cfg.dropout, norm_layer
+    )
+
+
+def deeplabv3plus_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer: NormLayer) -> nn.Module:
+    return DeepLabV3PlusHead(
+        backbone.out_channels, backbone.low_level_channels, num_classes, cfg.aspp.channels, tuple(cfg.aspp.rates),
+        cfg.low_level_projection, cfg.dropout, norm_layer,
+    )
+
+
+def psanet_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer: NormLayer) -> nn.Module:
+    return PSAHead(
+        backbone.out_channels, num_classes, cfg.psa.channels, cfg.psa.attention_size, cfg.mid_channels, cfg.dropout,
+        norm_layer,
+    )
+
+
+def nonlocal_head(cfg: DictConfig, backbone: ResNet, num_classes: int, norm_layer: NormLayer) -> nn.Module:
+    return NonLocalHead(
+        backbone.out_channels, num_classes, cfg.attention_channels, cfg.mid_channels, cfg.dropout, norm_layer
+    )
+
+
+@dataclass(frozen=True)
+class HeadEntry:
+    """A head of ``model.head``: how it is built from the ``model`` config, the ``model.*``
+    keys it reads besides the shared ones (the config check requires them), and whether it
+    runs EM iterations (then ``model.ema.train_stages`` / ``eval_stages`` are its T)."""
+
+    build: Callable[[DictConfig, ResNet, int, NormLayer], nn.Module]
+    keys: tuple[str, ...]
+    em: bool = False
+
+
+# Every head, once: build_model, the config schema (emanet/config_schema.py) and --help read it.
+HEADS: dict[str, HeadEntry] = {
+    "ema": HeadEntry(ema_head, ("mid_channels", "ema"), em=True),
+    "ema_mmseg": HeadEntry(mmseg_ema_head, ("mid_channels", "concat_input", "ema"), em=True),
+    "fcn": HeadEntry(fcn_head, ("channels",)),
+    "deeplabv3": HeadEntry(deeplabv3_head, ("aspp",)),
+    "deeplabv3plus": HeadEntry(deeplabv3plus_head, ("aspp", "low_level_projection")),
+    "psanet": HeadEntry(psanet_head, ("psa", "mid_channels")),
+    "nonlocal": HeadEntry(nonlocal_head, ("attention_channels", "mid_channels")),
+}
+
+# Heads that run EM iterations: model.ema.train_stages / eval_stages (T) apply to them.
+EM_HEADS = tuple(name for name, entry in HEADS.items() if entry.em)

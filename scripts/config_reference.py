@@ -1,0 +1,29 @@
+"""Print the table of every config key (what it allows, what it does), rendered from the
+config schema (emanet/config_schema.py); with --update-docs, write it into
+docs/configuration.md between its config-keys markers."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emanet.config_checks import key_table
+from emanet.io import replace_marked_section
+
+DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("prefixes", nargs="*", default=[""], help="only keys starting with these (e.g. model.ema.)")
+    parser.add_argument("--update-docs", action="store_true", help=f"write the whole table into {DOCS_PAGE.name}")
+    args = parser.parse_args()
+    if args.update_docs:
+        replace_marked_section(DOCS_PAGE, "config-keys", key_table())
+        print(f"wrote the table of config keys into {DOCS_PAGE}")
+    else:
+        print(key_table(args.prefixes), end="")
+
+
+if __name__ == "__main__":
+    main()
