@@ -14,8 +14,11 @@ ENV NO_ALBUMENTATIONS_UPDATE=1 \
 WORKDIR /workspace/emanet
 COPY pyproject.toml README.md LICENSE ./
 COPY emanet ./emanet
+COPY hydra_plugins ./hydra_plugins
 # With the dev extras (pytest, ruff) the tests run in the image.
 RUN pip install --no-cache-dir -e ".[dev]"
+# The configs are part of the package (emanet/configs); configs/ is a link to them in the
+# checkout, which COPY follows, so the paths configs/experiment/... hold in the image too.
 COPY configs ./configs
 COPY scripts ./scripts
 # The benchmark scripts append their results to docs/benchmarks.{jsonl,md}.

@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -19,16 +18,24 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue
 
-from emanet.config_checks import check_config
-from emanet.config_keys import check_command_line
+from emanet.config_checks import KEYS, check_config
+from emanet.config_keys import check_command_line, check_overrides, hydra_session
 from emanet.engine.distributed import export_launcher_environment
 from emanet.engine.run_directory import check_writable, own_run_dir, refuse_if_in_use, training_run_of
-from emanet.engine.runtime import usable_cores
-from emanet.errors import CheckpointMismatchError, ConfigError, EmanetError, TrainingStopped, one_line
+from emanet.engine.runtime import log_to_file_only, usable_cores
+from emanet.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    EmanetError,
+    PredictionStopped,
+    TrainingStopped,
+    one_line,
+)
 
 log = logging.getLogger("emanet")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The configs ship inside the package, so that an installed copy finds them from any folder.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 # hydra-submitit-launcher's launcher that runs each job as a process on this machine
@@ -59,21 +66,38 @@ def parallel_local_jobs(*, _root_: DictConfig) -> int | None:
 OmegaConf.register_new_resolver("emanet.parallel_local_jobs", parallel_local_jobs, replace=True)
 
 
+def key_help(*keys: str) -> str:
+    """``--help``'s lines for ``keys`` (configs/hydra/help/train.yaml), from the schema:
+    each key with the values it allows and what it does, indented as the first line is."""
+    width = max(len(key) for key in keys)
+    return "\n  ".join(f"{key:<{width}}  {KEYS[key][0].describe()}: {KEYS[key][1]}" for key in keys)
+
+
+OmegaConf.register_new_resolver("emanet.key_help", key_help, replace=True)
+
+
 def compose_config(config_name: str, overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
     """The config ``train.py`` / ``evaluate.py`` would run with these overrides, for scripts
-    that call the engine directly (``config_name``: "train", "evaluate" or "predict"),
-    its values checked (:func:`emanet.config_checks.check_config`).
+    and tests that call the engine directly (``config_name``: "train", "evaluate" or
+    "predict"), checked as the entry points check theirs: the overrides against the schema
+    (:func:`emanet.config_keys.check_overrides`), then the composed values
+    (:func:`emanet.config_checks.check_config`).
 
     Inside a running Hydra application the application's own config search path is used.
     """
     overrides = quote_path_overrides(list(overrides))
-    if GlobalHydra.instance().is_initialized():
+    with hydra_session(CONFIG_DIR):
+        check_overrides(config_name, overrides, CONFIG_DIR)
         cfg = compose(config_name, overrides, return_hydra_config=return_hydra_config)
-    else:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name, overrides, return_hydra_config=return_hydra_config)
     check_config(cfg)
     return cfg
+
+
+def compose_unchecked(config_name: str, overrides: Sequence[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config of ``config_name`` with ``overrides``, unchecked: for comparing configs
+    (what an eval preset changes), where keys may be left unset (``~experiment``)."""
+    with hydra_session(CONFIG_DIR):
+        return compose(config_name, quote_path_overrides(list(overrides)), return_hydra_config=return_hydra_config)
 
 
 # The keys whose values name files or folders: only their values are looked up on the
@@ -254,8 +278,8 @@ def start_from_training_run(
     own = [override for override in overrides if not is_hydras(override)]
     # The job's own keys (checkpoint, input): the same in both compositions, however set.
     job_only = [override for override in own if override.lstrip("+~").partition("=")[0].split(".")[0] not in trained]
-    composed = compose_config(config_name, [*run_overrides, *own])
-    without_command_line = compose_config(config_name, [*run_overrides, *job_only])
+    composed = compose_unchecked(config_name, [*run_overrides, *own])
+    without_command_line = compose_unchecked(config_name, [*run_overrides, *job_only])
     # Resolved (a required key left unset stays "???"): data_root=DIR moves dataset.root, which
     # the run's config holds resolved, as it would move it for a training.
     resolved = OmegaConf.to_container(composed, resolve=True, throw_on_missing=False)
@@ -328,13 +352,13 @@ def one_line_errors() -> Iterator[None]:
     """End the program (status 2) with one line naming the cause of a problem the user can
     fix: an :class:`EmanetError`, or a required (``???``) config key left unset. The line is
     printed once, on stderr; the job's log file gets it too, with the full key lists of a
-    checkpoint that does not fit. Training stopped by a signal ends with status 3 (its line
-    is logged where it stopped)."""
+    checkpoint that does not fit. Training stopped by a signal ends with status 3, prediction
+    with 130 (their lines are printed and logged where they stopped)."""
     try:
         yield
         return
-    except TrainingStopped:  # not an error: its own status lets a job script requeue
-        sys.exit(TrainingStopped.exit_status)
+    except (TrainingStopped, PredictionStopped) as stopped:  # not errors: their own status tells them apart
+        sys.exit(stopped.exit_status)
     except EmanetError as error:
         message = one_line(error)
         details = error.details if isinstance(error, CheckpointMismatchError) else None
@@ -344,18 +368,6 @@ def one_line_errors() -> Iterator[None]:
     log_to_file_only(logging.ERROR, message if details is None else f"{message}\n{details}")
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def log_to_file_only(level: int, message: str) -> None:
-    """Log ``message`` to the job's log file but not to the terminal, which gets its own line
-    on stderr: logged the usual way, the line would show twice there. Hydra's job logging
-    puts the file handler on the root logger, next to the console's."""
-    if not log.isEnabledFor(level):
-        return
-    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and level >= handler.level:
-            handler.handle(record)
 
 
 def remove_unused_run_dir(run_dir: Path) -> None:
@@ -387,12 +399,12 @@ def eval_preset_note(config_name: str, overrides: Sequence[str]) -> str | None:
     presets = [text.partition("=")[2] for text, group in zip(overrides, groups, strict=True) if group == "eval"]
     if not presets:
         return None
-    ran = compose_config(config_name, overrides, return_hydra_config=True)
+    ran = compose_unchecked(config_name, overrides, return_hydra_config=True)
     experiment = ran.hydra.runtime.choices.get("experiment")
     if experiment is None:
         return None
     eval_overrides = [text for text, group in zip(overrides, groups, strict=True) if group.split(".")[0] == "eval"]
-    alone = OmegaConf.to_container(compose_config(config_name, [*eval_overrides, "~experiment"]).eval)
+    alone = OmegaConf.to_container(compose_unchecked(config_name, [*eval_overrides, "~experiment"]).eval)
     ran_eval = OmegaConf.to_container(ran.eval)
     ignored = set(WINDOW_KEYS) if ran_eval["mode"] != "slide" else set()
     if list(ran_eval["scales"]) == [1.0]:
@@ -407,7 +419,7 @@ def eval_preset_note(config_name: str, overrides: Sequence[str]) -> str | None:
             f"{replaced} (pass eval.KEY=VALUE to change)"
         )
     without_preset = [text for text, group in zip(overrides, groups, strict=True) if group != "eval"]
-    default = compose_config(config_name, without_preset, return_hydra_config=True)
+    default = compose_unchecked(config_name, without_preset, return_hydra_config=True)
     if default.eval.mode != ran_eval["mode"]:
         parts.append(
             f"mode {ran_eval['mode']} instead of experiment={experiment}'s own "

@@ -63,6 +63,13 @@ class TrainingStopped(Exception):
     exit_status = 3
 
 
+class PredictionStopped(Exception):
+    """SIGINT or SIGTERM stopped a prediction run, whose predictions.json lists what was done
+    (its line already printed): the program ends with the shell's status for an interrupt."""
+
+    exit_status = 130
+
+
 class OutOfMemoryError(EmanetError):
     """The memory allocator could not give what a forward or backward pass asked for. The
     message names what was running, the amount asked for and the settings that bound it."""

@@ -21,23 +21,11 @@ predictions.json; ``stop_on_bad_file=true`` stops at it instead, status 2). A lo
 must survive being stopped: predictions.json is rewritten as the run goes, Ctrl-C or
 SIGTERM ends it with one line and status 130, and re-running with the same
 ``hydra.run.dir`` resumes it (with another checkpoint or protocol, replaces it).
+
+The same program as ``emanet-predict`` (:func:`emanet.entry_points.predict_main`).
 """
 
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from emanet.cli import quote_path_overrides, refuse_unknown_overrides, run_job
-from emanet.engine.predict import predict_files
-
-
-@hydra.main(version_base=None, config_path="../configs", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    run_job(predict_files, cfg)
-
+from emanet.entry_points import predict_main
 
 if __name__ == "__main__":
-    sys.argv[1:] = quote_path_overrides(sys.argv[1:])
-    refuse_unknown_overrides("predict", sys.argv[1:])  # a typo in a key or option: one line, exit 2
-    main()
+    predict_main()

@@ -12,14 +12,14 @@ import time
 
 import numpy as np
 import pytest
+from helpers import QUIET, save_random_model, write_photo
 from PIL import Image
-from test_predict import QUIET, save_random_model, write_photo
 from tests_paths import REPO
 
 from emanet.cli import compose_config
 from emanet.engine import predict as predict_module
 from emanet.engine.predict import find_images, predict_files
-from emanet.errors import ConfigError, DatasetError
+from emanet.errors import ConfigError, DatasetError, PredictionStopped
 
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)  # a macOS ._ sidecar's header
 
@@ -161,10 +161,10 @@ def test_a_run_stopped_by_a_signal_lists_what_it_wrote_and_resumes_to_the_same_o
 
     monkeypatch.setattr(predict_module, "prediction_writer", writer_signalled_at_the_third_image)
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(PredictionStopped) as stopped:
         predict_files(compose_config("predict", overrides), run_dir)
 
-    assert stopped.value.code == 130
+    assert stopped.value.exit_status == 130
     assert listed_before_writes == [0, 1, 2]  # rewritten after every batch
     record = json.loads((run_dir / "predictions.json").read_text())
     assert list(record["images"]) == ["p0", "p1", "p2"]
@@ -200,6 +200,7 @@ def test_a_run_stopped_by_a_signal_lists_what_it_wrote_and_resumes_to_the_same_o
             assert (run_dir / name).read_bytes() == (tmp_path / "uninterrupted" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["checkpoint", "eval.flip=false"])
 def test_a_rerun_with_another_checkpoint_or_protocol_replaces_the_outputs(tmp_path, checkpoint, monkeypatch, caplog,
                                                                           change):

@@ -48,9 +48,10 @@ from emanet.engine.runtime import (
     configure_runtime,
     leave_stopping_to_the_training_process,
     loader_workers,
+    log_to_file_only,
     size_grouped_batches,
 )
-from emanet.errors import ConfigError, DatasetError
+from emanet.errors import ConfigError, DatasetError, PredictionStopped
 from emanet.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,6 @@ SAVE_INTERVAL = 2.0
 SAVE_COST_FACTOR = 20
 # Exit status of a run stopped by SIGINT or SIGTERM: the shell's for Ctrl-C. One status
 # for both, as training has one (3): "stopped, re-run the same command to resume".
-STOPPED_EXIT_STATUS = 130
 # The outputs of an image, by folder and suffix, as the eval.save_* keys enable them.
 OUTPUTS = {"predictions": ".png", "overlays": ".jpg"}
 # Ctrl-C, and what a scheduler, `timeout` or `kill` sends first.
@@ -496,14 +496,8 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
     ``stop_on_bad_file``, stops the run with a DatasetError. predictions.json is rewritten
     as the run goes (:class:`Progress`); a re-run into the same ``run_dir`` keeps what an
     earlier one segmented with the same settings (:func:`earlier_run`) and redoes the
-    rest. SIGINT or SIGTERM ends the run with one line and :data:`STOPPED_EXIT_STATUS`.
+    rest. SIGINT or SIGTERM ends the run with one line and :class:`PredictionStopped`.
     """
-    if not (cfg.eval.save_predictions or cfg.eval.save_overlays):
-        raise ConfigError("eval.save_predictions and eval.save_overlays are both false: nothing would be written")
-    if cfg.max_side is not None and not (isinstance(cfg.max_side, int) and cfg.max_side >= 1):
-        raise ConfigError(f"max_side must be a number of pixels (at least 1) or null, got {cfg.max_side!r}")
-    if not isinstance(cfg.stop_on_bad_file, bool):  # "false" would stop the run: a string is true
-        raise ConfigError(f"stop_on_bad_file must be true or false, got {cfg.stop_on_bad_file!r}")
     with ExitStack() as stack:
         stop = stack.enter_context(StopSignals())
         progress = None
@@ -514,7 +508,7 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
                 log.warning("%s", note)
             stack.enter_context(run_directory_lock(run_dir, job="predict"))
             device = configure_runtime(cfg)
-            amp = AmpSettings.from_config(cfg.eval, device, key="eval")
+            amp = AmpSettings.from_config(cfg.eval, device)
             model, checkpoint = load_trained_model(cfg, device, amp)
             model.eval()
             with evaluation_settings(model, cfg) as output_stride:
@@ -549,7 +543,8 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
 
 def stopped(name: str, progress: Progress | None) -> None:
     """End a run stopped by signal ``name``: predictions.json of what was done, one line (on
-    stderr, as an error's, and in the job's log file), :data:`STOPPED_EXIT_STATUS`."""
+    stderr, as an error's, and in the job's log file), then :class:`PredictionStopped`, which
+    the entry points end with its exit status (130)."""
     if progress is None:
         message = f"stopped by {name} before segmenting began; re-run the same command to start it"
     else:
@@ -559,11 +554,10 @@ def stopped(name: str, progress: Progress | None) -> None:
             f"stopped by {name} after {progress.segmented} of {images(len(progress.files))}{skipped}; "
             f"{progress.path} lists them; re-run the same command to resume"
         )
-    from emanet.cli import log_to_file_only  # here: the entry points' module, which imports the engine
 
     log_to_file_only(logging.WARNING, message)
     print(message, file=sys.stderr, flush=True)
-    raise SystemExit(STOPPED_EXIT_STATUS)
+    raise PredictionStopped(message)
 
 
 def segment(

@@ -148,3 +148,16 @@ def size_grouped_batches(dataset: SegmentationDataset, indices: Iterable[int], b
             size = ("unreadable", index)
         groups.setdefault(size, []).append(index)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def log_to_file_only(level: int, message: str) -> None:
+    """Log ``message`` to the job's log file but not to the terminal, which gets its own line
+    on stderr: logged the usual way, the line would show twice there. Hydra's job logging
+    puts the file handler on the root logger, next to the console's."""
+    log = logging.getLogger("emanet")
+    if not log.isEnabledFor(level):
+        return
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and level >= handler.level:
+            handler.handle(record)
