@@ -3,8 +3,8 @@ dataset reader, and the split-list preparation, on a miniature ADEChallengeData2
 
 import numpy as np
 import pytest
+from helpers import folder_is_locked, run_cli
 from PIL import Image
-from test_prepare import folder_is_locked, run_cli
 
 from emanet.cli import compose_config
 from emanet.config_checks import config_problems

@@ -10,8 +10,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from helpers import folder_is_locked, run_cli, write_label_png
 from PIL import Image
-from test_prepare import folder_is_locked, run_cli, write_label_png
 
 from emanet.cli import compose_config
 from emanet.config_checks import config_problems

@@ -1,6 +1,5 @@
 """Dataset preparation on miniature copies of the original downloads, in their real formats."""
 
-import fcntl
 import json
 import os
 import re
@@ -13,27 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from hydra import compose, initialize_config_dir
+from helpers import folder_is_locked, run_cli, write_label_png
 from PIL import Image
 from tests_paths import REPO
 
-from emanet.data import CLASS_NAMES, build_dataset, prepare
+from emanet.cli import compose_config
+from emanet.data import CLASS_NAMES, build_dataset, coco_stuff, prepare, voc_aug
 from emanet.data.classes import COCO_STUFF_CLASSES, CONTEXT59_CLASSES, CONTEXT60_CLASSES
-from emanet.data.palette import color_map, read_label_png, save_label_png
-from emanet.data.prepare import (
-    check_context_label_names,
-    coco_stuff10k_label,
-    decode_rle,
-    prepare_coco_stuff10k,
-    prepare_coco_stuff164k,
-    prepare_pascal_context,
-    prepare_voc_aug,
-)
+from emanet.data.coco_stuff import coco_stuff10k_label, prepare_coco_stuff10k, prepare_coco_stuff164k
+from emanet.data.palette import read_label_png, save_label_png
+from emanet.data.pascal_context import check_context_label_names, decode_rle, prepare_pascal_context
 from emanet.data.segmentation import SegmentationDataset
+from emanet.data.voc_aug import prepare_voc_aug
 from emanet.errors import DatasetError, DatasetNotFoundError
-
-sys.path.insert(0, str(REPO / "scripts"))
-import prepare_dataset  # noqa: E402
 
 SIZE = (6, 8)
 
@@ -41,15 +32,6 @@ SIZE = (6, 8)
 def png_mode(path):
     with Image.open(path) as png:
         return png.mode
-
-
-def write_label_png(path, ids, mode):
-    """``ids`` as a palette ("P", VOC colours) or greyscale ("L") PNG, written here with
-    Pillow, not by the converter under test."""
-    image = Image.fromarray(np.asarray(ids, dtype=np.uint8))
-    if mode == "P":
-        image.putpalette(color_map().flatten().tolist())
-    image.save(path)
 
 
 def write_jpeg(path, seed=0):
@@ -234,8 +216,7 @@ def test_coco_stuff164k_maps_pngs_and_writes_split_lists_in_worker_processes(tmp
     ],
 )
 def test_every_dataset_config_composes_and_names_its_missing_root(dataset, num_classes, expected_root, tmp_path):
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
-        cfg = compose("train", [f"dataset={dataset}", f"data_root={tmp_path}"])
+    cfg = compose_config("train", [f"dataset={dataset}", f"data_root={tmp_path}"])
     assert cfg.dataset.num_classes == num_classes == len(CLASS_NAMES[dataset])
     assert cfg.dataset.ignore_background == (dataset == "pascal_context59")
     missing = f"dataset not found at {tmp_path / expected_root}: see data/README.md"
@@ -287,30 +268,6 @@ def test_pascal_context_from_trainval_merged_json(tmp_path):
     assert np.array_equal(read_label_png(labels / "2008_000007.png"), expected)
     assert np.array_equal(read_label_png(labels / "2008_000002.png"), np.where(mask, 37, 0))
     assert (voc2010 / "ImageSets" / "SegmentationContext" / "val.txt").read_text() == "2008_000007\n"
-
-
-def folder_is_locked(folder) -> bool:
-    """Whether another open file holds the flock on ``folder`` (a second descriptor's flock
-    conflicts with it, even in the same process)."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)
-
-
-def run_cli(monkeypatch, capsys, *argv):
-    """``python scripts/prepare_dataset.py ARGV``: its exit status (0 when it returns) and stderr."""
-    monkeypatch.setattr(sys, "argv", ["scripts/prepare_dataset.py", *argv])
-    try:
-        prepare_dataset.main()
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
 
 
 def test_voc_aug_undecodable_or_missing_label_png_is_one_error_naming_the_file(voc_and_sbd, monkeypatch, capsys):
@@ -389,8 +346,8 @@ def test_pascal_context_ids_above_459_are_rejected(tmp_path):
 )
 def test_workers_option_before_or_after_the_benchmark_name(argv, cores, workers, monkeypatch, capsys, tmp_path):
     calls = []
-    monkeypatch.setattr(prepare, "prepare_voc_aug", lambda *args: calls.append(args) or {"val": 1449})
-    monkeypatch.setattr(prepare_dataset.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(voc_aug, "prepare_voc_aug", lambda *args: calls.append(args) or {"val": 1449})
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setenv("EMANET_DATA_ROOT", str(tmp_path))
     assert run_cli(monkeypatch, capsys, *argv) == (0, "")
     assert calls == [(tmp_path / "VOCdevkit" / "VOC2012", tmp_path / "benchmark_RELEASE", workers)]
@@ -518,7 +475,7 @@ def test_every_converter_holds_the_lock_on_its_dataset_folder_while_converting(
 
 
 def run_preparation(benchmark: str, voc, sbd, root) -> None:
-    """``python scripts/prepare_dataset.py BENCHMARK`` on the test data (``root``: the
+    """``emanet-prepare-dataset BENCHMARK`` on the test data (``root``: the
     dataset's own root; VOC's is ``voc``)."""
     if benchmark == "voc_aug":
         prepare_voc_aug(voc, sbd)
@@ -688,7 +645,7 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, tmp_path):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare, "prepare_coco_stuff10k", interrupted)
+    monkeypatch.setattr(coco_stuff, "prepare_coco_stuff10k", interrupted)
     try:
         status, err = run_cli(monkeypatch, capsys, "coco_stuff10k", "--root", str(tmp_path))
     except KeyboardInterrupt:  # escaping, it would stop the whole test session

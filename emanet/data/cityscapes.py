@@ -111,8 +111,8 @@ def prepare_cityscapes(root: Path, workers: int = 1) -> dict[str, int]:
     """``gtFine/{train,val}/*/*_gtFine_labelIds.png`` -> ``*_gtFine_labelTrainIds.png``, and
     ``splits/{train,val,test}.txt``; returns the split sizes."""
     root = Path(root)
-    images = prepare._require_dir(root / "leftImg8bit", "Cityscapes images (leftImg8bit)")
-    gtfine = prepare._require_dir(root / "gtFine", "Cityscapes fine annotations (gtFine)")
+    images = prepare.require_dir(root / "leftImg8bit", "Cityscapes images (leftImg8bit)")
+    gtfine = prepare.require_dir(root / "gtFine", "Cityscapes fine annotations (gtFine)")
     table = cityscapes_lookup_table()
     ids = {split: _ids(gtfine, split, SOURCE_SUFFIX) for split in LABELLED_SPLITS}
     _check_images(images, ids)
