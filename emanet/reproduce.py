@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -27,22 +29,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from emanet.data.prepare import EXPECTED_COUNTS
+from emanet.errors import ConfigError
 from emanet.io import write_json
 from emanet.models.pretrained import torchvision_weights
-from emanet.tables import (
-    BEYOND_EXPERIMENTS,
-    TABLE1_ROWS,
-    iteration_rows,
-    read_metrics,
-    write_beyond_table,
-    write_iteration_table,
-    write_ranking_table,
-    write_table1,
-)
+from emanet.paper_numbers import BEYOND_EXPERIMENTS, TABLE1_ROWS
+from emanet.run_results import read_metrics
+from emanet.tables import iteration_rows, write_beyond_table, write_iteration_table, write_ranking_table, write_table1
 
 log = logging.getLogger("reproduce")
 
-REPO = Path(__file__).resolve().parents[1]
 PARTS = ("table1", "table3", "table4", "iteration", "beyond")
 ITERATION_EXPERIMENT = "voc_r50_ablation"
 # Tables 3 and 4 list EMANet on both backbones; the ResNet-50 runs start from the release's
@@ -74,7 +69,7 @@ class Run:
     overrides: tuple[tuple[str, str], ...]  # the job's config overrides, the swept key among them
     sweep_key: str
     needs: Path | None = None  # the training run whose checkpoint an evaluation reads
-    cell: tuple[int, int] | None = None  # an iteration-table evaluation's (T_train, T_eval)
+    cell: tuple[int, int] | None = None  # an iteration-table evaluation's (train_stages, eval_stages)
 
     @property
     def run_dir(self) -> Path:
@@ -103,7 +98,7 @@ def as_pairs(overrides: Sequence[str]) -> dict[str, str]:
     for override in overrides:
         key, separator, value = override.partition("=")
         if not separator:
-            raise SystemExit(f"error: {override!r} is not a key=value override (e.g. runtime.threads=1)")
+            raise ConfigError(f"{override!r} is not a key=value override (e.g. runtime.threads=1)")
         pairs[key] = value
     return pairs
 
@@ -133,8 +128,8 @@ def check_recorded_settings(record: Path, settings: dict) -> None:
     if record.is_file():
         recorded = json.loads(record.read_text())
         if recorded != settings:
-            raise SystemExit(
-                f"error: {record.parent} holds runs made with {recorded}, not {settings} ({record}): "
+            raise ConfigError(
+                f"{record.parent} holds runs made with {recorded}, not {settings} ({record}): "
                 "re-run with those, or pass --root DIR for the new settings"
             )
         return
@@ -218,19 +213,20 @@ def iteration_runs(
     root: Path, shared: dict[str, str], stages: Sequence[int], max_stages: int, eval_protocol: str
 ) -> list[Run]:
     """The iteration table: one training per T in ``stages`` into ROOT/T<t> (one multirun over
-    ``model.ema.train_stages``), each evaluated with every T_eval from T to ``max_stages`` into
+    ``model.ema.train_stages``), each evaluated with every eval_stages from T to ``max_stages`` into
     ROOT/T<t>/eval_<protocol>_T<t_eval>. ``shared``: the overrides of every run (the experiment
     among them).
 
-    The evaluations are one multirun too, over (T, T_eval) pairs, ``+iteration_cell={train:T,
-    eval:T_eval}``, from which the checkpoint and both T are interpolated: a sweep over two
-    keys would be their full product, half of it T_eval < T."""
+    The evaluations are one multirun too, over (train_stages, eval_stages) pairs,
+    ``+iteration_cell={train:T,eval:T'}``, from which the checkpoint and both stage keys are
+    interpolated: a sweep over the two keys would be their full product, half of it
+    eval_stages < train_stages."""
     runs = []
     protocol = {"eval": eval_protocol}
     for t_train in stages:
         overrides = {**shared, **protocol, "model.ema.train_stages": str(t_train)}
-        runs.append(Run("iteration", f"T_train={t_train}", "train", root, "T${model.ema.train_stages}", f"T{t_train}",
-                        tuple(overrides.items()), "model.ema.train_stages"))
+        runs.append(Run("iteration", f"train_stages={t_train}", "train", root, "T${model.ema.train_stages}",
+                        f"T{t_train}", tuple(overrides.items()), "model.ema.train_stages"))
     evaluation = {
         **shared, **protocol,
         "checkpoint": f"'{root}/T${{iteration_cell.train}}/checkpoints/last.pt'",
@@ -241,7 +237,7 @@ def iteration_runs(
         for t_eval in range(t_train, max_stages + 1):
             overrides = {**evaluation, "+iteration_cell": f"{{train:{t_train},eval:{t_eval}}}"}
             runs.append(Run(
-                "iteration", f"T_train={t_train}, T_eval={t_eval}", "evaluate", root,
+                "iteration", f"train_stages={t_train}, eval_stages={t_eval}", "evaluate", root,
                 f"T${{iteration_cell.train}}/eval_{eval_protocol}_T${{iteration_cell.eval}}",
                 f"T{t_train}/eval_{eval_protocol}_T{t_eval}", tuple(overrides.items()), "+iteration_cell",
                 needs=root / f"T{t_train}", cell=(t_train, t_eval),
@@ -265,6 +261,17 @@ def paper_runs(
 # ----------------------------------------------------------------------------- launching
 
 
+def entry_point(script: str) -> Path:
+    """The console script ``emanet-<script>`` (pyproject.toml's ``[project.scripts]``: the
+    program of train.py or evaluate.py) of the installed package, which a multirun runs
+    with this interpreter: beside it, or else on the PATH."""
+    name = f"emanet-{script}"
+    found = shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
+    if found is None:
+        raise ConfigError(f"{name} not found: install the package (pip install -e .) to launch {script} runs")
+    return Path(found)
+
+
 @dataclass
 class Sweep:
     """The unfinished runs launched by one ``script -m`` call: same script, sweep directory
@@ -283,7 +290,7 @@ class Sweep:
             f"{key}={values if key == first.sweep_key else value}" for key, value in first.overrides
         ]
         return [
-            sys.executable, str(REPO / f"{first.script}.py"), "-m", *overrides,
+            sys.executable, str(entry_point(first.script)), "-m", *overrides,
             f"hydra.sweep.dir={first.sweep_dir}", f"hydra.sweep.subdir={first.subdir}", *hydra_overrides,
         ]
 
@@ -400,9 +407,10 @@ def backbone_problems(cfg: DictConfig) -> list[str]:
         return []
     if backbone.stem == "v1c":
         source = (f"mmsegmentation's ImageNet ResNetV1c-{backbone.depth} (open-mmlab://resnet{backbone.depth}_v1c) "
-                  "there (README.md, \"mmsegmentation's EMANet\")")
+                  "there (docs/models.md, \"mmsegmentation's EMANet\")")
     else:
-        source = f"the release's ImageNet deep-stem ResNet-{backbone.depth} there (README.md, \"Pretrained backbones\")"
+        source = (f"the release's ImageNet deep-stem ResNet-{backbone.depth} there "
+                  "(docs/models.md, \"Pretrained backbones\")")
     return [f"missing: {path} (model.backbone.pretrained): save {source}"]
 
 
@@ -502,7 +510,7 @@ def run_configs(runs: Sequence[Run], compose: Callable[[str, list[str]], DictCon
 
 
 def iteration_results(runs: Sequence[Run]) -> dict[tuple[int, int], float]:
-    """(T_train, T_eval) -> mIoU of the finished iteration-table evaluations among ``runs``."""
+    """(train_stages, eval_stages) -> mIoU of the finished iteration-table evaluations among ``runs``."""
     results = {}
     for run in runs:
         metrics = read_metrics(run.run_dir) if run.cell is not None else None

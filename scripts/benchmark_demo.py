@@ -19,16 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from emanet.benchmark_records import (
+from emanet.benchmarks.records import (
+    JSONL,
     append_record,
     benchmark_run_dir,
-    demo_table,
     new_record,
     rebuild_table,
     write_record,
 )
+from emanet.benchmarks.tables import demo_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the checkout whose train.py is timed
+DOCS = REPO / "docs"  # the published records and tables
 
 
 def run_demo(overrides: list[str]) -> dict:
@@ -62,13 +64,13 @@ def main() -> None:
     for _ in range(args.runs):
         result = {"overrides": args.overrides, **run_demo(args.overrides)}
         if args.record:
-            print(json.dumps(append_record("demo", command, result)))
+            print(json.dumps(append_record(DOCS, "demo", command, result)))
         else:
             record = new_record("demo", command, result)
-            write_record(record, run_dir / "benchmarks.jsonl")
+            write_record(record, run_dir / JSONL)
             print(json.dumps(record))
     if args.record:
-        rebuild_table("demo", demo_table)
+        rebuild_table(DOCS, "demo", demo_table)
     else:
         print(f"results in {run_dir} (--record publishes them in docs/benchmarks.jsonl and docs/benchmarks.md)")
 

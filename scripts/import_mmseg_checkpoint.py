@@ -10,74 +10,17 @@ cityscapes_mmseg_r50_512x1024. Every tensor of the file must fill one of the mod
 ``--experiment`` (``model=emanet_mmseg``) with its shape, and every tensor of the model
 must be filled; a file whose recorded config (``meta``) names another crop size or
 ``align_corners`` than the experiment's is refused; otherwise nothing is written. DST is
-written atomically, with its SHA-256 digest beside it and the resolved config inside.
+written atomically, with its SHA-256 digest beside it and the resolved config inside
+(emanet.importers.mmseg).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from emanet.cli import compose_config
-from emanet.data.transforms import height_width
-from emanet.engine.checkpoint import save_checkpoint
-from emanet.errors import CheckpointError, EmanetError
-from emanet.models.mmseg import (
-    load_mmseg_state,
-    read_mmseg_checkpoint,
-    recipe_conflicts,
-    recorded_recipe,
-    saved_iteration,
-)
-from emanet.models.segmentor import build_model
-
-# One experiment per published mmsegmentation EMANet (configs/emanet/ of mmsegmentation).
-MMSEG_EXPERIMENTS = (
-    "cityscapes_mmseg_r101", "cityscapes_mmseg_r50", "cityscapes_mmseg_r101_512x1024", "cityscapes_mmseg_r50_512x1024",
-)
-
-
-def check_recipe(source: str | Path, meta: dict, cfg, experiment: str, overrides) -> None:
-    """Refuse, in one line naming the experiment to use, a checkpoint whose recorded config
-    contradicts the crops or ``align_corners`` of ``cfg`` (``experiment``'s config): its
-    logits would be upsampled with the wrong convention."""
-    recorded = recorded_recipe(meta)
-
-    def conflicts(config) -> list[str]:
-        return recipe_conflicts(recorded, height_width(config.dataset.crop_size), config.model.align_corners)
-
-    found = conflicts(cfg)
-    if not found:
-        return
-    matching = [
-        name for name in MMSEG_EXPERIMENTS
-        if name != experiment and not conflicts(compose_config("train", [f"experiment={name}", *overrides]))
-    ]
-    hint = f"import it with --experiment {' or '.join(matching)}" if matching else "check --experiment"
-    raise CheckpointError(
-        f"{source}: its recorded config trained with {' and '.join(found)}: it is not experiment={experiment}'s "
-        f"model; {hint}"
-    )
-
-
-def import_checkpoint(
-    source: str | Path, destination: str | Path, experiment: str = "cityscapes_mmseg_r101", overrides=(),
-    trusted: bool = False,
-) -> dict:
-    state, meta = read_mmseg_checkpoint(source, trusted)
-    cfg = compose_config("train", [f"experiment={experiment}", *overrides])
-    check_recipe(source, meta, cfg, experiment, overrides)
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
-    load_mmseg_state(model, state, source)
-    checkpoint = {
-        "model": model.state_dict(), "iteration": saved_iteration(meta),
-        "config": OmegaConf.to_container(cfg, resolve=True), "imported_from": f"mmsegmentation: {Path(source).name}",
-    }
-    save_checkpoint(checkpoint, destination)
-    return checkpoint
+from emanet.errors import EmanetError
+from emanet.importers.mmseg import MMSEG_EXPERIMENTS, import_checkpoint
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 
 SRC is the release's ``{'net': state_dict, 'step': int}`` file. The converted weights are
 loaded strictly into the model of ``--experiment`` (so a mismatch is caught here, not at
-evaluation), and DST is written atomically with the resolved config. ``voc_release`` is
+evaluation), and DST is written atomically with the resolved config (emanet.importers.release). ``voc_release`` is
 EMANet(512) with the release's input normalisation and evaluation protocol.
 """
 
@@ -13,31 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from emanet.cli import compose_config
-from emanet.engine.checkpoint import save_checkpoint, state_dict_mismatch
 from emanet.errors import CheckpointError
-from emanet.models.release import read_release_checkpoint
-from emanet.models.segmentor import build_model
-
-
-def import_checkpoint(source: str | Path, destination: str | Path, experiment: str, overrides=()) -> dict:
-    cfg = compose_config("train", [f"experiment={experiment}", *overrides])
-    state, step = read_release_checkpoint(source)
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{source} does not fit experiment={experiment}: {state_dict_mismatch(error)}") from error
-    checkpoint = {
-        "model": model.state_dict(), "iteration": step, "config": OmegaConf.to_container(cfg, resolve=True),
-        "imported_from": f"the authors' release: {Path(source).name}",
-    }
-    save_checkpoint(checkpoint, destination)
-    return checkpoint
+from emanet.importers.release import import_checkpoint
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ cityscapes_emanet512 / ade20k_emanet512 / cityscapes_mmseg_* -> beyond the paper
 backbone depth; where several runs fill one row, the last one given wins. An evaluation of
 imported weights (scripts/import_mmseg_checkpoint.py: mmsegmentation's published models)
 fills the "published, evaluated here" row of its experiment. Rows without a run show "-".
-FLOPs, memory and parameters come from scripts/complexity.py.
+FLOPs, memory and parameters come from emanet.benchmarks.complexity (scripts/complexity.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from emanet.benchmarks.complexity import PAPER_SIZE, measure
 from emanet.io import atomic_write
-from emanet.tables import PAPER_TABLE3, PAPER_TABLE4, beyond_markdown, collect, ranking_markdown, table1_markdown
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from complexity import measure  # noqa: E402
+from emanet.paper_numbers import PAPER_TABLE3, PAPER_TABLE4
+from emanet.run_results import collect
+from emanet.tables import beyond_markdown, ranking_markdown, table1_markdown
 
 
 def main() -> None:
@@ -31,14 +31,14 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--output", type=Path, help="also write the tables to this Markdown file")
     args = parser.parse_args()
-    table1, table3, table4, beyond, notes = collect(args.run_dirs)
+    results = collect(args.run_dirs)
     text = "\n\n".join([
-        table1_markdown(table1, measure(513)),
-        ranking_markdown("Table 3: PASCAL Context", PAPER_TABLE3, table3),
-        ranking_markdown("Table 4: COCO-Stuff 10k", PAPER_TABLE4, table4),
-        beyond_markdown(beyond),
+        table1_markdown(results.table1, measure(PAPER_SIZE)),
+        ranking_markdown("Table 3: PASCAL Context", PAPER_TABLE3, results.table3),
+        ranking_markdown("Table 4: COCO-Stuff 10k", PAPER_TABLE4, results.table4),
+        beyond_markdown(results.beyond),
     ]) + "\n"
-    for line in notes:
+    for line in results.notes:
         print(f"note: {line}", file=sys.stderr)
     print(text)
     if args.output:

@@ -45,27 +45,15 @@ finished runs).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import time
 from pathlib import Path
 
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
-
 from emanet import reproduce
-from emanet.benchmark_records import append_record, rebuild_table, records, rows_table
-from emanet.cli import compose_config
 from emanet.errors import EmanetError
+from emanet.reproduce_paper import chosen_parts, reproduce_paper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import config_train_step_flops, model_name  # noqa: E402
-from complexity import measure  # noqa: E402
-
-SMOKE_ITERATIONS = 2
-log = logging.getLogger("reproduce_paper")
+DOCS = Path(__file__).resolve().parents[1] / "docs"  # the published benchmark records and tables
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,10 +69,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sustained TFLOP/s of the GPU-hour estimates (default %(default)g)")
     parser.add_argument("overrides", nargs="*", help="overrides for every train.py / evaluate.py call")
     args = parser.parse_args(argv)
-    args.parts = reproduce.PARTS if args.only is None else [part.strip() for part in args.only.split(",")]
-    unknown = [part for part in args.parts if part not in reproduce.PARTS]
-    if unknown or not args.parts:
-        parser.error(f"--only takes parts among {','.join(reproduce.PARTS)}, got {args.only!r}")
+    try:
+        args.parts = chosen_parts(args.only)
+    except EmanetError as error:
+        parser.error(str(error))
     if args.record and (not args.smoke or args.dry_run):
         parser.error("--record times a smoke run: pass --smoke, without --dry-run")
     if args.max_stages < 1:
@@ -94,100 +82,19 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def costs(runs: list[reproduce.Run], configs: dict, tflops: float) -> list[reproduce.Cost]:
-    """Each run's GPU-hours (``configs``: the runs' configs composed so far; the others are
-    composed here); the FLOPs of one training step are counted once per network."""
-    others = [run for run in runs if run not in configs]
-    configs = {**configs, **dict(zip(others, reproduce.run_configs(others, compose_config), strict=True))}
-    measurements = records("train")
-    step_flops: dict[str, float] = {}
-    result = []
-    for run in runs:
-        cfg = configs[run]
-        network = f"{model_name(cfg)} {cfg.model} crop {cfg.dataset.crop_size} classes {cfg.dataset.num_classes}"
-        if network not in step_flops:
-            # Two crops, not one: training-mode BatchNorm refuses a batch of one after global pooling.
-            step_flops[network] = config_train_step_flops(cfg, 2) / 2
-        measured = reproduce.measured_images_per_second(measurements, model_name(cfg), cfg)
-        result.append(reproduce.run_cost(run, cfg, step_flops[network], measured, tflops))
-    return result
-
-
-# docs/benchmarks.md's table of the smoke runs timed with --record.
-SMOKE_COLUMNS = [
-    ("command", lambda record, _: f"`{record['command']}`"),
-    ("runs", lambda record, _: record["runs"]),
-    ("jobs at once", lambda record, _: record["jobs_at_once"]),
-    ("wall time", lambda record, _: "{} min {} s".format(*divmod(round(record["wall_seconds"]), 60))),
-    ("load average at the start", lambda record, _: record["load_average"]),
-]
-
-
-def smoke_table(smoke_records: list[dict]) -> str:
-    return rows_table(smoke_records, SMOKE_COLUMNS, rows_of=lambda record: [record])
-
-
-def jobs_at_once(training: reproduce.Run, hydra_overrides: list[str]) -> int | str:
-    """How many jobs of a multirun the launcher runs at once ("all": as many as it is given)."""
-    if reproduce.chosen_launcher(hydra_overrides) == "basic":
-        return 1
-    cfg = compose_config("train", [*training.override_list(), *hydra_overrides], return_hydra_config=True)
-    return cfg.hydra.sweeper.max_batch_size or "all"
-
-
-def main(argv: list[str] | None = None) -> None:
-    started, load_average = time.perf_counter(), os.getloadavg()[0]
-    args = parse_arguments(argv)
+def main() -> None:
+    args = parse_arguments()
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    job_overrides, hydra_overrides = reproduce.split_hydra_overrides(args.overrides)
-    smoke = None
-    if args.smoke:
-        demo = compose_config("train", ["experiment=demo"])
-        smoke = reproduce.smoke_overrides(demo, SMOKE_ITERATIONS, reproduce.chosen_launcher(hydra_overrides) != "basic")
-    root = (args.root or Path("runs") / ("paper_smoke" if args.smoke else "paper")).resolve()
-    runs = reproduce.paper_runs(root, args.parts, job_overrides, smoke, args.max_stages)
-    if args.record and any(run.finished for run in runs):
-        raise SystemExit(f"error: --record times a smoke run from scratch, and {root} holds finished runs: "
-                         "pass a new --root")
-    trainings = [run for run in runs if run.script == "train"]
-    try:  # a bad override stops here, before anything is launched
-        configs = dict(zip(trainings, reproduce.run_configs(trainings, compose_config), strict=True))
-    except (HydraException, OmegaConfBaseException, EmanetError) as error:
-        raise SystemExit(f"error: {' '.join(args.overrides)}: {' '.join(str(error).split())}") from None
-    # The demo's data is generated by the first run that reads it.
-    missing = [] if args.smoke else reproduce.missing_prerequisites(list(configs.values()))
-
-    if args.dry_run:
-        lines = reproduce.plan_lines(runs, costs(runs, configs, args.assumed_tflops), args.assumed_tflops)
-        print("\n".join(lines))
-        print("\n".join([f"{len(missing)} missing prerequisite(s)" + (":" if missing else ""), *missing]))
-        sys.exit(2 if missing else 0)
-    if missing:
-        print("\n".join(missing), file=sys.stderr)
-        print(f"error: {len(missing)} prerequisite(s) missing (above); nothing launched", file=sys.stderr)
+    command = " ".join(["python scripts/reproduce_paper.py", *sys.argv[1:]])
+    try:
+        status = reproduce_paper(
+            args.root, args.parts, args.overrides, DOCS, command, smoke=args.smoke, dry_run=args.dry_run,
+            record=args.record, max_stages=args.max_stages, assumed_tflops=args.assumed_tflops,
+        )
+    except EmanetError as error:
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-
-    reproduce.check_recorded_settings(root / "reproduce_paper.json", {"overrides": job_overrides, "smoke": args.smoke})
-    sweeps = reproduce.unfinished_sweeps(runs)
-    log.info("%d of %d runs finished; %d multirun(s) to launch", sum(r.finished for r in runs), len(runs), len(sweeps))
-    failures = reproduce.launch(sweeps, hydra_overrides, reproduce.uses_cluster_launcher(hydra_overrides))
-    # Table 1's complexity columns describe the paper's networks, which a smoke test does not train.
-    complexity = measure(513) if "table1" in args.parts and not args.smoke else []
-    title = " (smoke test: demo data and network)" if args.smoke else ""
-    for path in reproduce.write_paper_tables(root, runs, args.parts, complexity, args.max_stages, title):
-        print(f"written: {path}")
-    for line in failures:
-        print(f"error: {line}", file=sys.stderr)
-    if failures:
-        sys.exit(1)
-    if args.record:
-        command = " ".join(["python scripts/reproduce_paper.py", *(sys.argv[1:] if argv is None else argv)])
-        result = {
-            "overrides": args.overrides, "runs": len(runs), "jobs_at_once": jobs_at_once(trainings[0], hydra_overrides),
-            "wall_seconds": round(time.perf_counter() - started, 1), "load_average": round(load_average, 2),
-        }
-        print(json.dumps(append_record("paper_smoke", command, result)))
-        rebuild_table("paper_smoke", smoke_table)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""The GPU acceptance check (scripts/benchmark.py acceptance, emanet.engine.acceptance) on a
-CPU at toy sizes: every check reported, the CUDA-only ones skipped with their reasons, the
-others within their tolerances, and a broken network or a zero tolerance failing.
+"""The GPU acceptance check (scripts/benchmark.py acceptance: emanet.benchmarks.acceptance and
+emanet.engine.acceptance) on a CPU at toy sizes: every check reported, the CUDA-only ones
+skipped with their reasons, the others within their tolerances, and a broken network or a
+zero tolerance failing.
 
 Speeds are not asserted beyond being measured: they belong to docs/benchmarks.md."""
 
 import copy
+import os
+import subprocess
 import sys
 
 import pytest
@@ -12,13 +15,12 @@ import torch
 from tests_paths import REPO
 from torch import nn
 
-import emanet.benchmark_records as records
+import emanet.benchmarks.acceptance as acceptance_run
+from emanet.benchmarks import records
+from emanet.benchmarks.tables import keep_result
 from emanet.cli import compose_config
 from emanet.engine import acceptance
 from emanet.engine.amp import AmpSettings
-
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
 
 EVERY_CHECK = [
     "cuda_vs_cpu_logits", "cudnn_benchmark_logits", "bf16_training_loss", "bf16_training_logits",
@@ -27,8 +29,7 @@ EVERY_CHECK = [
 ]
 CUDA_ONLY = ["cuda_vs_cpu_logits", "cudnn_benchmark_logits", "compile_logits", "sync_batch_norm_output",
              "sync_batch_norm_running_stats", "sync_batch_norm_gradients"]
-TOY = ["--device", "cpu", "--steps", "2", "--repeats", "1", "--images", "1"]
-PUBLISHED = [REPO / "docs" / "benchmarks.jsonl", REPO / "docs" / "benchmarks.md"]
+PUBLISHED = [REPO / "docs" / records.JSONL, REPO / "docs" / records.MARKDOWN]
 CPU = torch.device("cpu")
 
 
@@ -39,19 +40,22 @@ def demo():
     return cfg, acceptance.check_model(cfg), acceptance.check_batch(cfg, CPU)
 
 
-def run_acceptance(monkeypatch, tmp_path, *argv):
-    """scripts/benchmark.py acceptance in this process, from ``tmp_path``, into ``tmp_path / "run"``."""
+def run_acceptance(monkeypatch, tmp_path) -> dict:
+    """The acceptance run at toy sizes on a CPU, from ``tmp_path``, kept in ``tmp_path / "run"``
+    as ``benchmark.py acceptance`` keeps it; its result."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "acceptance", *argv, "--out", str(tmp_path / "run")])
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
-    benchmark.main()
+    result = acceptance_run.acceptance_benchmark(CPU, steps=2, repeats=1, images=1)
+    keep_result("acceptance", "python scripts/benchmark.py acceptance", result, REPO / "docs", publish=False,
+                run_dir=tmp_path / "run")
+    return result
 
 
 @pytest.mark.slow
 def test_the_cpu_run_reports_every_check_and_measures_speed_into_its_run_directory(tmp_path, monkeypatch, capsys):
     published = [path.read_bytes() for path in PUBLISHED]
-    run_acceptance(monkeypatch, tmp_path, *TOY)
-    [record] = records.records("acceptance", tmp_path / "run" / "benchmarks.jsonl")
+    run_acceptance(monkeypatch, tmp_path)
+    [record] = records.records("acceptance", tmp_path / "run")
     checks = {check["name"]: check for check in record["checks"]}
     assert list(checks) == EVERY_CHECK
     for name in CUDA_ONLY:
@@ -84,30 +88,31 @@ def test_the_cpu_run_reports_every_check_and_measures_speed_into_its_run_directo
 
 
 @pytest.mark.slow
-def test_a_failed_check_fails_the_run_with_exit_status_1(tmp_path, monkeypatch, capsys):
+def test_a_failed_check_fails_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(acceptance.TOLERANCES, "bf16_loss", acceptance.Tolerance(0.0))  # bf16 rounds: > 0
-    monkeypatch.setattr(benchmark, "measure_train", lambda *args: [
+    monkeypatch.setattr(acceptance_run, "measure_train", lambda *args: [
         {"variant": "fp32", "images_per_second": 1.0, "tflops": 0.1, "peak_memory_gib": None,
          "fraction_of_bf16_peak": None}])
-    monkeypatch.setattr(benchmark, "measure_eval", lambda *args, **kwargs: [
+    monkeypatch.setattr(acceptance_run, "measure_eval", lambda *args, **kwargs: [
         {"variant": "fp32", "protocol": "MS+flip", "scales": [1.0], "flip": True, "images_per_second": 1.0,
          "peak_memory_gib": None}])
-    with pytest.raises(SystemExit) as exit_status:
-        run_acceptance(monkeypatch, tmp_path, *TOY)
-    assert exit_status.value.code == 1
-    [record] = records.records("acceptance", tmp_path / "run" / "benchmarks.jsonl")
+    assert run_acceptance(monkeypatch, tmp_path)["passed"] is False  # benchmark.py exits with status 1
+    [record] = records.records("acceptance", tmp_path / "run")
     [failed] = [check for check in record["checks"] if check["status"] == "FAIL"]
     assert failed["name"] == "bf16_training_loss" and failed["difference"] > failed["tolerance"] == 0
     assert record["passed"] is False
     assert "acceptance: FAIL (4 PASS, 1 FAIL, 6 SKIP)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["--steps", "--repeats", "--images"])
-def test_a_count_below_one_is_refused_naming_the_option(option, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "acceptance", option, "0"])
-    with pytest.raises(SystemExit):
-        benchmark.main()
-    assert f"argument {option}: expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+def test_a_count_below_one_is_refused_naming_the_option(option):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "acceptance", option, "0"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"argument {option}: expected a whole number of at least 1, got '0'" in result.stderr
 
 
 def test_compare_passes_within_the_tolerance_and_fails_past_it_or_on_non_finite_values():
@@ -210,22 +215,22 @@ def test_the_published_table_says_so_until_a_gpu_has_run_it():
         "model": "voc_emanet512 R101 OS8", "crop": 513, "batch": 16,
         "train_rows": [{"variant": "bf16_cl", "images_per_second": 160.0, "peak_memory_gib": 40.1}],
     }
-    lines = benchmark.acceptance_table([cpu_run]).splitlines()
+    lines = acceptance_run.acceptance_table([cpu_run]).splitlines()
     assert lines[2] == ("| 2026-12-03 | 2 CPUs (AMD EPYC), torch 2.14.1 | demo R18 OS8 | 33, 2 "
                         "| PASS (1 PASS, 0 FAIL, 1 SKIP) | 109.66 / - / - | - | - / 10.18 | 14.8 |")
     assert "not measured on a GPU yet" in lines[3]
-    lines = benchmark.acceptance_table([cpu_run, gpu_run]).splitlines()
+    lines = acceptance_run.acceptance_table([cpu_run, gpu_run]).splitlines()
     assert len(lines) == 4 and "| NVIDIA H200, torch 2.14.1 |" in lines[3] and "| - / 160.0 / - | 40.1 |" in lines[3]
 
 
 def test_the_published_page_has_the_acceptance_section_and_table():
-    text = (REPO / "docs" / "benchmarks.md").read_text()
+    text = (REPO / "docs" / records.MARKDOWN).read_text()
     section = text.split("## GPU acceptance check\n", 1)[1].split("\n## ", 1)[0]
     assert "python scripts/benchmark.py acceptance --record" in section
     for name in ("cuda_vs_cpu_logits", "bf16_training_loss", "compile_logits", "sync_batch_norm_output"):
         assert name in section
     assert "<!-- acceptance-table:begin -->" in section and "<!-- acceptance-table:end -->" in section
-    published = records.records("acceptance")
+    published = records.records("acceptance", REPO / "docs")
     assert section.split("<!-- acceptance-table:begin -->\n", 1)[1].split("\n<!--", 1)[0] == (
-        benchmark.acceptance_table(published)
+        acceptance_run.acceptance_table(published)
     )

@@ -1,11 +1,11 @@
-"""scripts/benchmark.py at toy sizes: every subcommand runs, records its JSON line and rebuilds its table.
+"""The benchmarks of scripts/benchmark.py (emanet.benchmarks) at toy sizes: each measures,
+records its JSON line and rebuilds its table.
 
 Speeds are not asserted here (they belong to docs/benchmarks.md); the structure of the
 records, the FLOP count and the configurations the GPU run will use are.
 """
 
 import json
-import sys
 
 import pytest
 import torch
@@ -13,42 +13,47 @@ import torchvision
 from tests_paths import REPO
 from torch.utils.flop_counter import FlopCounterMode
 
-import emanet.benchmark_records as records
+import emanet.benchmarks.measure
+from emanet.benchmarks import records
+from emanet.benchmarks.data_pipeline import data_benchmark
+from emanet.benchmarks.flops import bf16_peak_tflops, forward_flops, targets_benchmark, train_step_flops
+from emanet.benchmarks.measure import VOC_IMAGE_SIZES, eval_benchmark, train_benchmark, voc_sized_batches
+from emanet.benchmarks.records import MissingSectionError
+from emanet.benchmarks.tables import command_line, keep_result, rebuild_every_table
+from emanet.benchmarks.unit import power_law_exponent, unit_benchmark, unit_growth
 from emanet.cli import compose_config
 from emanet.models.segmentor import build_model
 
-sys.path.insert(0, str(REPO / "scripts"))
-import benchmark  # noqa: E402
-
 BENCHMARKS = ("unit", "unit-growth", "train", "eval", "data", "targets", "acceptance", "demo")
+CPU = torch.device("cpu")
+PUBLISHED = REPO / "docs"
 
 
 @pytest.fixture
-def docs(tmp_path, monkeypatch):
-    markdown = tmp_path / "benchmarks.md"
+def docs(tmp_path):
+    """A folder of published results with an old table in each section."""
     sections = [f"## {name}\n<!-- {name}-table:begin -->\nold\n<!-- {name}-table:end -->\n" for name in BENCHMARKS]
-    markdown.write_text("# Benchmarks\n" + "".join(sections) + "tail\n")
-    monkeypatch.setattr(records, "JSONL", tmp_path / "benchmarks.jsonl")
-    monkeypatch.setattr(records, "MARKDOWN", markdown)
+    (tmp_path / records.MARKDOWN).write_text("# Benchmarks\n" + "".join(sections) + "tail\n")
     return tmp_path
 
 
-def run_benchmark(monkeypatch, *argv):
-    """Run a benchmark that publishes its result (--record) in the ``docs`` fixture's files."""
-    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", *argv, "--record"])
-    benchmark.main()
-    lines = records.JSONL.read_text().splitlines()
+def publish(docs, benchmark, result, *argv):
+    """Keep ``result`` as ``benchmark.py BENCHMARK *argv --record`` does; the record written."""
+    command = command_line("scripts/benchmark.py", [benchmark, *argv, "--record"])
+    keep_result(benchmark, command, result, docs, publish=True)
+    lines = (docs / records.JSONL).read_text().splitlines()
     return json.loads(lines[-1])
 
 
-def table_lines(name):
-    text = records.MARKDOWN.read_text()
+def table_lines(docs, name):
+    text = (docs / records.MARKDOWN).read_text()
     section = text.split(f"<!-- {name}-table:begin -->\n", 1)[1].split(f"\n<!-- {name}-table:end -->", 1)[0]
     return section.splitlines()
 
 
-def test_unit_benchmark_records_every_module_at_every_size_in_both_layouts(docs, monkeypatch):
-    record = run_benchmark(monkeypatch, "unit", "--sizes", "9", "17", "--channels", "16", "--repeats", "1")
+def test_unit_benchmark_records_every_module_at_every_size_in_both_layouts(docs):
+    result = unit_benchmark([9, 17], 16, 1, ["contiguous", "channels_last"], CPU)
+    record = publish(docs, "unit", result, "--sizes", "9", "17", "--channels", "16", "--repeats", "1")
     assert record["benchmark"] == "unit" and record["channels"] == 16
     assert record["command"] == "python scripts/benchmark.py unit --sizes 9 17 --channels 16 --repeats 1"
     assert [(row["memory_format"], row["size"], row["module"]) for row in record["rows"]] == [
@@ -58,7 +63,7 @@ def test_unit_benchmark_records_every_module_at_every_size_in_both_layouts(docs,
     ]
     memory = {(row["memory_format"], row["size"], row["module"]): row["memory_mib"] for row in record["rows"]}
     assert memory[("contiguous", 17, "non-local")] > memory[("contiguous", 9, "non-local")]
-    lines = table_lines("unit")
+    lines = table_lines(docs, "unit")
     assert len(lines) == 2 + 12  # header, rule, a line per row; the old content is gone
     assert {line.count("|") for line in lines} == {2 + 8 + 1}  # date, machine, eight columns
     # Each module is compared with the 3x3 conv of its own layout and size.
@@ -70,18 +75,18 @@ def test_unit_benchmark_records_every_module_at_every_size_in_both_layouts(docs,
         layout = {"contiguous": "NCHW", "channels_last": "NHWC"}[row["memory_format"]]
         assert f"| {layout} | {row['size']} | {row['module']} |" in line
         assert f"| {row['forward_backward_ms'] / conv:.2f}x |" in line
-    growth = table_lines("unit-growth")
+    growth = table_lines(docs, "unit-growth")
     assert len(growth) == 2 + 6  # a line per layout and module
     assert "| 16 | NCHW | EMA unit | 9 -> 17 | 3.6x |" in growth[2]
     assert growth[2].endswith("| - | - |")  # its memory at S=9 rounds to 0.0 MiB: no ratio
-    assert records.MARKDOWN.read_text().endswith("tail\n")
+    assert (docs / records.MARKDOWN).read_text().endswith("tail\n")
 
 
 def test_power_law_exponent_is_one_for_linear_and_two_for_quadratic_growth_in_n():
     sizes = [33, 65, 97, 129]
-    assert benchmark.power_law_exponent(sizes, [3.0 * s * s for s in sizes]) == pytest.approx(1.0, abs=1e-12)
-    assert benchmark.power_law_exponent(sizes, [0.5 * s**4 for s in sizes]) == pytest.approx(2.0, abs=1e-12)
-    assert benchmark.power_law_exponent([10, 20], [1.0, 8.0]) == pytest.approx(1.5, abs=1e-12)  # 8 = 4^1.5
+    assert power_law_exponent(sizes, [3.0 * s * s for s in sizes]) == pytest.approx(1.0, abs=1e-12)
+    assert power_law_exponent(sizes, [0.5 * s**4 for s in sizes]) == pytest.approx(2.0, abs=1e-12)
+    assert power_law_exponent([10, 20], [1.0, 8.0]) == pytest.approx(1.5, abs=1e-12)  # 8 = 4^1.5
 
 
 def test_unit_growth_reports_ratios_and_exponents_per_layout_and_module():
@@ -93,7 +98,7 @@ def test_unit_growth_reports_ratios_and_exponents_per_layout_and_module():
             (10, "non-local", 1.0, 1.0), (20, "non-local", 16.0, 16.0),
         )
     ] + [{"size": 30, "module": "3x3 conv", "forward_backward_ms": 1.0, "memory_mib": 1.0}]  # one size: no growth
-    growth = benchmark.unit_growth(rows)
+    growth = unit_growth(rows)
     assert [(g["memory_format"], g["module"]) for g in growth] == [
         ("contiguous", "EMA unit"), ("contiguous", "non-local"), ("channels_last", "EMA unit"),
         ("channels_last", "non-local"),
@@ -106,34 +111,32 @@ def test_unit_growth_reports_ratios_and_exponents_per_layout_and_module():
     assert growth[2]["time_ratio"] == 4.0 and growth[2]["time_exponent"] == 1.0
 
 
-def test_unit_table_reads_records_from_before_the_layout_option_as_nchw(docs, monkeypatch):
+def test_unit_table_reads_records_from_before_the_layout_option_as_nchw(docs):
     rows = [
         {"size": 9, "module": "EMA unit", "forward_ms": 1.0, "forward_backward_ms": 3.0, "memory_mib": 0.5},
         {"size": 9, "module": "3x3 conv", "forward_ms": 2.0, "forward_backward_ms": 12.0, "memory_mib": 0.1},
     ]
-    records.append_record("unit", "python scripts/benchmark.py unit", {"channels": 8, "rows": rows})
-    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "tables"])
-    benchmark.main()
-    lines = table_lines("unit")
+    records.append_record(docs, "unit", "python scripts/benchmark.py unit", {"channels": 8, "rows": rows})
+    rebuild_every_table(docs)
+    lines = table_lines(docs, "unit")
     assert "| NCHW | 9 | EMA unit | 1.0 | 3.0 | 0.25x | 0.5 |" in lines[2]
 
 
 @pytest.mark.slow
 def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, monkeypatch):
     steps = []
-    trainer_step = benchmark.train_step
+    trainer_step = emanet.benchmarks.measure.train_step
 
     def recording_step(*args, **kwargs):
         amp = args[-1]
         steps.append((amp.dtype, amp.channels_last))
         return trainer_step(*args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "train_step", recording_step)
+    monkeypatch.setattr(emanet.benchmarks.measure, "train_step", recording_step)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # restored after the test
-    record = run_benchmark(
-        monkeypatch, "train", "--device", "cpu", "--preset", "full", "--variants", "fp32", "bf16_cl", "fp32_cl",
-        "--repeats", "1", "dataset.crop_size=33", "schedule.batch_size=2", "runtime.cudnn_benchmark=false",
-    )
+    overrides = ["dataset.crop_size=33", "schedule.batch_size=2", "runtime.cudnn_benchmark=false"]
+    result = train_benchmark(CPU, ["fp32", "bf16_cl", "fp32_cl"], 1, "full", overrides)
+    record = publish(docs, "train", result)
     assert record["model"] == "voc_emanet512 R101 OS8"
     assert (record["crop"], record["batch"]) == (33, 2)
     # cuDNN autotuning follows runtime.cudnn_benchmark, as in the trainer, and is recorded.
@@ -152,13 +155,13 @@ def test_train_benchmark_runs_the_full_size_gpu_configuration_at_toy_size(docs, 
         model(torch.randn(2, 3, 33, 33))
     ratio = record["gflops_per_step"] * 1e9 / counter.get_total_flops()
     assert 2.5 < ratio < 3.05
-    assert len(table_lines("train")) == 2 + 3
+    assert len(table_lines(docs, "train")) == 2 + 3
 
 
 def test_train_step_flops_counts_forward_and_backward_of_a_convolution():
     conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
     images, labels = torch.randn(2, 4, 5, 5, requires_grad=True), torch.randint(0, 6, (2, 5, 5))
-    flops = benchmark.train_step_flops(conv, images, labels)
+    flops = train_step_flops(conv, images, labels)
     multiply_adds = 2 * 6 * 5 * 5 * 4 * 3 * 3  # per pass: batch x out x H x W x in x k x k
     # forward, gradient of the input, gradient of the weight; 2 FLOPs per multiply-add
     assert flops == 3 * 2 * multiply_adds
@@ -166,8 +169,8 @@ def test_train_step_flops_counts_forward_and_backward_of_a_convolution():
 
 
 @pytest.mark.slow
-def test_targets_turn_images_per_second_into_tflops_and_fractions_of_peak(docs, monkeypatch):
-    record = run_benchmark(monkeypatch, "targets")
+def test_targets_turn_images_per_second_into_tflops_and_fractions_of_peak(docs):
+    record = publish(docs, "targets", targets_benchmark())
     assert record["model"] == "voc_emanet512 R101 OS8"
     train, evaluation = record["rows"]
     assert train["target_images_per_second"] == 150 and evaluation["target_images_per_second"] == 8.05
@@ -181,47 +184,47 @@ def test_targets_turn_images_per_second_into_tflops_and_fractions_of_peak(docs, 
     cfg = compose_config("train", ["experiment=voc_emanet512", "model.backbone.pretrained=null"])
     with torch.device("meta"):
         model = build_model(cfg.model, 21, load_pretrained=False).eval()
-        forward_513 = benchmark.forward_flops(model, torch.randn(1, 3, 513, 513)) / 1e12
+        forward_513 = forward_flops(model, torch.randn(1, 3, 513, 513)) / 1e12
     assert 2.9 < train["tflop_per_image"] / forward_513 < 3.05
     assert 11 < evaluation["tflop_per_image"] / forward_513 < 13
-    assert len(table_lines("targets")) == 2 + 2
+    assert len(table_lines(docs, "targets")) == 2 + 2
 
 
 def test_bf16_peak_is_looked_up_by_the_most_specific_gpu_name():
-    assert benchmark.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
-    assert benchmark.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert benchmark.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
-    assert benchmark.bf16_peak_tflops("NVIDIA GeForce RTX 4090") is None
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bf16_peak_tflops("NVIDIA GeForce RTX 4090") is None
 
 
 @pytest.mark.slow
-def test_eval_benchmark_times_both_protocols_for_each_precision(docs, monkeypatch):
-    record = run_benchmark(
-        monkeypatch, "eval", "--device", "cpu", "--preset", "small", "--images", "4", "eval.scales=[0.5,1.0]",
-    )
+def test_eval_benchmark_times_both_protocols_for_each_precision(docs):
+    record = publish(docs, "eval", eval_benchmark(CPU, ["fp32", "bf16_cl"], 4, "small", ["eval.scales=[0.5,1.0]"]))
     assert record["model"] == "demo R18 OS8" and record["mode"] == "whole" and record["images"] == 4
     assert [(row["variant"], row["protocol"]) for row in record["rows"]] == [
         ("fp32", "single scale"), ("fp32", "MS+flip"), ("bf16_cl", "single scale"), ("bf16_cl", "MS+flip"),
     ]
     assert record["rows"][1]["scales"] == [0.5, 1.0] and record["rows"][1]["flip"] is True
-    assert len(table_lines("eval")) == 2 + 4
+    assert len(table_lines(docs, "eval")) == 2 + 4
 
 
 def test_voc_sized_batches_cycle_voc_sizes_with_valid_labels():
-    batches = benchmark.voc_sized_batches(5, num_classes=21)
-    assert [tuple(b["image"].shape[-2:]) for b in batches] == [*benchmark.VOC_IMAGE_SIZES, (375, 500)]
+    batches = voc_sized_batches(5, num_classes=21)
+    assert [tuple(b["image"].shape[-2:]) for b in batches] == [*VOC_IMAGE_SIZES, (375, 500)]
     assert all(b["label"].shape == (1, *b["image"].shape[-2:]) for b in batches)
     assert max(int(b["label"].max()) for b in batches) == 20
 
 
-def test_data_benchmark_reads_the_written_images(docs, monkeypatch):
-    record = run_benchmark(monkeypatch, "data", "--images", "3", "--workers", "1")
+def test_data_benchmark_reads_the_written_images(docs):
+    record = publish(docs, "data", data_benchmark(3, [1]), "--images", "3", "--workers", "1")
     assert [row["workers"] for row in record["rows"]] == ["main process", 1]
     assert all(row["images_per_second"] > 0 for row in record["rows"])
-    assert len(table_lines("data")) == 2 + 2
+    assert len(table_lines(docs, "data")) == 2 + 2
+    assert table_lines(docs, "data")[3].endswith("| 1 | " + f"{record['rows'][1]['images_per_second']} | "
+                                                 "`python scripts/benchmark.py data --images 3 --workers 1` |")
 
 
-def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs, monkeypatch):
+def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs):
     measured_on_a_gpu = {
         "benchmark": "train", "date": "2026-12-01T10:00:00+00:00", "command": "python scripts/benchmark.py train",
         "machine": {"gpu": "NVIDIA H100 80GB HBM3", "cpu_count": 16, "torch": "2.14.1"},
@@ -236,27 +239,27 @@ def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs, monkeypatch):
         "iterations": 2100, "wall_seconds": 41.5, "train_seconds": 35.0, "mIoU_ms_flip": 87.09,
         "mIoU_single_scale": 76.92,
     }
-    records.JSONL.write_text(json.dumps(measured_on_a_gpu) + "\n" + json.dumps(demo_on_a_workstation) + "\n")
-    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", "tables"])
-    benchmark.main()
-    assert table_lines("demo")[2] == (
+    (docs / records.JSONL).write_text(json.dumps(measured_on_a_gpu) + "\n" + json.dumps(demo_on_a_workstation) + "\n")
+    assert rebuild_every_table(docs) == ["data", "unit", "train", "eval", "targets", "acceptance", "demo"]
+    assert table_lines(docs, "demo")[2] == (
         "| 2026-12-02 | 32 CPUs (AMD EPYC 9654), torch 2.14.1 | 16 | 2100 | 41.5 | 35.0 | 87.09 | 76.92 | seed=1 |"
     )
-    assert table_lines("train")[2] == (
+    assert table_lines(docs, "train")[2] == (
         "| 2026-12-01 | NVIDIA H100 80GB HBM3, torch 2.14.1 | voc_emanet512 R101 OS8 | 513 | 16 | bf16_cl "
         "| 160.0 | 226.7 | 0.229 | 31.5 |"
     )
-    assert len(table_lines("unit")) == 2  # no unit records: header and rule only
+    assert len(table_lines(docs, "unit")) == 2  # no unit records: header and rule only
 
 
-def test_without_record_a_measurement_goes_to_its_run_directory_and_the_docs_stay(docs, monkeypatch):
-    published = records.MARKDOWN.read_text()
+def test_without_record_a_measurement_goes_to_its_run_directory_and_the_docs_stay(docs):
+    published = (docs / records.MARKDOWN).read_text()
     run_dir = docs / "run"
     argv = ["unit", "--sizes", "5", "--channels", "8", "--repeats", "1", "--memory-formats", "contiguous"]
-    monkeypatch.setattr(sys, "argv", ["scripts/benchmark.py", *argv, "--out", str(run_dir)])
-    benchmark.main()
-    assert records.MARKDOWN.read_text() == published and not records.JSONL.exists()
-    [measured] = records.records("unit", run_dir / "benchmarks.jsonl")
+    command = command_line("scripts/benchmark.py", [*argv, "--out", str(run_dir)])
+    result = unit_benchmark([5], 8, 1, ["contiguous"], CPU)
+    assert keep_result("unit", command, result, docs, publish=False, run_dir=run_dir) == run_dir
+    assert (docs / records.MARKDOWN).read_text() == published and not (docs / records.JSONL).exists()
+    [measured] = records.records("unit", run_dir)
     assert measured["command"] == f"python scripts/benchmark.py {' '.join(argv)} --out {run_dir}"
     table = (run_dir / "benchmarks.md").read_text()
     assert table.startswith("## unit\n\n| date | machine | C | layout |")
@@ -264,28 +267,32 @@ def test_without_record_a_measurement_goes_to_its_run_directory_and_the_docs_sta
 
 
 def test_the_published_page_opens_with_a_summary_with_a_column_for_every_recorded_machine():
-    text = (REPO / "docs" / "benchmarks.md").read_text()
+    text = (PUBLISHED / records.MARKDOWN).read_text()
     summary = text.split("\n## ", 1)[0]  # before the first section
     header = next(line for line in summary.splitlines() if line.startswith("| measurement |"))
-    measured = [json.loads(line) for line in (REPO / "docs" / "benchmarks.jsonl").read_text().splitlines() if line]
+    measured = [json.loads(line) for line in (PUBLISHED / records.JSONL).read_text().splitlines() if line]
     machines = {record["machine"].get("gpu") or record["machine"].get("cpu_model") for record in measured}
     named = {machine or "processor not recorded" for machine in machines}
     assert [machine for machine in sorted(named) if machine not in header] == []
 
 
-def test_a_missing_table_section_is_reported(docs, monkeypatch):
-    records.MARKDOWN.write_text("# Benchmarks\n")
-    with pytest.raises(SystemExit, match="has no <!-- unit-table:begin --> ... <!-- unit-table:end --> section"):
-        run_benchmark(monkeypatch, "unit", "--sizes", "5", "--channels", "8", "--repeats", "1")
-    assert not records.JSONL.exists()  # refused before a record was written
+def test_a_missing_table_section_is_reported(docs):
+    (docs / records.MARKDOWN).write_text("# Benchmarks\n")
+    with pytest.raises(MissingSectionError) as error:
+        publish(docs, "unit", {"channels": 8, "rows": []})
+    assert str(error.value) == (f"{docs / 'benchmarks.md'} has no <!-- unit-table:begin --> ... "
+                                "<!-- unit-table:end --> section; add one where the table should go")
+    assert not (docs / records.JSONL).exists()  # refused before a record was written
 
 
 def test_the_processor_is_named_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n"
+                       "flags\t\t: fpu sse2 avx f16c avx2 fma bmi2\n"
                        "processor\t: 1\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
     assert records.cpu_model(cpuinfo) == "AMD EPYC 9654 96-Core Processor"
-    assert records.machine_description()["cpu_model"] == records.cpu_model()
+    machine = records.machine_description(cpuinfo)
+    assert (machine["cpu_model"], machine["cpu_vector_extension"]) == ("AMD EPYC 9654 96-Core Processor", "avx2")
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
@@ -304,14 +311,22 @@ def test_the_widest_vector_extension_is_read_from_the_flags(tmp_path, flags, exp
         f"2 CPUs (AMD EPYC, {expected}), torch 2.14.1" if expected else "2 CPUs (AMD EPYC), torch 2.14.1")
 
 
-def test_machine_description_names_versions_and_the_float32_settings_of_a_gpu(monkeypatch):
-    cpu = records.machine_description()
-    assert (cpu["torch"], cpu["torchvision"]) == (torch.__version__, torchvision.__version__)
+def test_machine_description_names_versions_and_the_float32_settings_of_a_gpu(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                       "flags\t\t: fpu sse2 avx avx2 avx512f avx512_bf16\n")
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
+    monkeypatch.setattr(torchvision, "__version__", "0.29.1+cu130")
+    cpu = records.machine_description(cpuinfo)
+    assert (cpu["cpu_model"], cpu["cpu_vector_extension"]) == ("Intel(R) Xeon(R) Platinum 8480+", "avx512")
+    assert (cpu["torch"], cpu["torchvision"]) == ("2.14.1+cu130", "0.29.1+cu130")
     assert "gpu" not in cpu and "cudnn_allow_tf32" not in cpu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)  # asks the (absent) GPU otherwise
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # restored after the test
-    gpu = records.machine_description()
-    assert gpu["gpu"] == "NVIDIA H100 80GB HBM3" and (gpu["cuda"], gpu["cudnn"]) == (torch.version.cuda, 91000)
+    gpu = records.machine_description(cpuinfo)
+    assert (gpu["gpu"], gpu["cuda"], gpu["cudnn"]) == ("NVIDIA H100 80GB HBM3", "13.0", 91000)
     assert gpu["cudnn_allow_tf32"] is False and gpu["float32_matmul_precision"] == "highest"
+    assert records.machine_cell({"machine": gpu}) == "NVIDIA H100 80GB HBM3, torch 2.14.1+cu130"

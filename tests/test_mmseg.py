@@ -1,8 +1,9 @@
 """mmsegmentation's EMANet: the v1c stem, their head, and importing their checkpoints.
 
 The reference below is a functional forward pass written from the description of
-mmsegmentation's network (REFERENCE.md section 6 and their EMAHead), reading their own
-key names: a converted checkpoint must give its logits and move the bases as it does.
+mmsegmentation's network (configs/emanet and mmseg/models/decode_heads/ema_head.py of
+open-mmlab/mmsegmentation), reading their own key names: a converted checkpoint must give
+its logits and move the bases as it does.
 """
 
 import argparse
@@ -14,21 +15,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import bilinear_reference
 from omegaconf import OmegaConf
 from random_weights import RandomWeights
-from test_eval_protocols import bilinear_reference
 
 from emanet.cli import compose_config
 from emanet.engine.checkpoint import digest_file, load_checkpoint, load_model_weights
 from emanet.engine.train import loss_divisor, training_loss
 from emanet.errors import CheckpointError, ConfigError
+from emanet.importers.mmseg import import_checkpoint
 from emanet.models.mmseg import RecordedRecipe, read_mmseg_checkpoint, recorded_recipe, saved_iteration
 from emanet.models.resnet import ResNet
 from emanet.models.segmentor import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from import_mmseg_checkpoint import import_checkpoint  # noqa: E402
 
 WIDTH, C_EMA, K, CHANNELS, AUX, CLASSES = 8, 16, 4, 8, 8, 19
 BLOCKS = (3, 4, 6, 3)  # ResNet-50

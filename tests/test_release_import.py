@@ -1,7 +1,8 @@
 """Importing the authors' checkpoint: converted weights must give the release's logits.
 
 The reference below is a functional forward pass written from the description of the
-release (REFERENCE.md, sections 1-2), reading the release's own key names.
+release (github.com/XiaLiPKU/EMANet, network.py; Li et al., ICCV 2019, arXiv:1907.13426),
+reading the release's own key names.
 """
 
 import subprocess
@@ -19,11 +20,10 @@ from random_weights import RandomWeights
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.engine.checkpoint import load_checkpoint, load_model_weights
 from emanet.errors import CheckpointError
+from emanet.importers.release import import_checkpoint
 from emanet.models.segmentor import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from import_official_checkpoint import import_checkpoint  # noqa: E402
 
 WIDTH, C_EMA, K, MID, CLASSES = 8, 16, 4, 8, 21
 BLOCKS = (3, 4, 6, 3)  # ResNet-50

@@ -1,8 +1,10 @@
-"""scripts/reproduce_paper.py: the paper's runs under one root, their prerequisites and costs,
-the smoke pipeline on the submitit launcher, and the tables it writes."""
+"""scripts/reproduce_paper.py (emanet.reproduce_paper, emanet.reproduce): the paper's runs under
+one root, their prerequisites and costs, the smoke pipeline on the submitit launcher, and the
+tables it writes."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,20 +12,21 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
+from tests_paths import REPO
 
 from emanet import reproduce
 from emanet.engine.runtime import usable_cores
-from emanet.tables import BEYOND_EXPERIMENTS, TABLE1_ROWS
+from emanet.errors import ConfigError
+from emanet.paper_numbers import BEYOND_EXPERIMENTS, TABLE1_ROWS
+from emanet.reproduce_paper import chosen_parts, reproduce_paper
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import reproduce_paper  # noqa: E402
+DOCS = REPO / "docs"  # the published measurements the GPU-hours are read from
 
 
-def dry_run(argv: list[str], capsys) -> tuple[int, list[str]]:
-    with pytest.raises(SystemExit) as exit_:
-        reproduce_paper.main(["--dry-run", *argv])
-    return exit_.value.code, capsys.readouterr().out.splitlines()
+def dry_run(capsys, overrides=(), root=None, parts=reproduce.PARTS, **options) -> tuple[int, list[str]]:
+    status = reproduce_paper(root, parts, list(overrides), DOCS, "python scripts/reproduce_paper.py --dry-run",
+                             dry_run=True, **options)
+    return status, capsys.readouterr().out.splitlines()
 
 
 def csv_rows(path: Path) -> dict[str, dict]:
@@ -75,7 +78,7 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
     resnet50 = json.loads((root / "resnet50" / "cocostuff10k_emanet512" / "metrics.json").read_text())
     assert float(csv_rows(root / "table4.csv")["EMANet (ResNet-50)"]["mIoU"]) == resnet50["mIoU"]
     evaluation = json.loads((root / "iteration" / "T1" / "eval_ss_T1" / "metrics.json").read_text())
-    assert evaluation["eval"]["em_iterations"] == 1
+    assert evaluation["eval"]["eval_stages"] == 1
     assert (root / "iteration_table.csv").read_text().splitlines()[1] == f"1,1,{evaluation['mIoU']},77.34"
     with (root / "beyond.csv").open() as file:
         beyond = [row for row in csv.DictReader(file) if row["weights"] == "trained here"]
@@ -85,7 +88,7 @@ def test_smoke_run_writes_every_table_and_a_second_run_launches_nothing(tmp_path
     }
     assert all(row["ss"] for row in beyond)
     mmseg = json.loads((root / "beyond" / "cityscapes_mmseg_r101" / "metrics.json").read_text())
-    assert mmseg["eval"]["em_iterations"] == 3  # the mmsegmentation head's T is recorded like the release's
+    assert mmseg["eval"]["eval_stages"] == 3  # the mmsegmentation head's T is recorded like the release's
 
     stamps = {path: path.stat().st_mtime_ns for path in root.rglob("*") if path.suffix in (".json", ".pt")}
     second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
@@ -113,16 +116,16 @@ def test_dry_run_names_each_missing_prerequisite_and_its_command(tmp_path, capsy
     context = data / "VOCdevkit" / "VOC2010" / "ImageSets" / "SegmentationContext"
     context.mkdir(parents=True)
     (context / "train.txt").write_text("a\nb\nc\n")  # a partly prepared split
-    status, lines = dry_run(["--only", "table3", f"data_root={data}"], capsys)
+    status, lines = dry_run(capsys, [f"data_root={data}"], parts=["table3"])
     assert status == 2
     prepare = f"EMANET_DATA_ROOT={data} python scripts/prepare_dataset.py pascal_context"
     assert lines[-4:] == [
         f"incomplete: {context / 'train.txt'} lists 3 images, the published pascal_context train split 4998: {prepare}",
         f"missing: {context / 'val.txt'} (pascal_context val split, 5105 images): {prepare}",
         f"missing: {data / 'pretrained' / 'resnet101_deep_stem.pth'} (model.backbone.pretrained): save the release's "
-        "ImageNet deep-stem ResNet-101 there (README.md, \"Pretrained backbones\")",
+        "ImageNet deep-stem ResNet-101 there (docs/models.md, \"Pretrained backbones\")",
         f"missing: {data / 'pretrained' / 'resnet50_deep_stem.pth'} (model.backbone.pretrained): save the release's "
-        "ImageNet deep-stem ResNet-50 there (README.md, \"Pretrained backbones\")",
+        "ImageNet deep-stem ResNet-50 there (docs/models.md, \"Pretrained backbones\")",
     ]
     assert lines[0] == "2 runs (0 finished):"
     root = tmp_path / "runs" / "paper"
@@ -136,8 +139,8 @@ def test_dry_run_names_each_missing_prerequisite_and_its_command(tmp_path, capsy
     # torchvision's weights are looked for in the torch hub cache; ready data needs no command.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     (context / "val.txt").write_text("a\n")
-    status, lines = dry_run(["--only", "table3", f"data_root={data}", "model.backbone.pretrained=torchvision",
-                             "model.backbone.stem=torchvision"], capsys)
+    status, lines = dry_run(capsys, [f"data_root={data}", "model.backbone.pretrained=torchvision",
+                                     "model.backbone.stem=torchvision"], parts=["table3"])
     assert status == 2
     fetch = "python -c \"import torchvision; torchvision.models.get_model_weights('resnet50')"
     assert any(line.startswith(f"missing: {tmp_path / 'torch' / 'hub' / 'checkpoints' / 'resnet50-'}") and
@@ -148,7 +151,7 @@ def test_dry_run_names_each_missing_prerequisite_and_its_command(tmp_path, capsy
 @pytest.mark.slow
 def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
     root = tmp_path / "root"
-    status, lines = dry_run(["--smoke", "--root", str(root), "--max-stages", "2", f"data_root={tmp_path}"], capsys)
+    status, lines = dry_run(capsys, [f"data_root={tmp_path}"], root, smoke=True, max_stages=2)
     assert status == 0  # the smoke test needs no data: it generates the demo's
     listed = [line.split("GPU-h  ")[1].split("  ")[0] for line in lines if "GPU-h  " in line]
     iteration = [f"iteration/{name}" for name in ("T1", "T2", "T1/eval_ss_T1", "T1/eval_ss_T2", "T2/eval_ss_T2")]
@@ -158,39 +161,49 @@ def test_dry_run_lists_every_run_of_the_parts_chosen(tmp_path, capsys):
     assert listed == [str(root / path) for path in expected]
     assert lines[-1] == "0 missing prerequisite(s)"
 
-    status, lines = dry_run(["--smoke", "--root", str(root), "--only", "table4,iteration", "--max-stages", "1"], capsys)
+    status, lines = dry_run(capsys, [], root, chosen_parts("table4,iteration"), smoke=True, max_stages=1)
     listed = [line.split("GPU-h  ")[1].split("  ")[0] for line in lines if "GPU-h  " in line]
     assert listed == [str(root / path) for path in ("resnet101/cocostuff10k_emanet512",
                                                     "resnet50/cocostuff10k_emanet512", "iteration/T1",
                                                     "iteration/T1/eval_ss_T1")]
-    with pytest.raises(SystemExit) as exit_:  # a bad override stops it before anything is launched
-        reproduce_paper.main(["--smoke", "--root", str(root), "--only", "table4", "optim.lrr=3"])
-    assert str(exit_.value) == "error: optim.lrr=3: Could not override 'optim.lrr'. To append to your config use " \
-        "+optim.lrr=3"
+    with pytest.raises(ConfigError) as error:  # a bad override stops it before anything is launched
+        reproduce_paper(root, ["table4"], ["optim.lrr=3"], DOCS, "", smoke=True)
+    assert str(error.value) == ("optim.lrr=3: optim.lrr is not a setting: did you mean optim.lr? (python train.py "
+                                "experiment=cocostuff10k_emanet512 dataset=demo --cfg job lists every setting)")
     assert not root.exists()
-    with pytest.raises(SystemExit) as exit_:
-        reproduce_paper.parse_arguments(["--only", "table2"])
-    assert exit_.value.code == 2
-    assert "--only takes parts among table1,table3,table4,iteration,beyond, got 'table2'" in capsys.readouterr().err
-    for argv in (["--record"], ["--smoke", "--record", "--dry-run"]):
-        with pytest.raises(SystemExit) as exit_:
-            reproduce_paper.parse_arguments(argv)
-        assert "--record times a smoke run: pass --smoke, without --dry-run" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as error:
+        chosen_parts("table2")
+    assert str(error.value) == "--only takes parts among table1,table3,table4,iteration,beyond, got 'table2'"
     # --record times a smoke run from scratch: a root with a finished run is refused before anything runs.
     finished = root / "resnet101" / "cocostuff10k_emanet512"
     finished.mkdir(parents=True)
     (finished / "metrics.json").write_text("{}")
-    with pytest.raises(SystemExit) as exit_:
-        reproduce_paper.main(["--smoke", "--record", "--root", str(root), "--only", "table4"])
-    assert str(exit_.value) == f"error: --record times a smoke run from scratch, and {root} holds finished runs: " \
+    with pytest.raises(ConfigError) as error:
+        reproduce_paper(root, ["table4"], [], DOCS, "", smoke=True, record=True)
+    assert str(error.value) == f"--record times a smoke run from scratch, and {root} holds finished runs: " \
         "pass a new --root"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--only", "table2"], "--only takes parts among table1,table3,table4,iteration,beyond, got 'table2'"),
+    (["--record"], "--record times a smoke run: pass --smoke, without --dry-run"),
+    (["--smoke", "--record", "--dry-run"], "--record times a smoke run: pass --smoke, without --dry-run"),
+])
+def test_the_script_refuses_options_that_do_not_go_together(argv, message):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce_paper.py"), *argv],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.returncode == 2 and result.stderr.endswith(f"error: {message}\n")
 
 
 def test_runs_of_one_backbone_are_one_multirun_and_evaluations_follow_their_trainings(tmp_path, monkeypatch):
     runs = reproduce.paper_runs(tmp_path, reproduce.PARTS, ["runtime.threads=1"], None, 2)
     sweeps = reproduce.unfinished_sweeps(runs)
     commands = [sweep.command(["hydra/launcher=submitit_slurm"]) for sweep in sweeps]
-    assert [command[1] for command in commands] == [str(REPO / "train.py")] * 4 + [str(REPO / "evaluate.py")]
+    # The installed package's programs, the same as train.py's and evaluate.py's.
+    train, evaluate = reproduce.entry_point("train"), reproduce.entry_point("evaluate")
+    assert (train.name, evaluate.name) == ("emanet-train", "emanet-evaluate")
+    assert [command[1] for command in commands] == [str(train)] * 4 + [str(evaluate)]
     assert f"experiment={','.join([*TABLE1_ROWS, 'context_emanet512', 'cocostuff10k_emanet512'])}" in commands[0]
     assert f"experiment={','.join(BEYOND_EXPERIMENTS)}" in commands[2]
     assert "model.ema.train_stages=1,2" in commands[3]
@@ -246,10 +259,10 @@ def test_a_root_refuses_runs_made_with_other_settings(tmp_path):
     record = tmp_path / "reproduce_paper.json"
     reproduce.check_recorded_settings(record, {"overrides": ["runtime.threads=1"], "smoke": True})
     reproduce.check_recorded_settings(record, {"overrides": ["runtime.threads=1"], "smoke": True})  # the same: fine
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(ConfigError) as error:
         reproduce.check_recorded_settings(record, {"overrides": ["optim.lr=0.5"], "smoke": True})
-    assert str(exit_.value) == (
-        f"error: {tmp_path} holds runs made with {{'overrides': ['runtime.threads=1'], 'smoke': True}}, not "
+    assert str(error.value) == (
+        f"{tmp_path} holds runs made with {{'overrides': ['runtime.threads=1'], 'smoke': True}}, not "
         f"{{'overrides': ['optim.lr=0.5'], 'smoke': True}} ({record}): re-run with those, or pass --root DIR for the "
         "new settings"
     )
@@ -261,7 +274,7 @@ def test_a_missing_resnetv1c_backbone_names_mmsegmentations_weights(tmp_path):
     cfg = compose_config("train", ["experiment=cityscapes_mmseg_r50", f"data_root={tmp_path}"])
     assert reproduce.backbone_problems(cfg) == [
         f"missing: {tmp_path / 'pretrained' / 'resnet50_v1c.pth'} (model.backbone.pretrained): save mmsegmentation's "
-        "ImageNet ResNetV1c-50 (open-mmlab://resnet50_v1c) there (README.md, \"mmsegmentation's EMANet\")"
+        "ImageNet ResNetV1c-50 (open-mmlab://resnet50_v1c) there (docs/models.md, \"mmsegmentation's EMANet\")"
     ]
     (tmp_path / "pretrained").mkdir()
     (tmp_path / "pretrained" / "resnet50_v1c.pth").write_bytes(b"")

@@ -9,11 +9,9 @@ import pytest
 import torch
 from tests_paths import REPO
 
+from emanet import visualize_bases
 from emanet.cli import compose_config
 from emanet.models.segmentor import build_model
-
-sys.path.insert(0, str(REPO / "scripts"))
-import visualize_bases  # noqa: E402
 
 PUBLISHED = [REPO / "docs" / "benchmarks.jsonl", REPO / "docs" / "benchmarks.md"]
 
@@ -37,7 +35,7 @@ def test_a_toy_benchmark_goes_to_a_run_directory_under_the_working_directory(tmp
 def test_visualize_bases_writes_into_the_checkpoints_run_directory(tmp_path, monkeypatch, capsys):
     overrides = ["experiment=demo", f"data_root={tmp_path / 'data'}", "dataset.generate.num_train=2",
                  "dataset.generate.num_val=2"]
-    cfg = compose_config("evaluate", overrides)
+    cfg = compose_config("train", overrides)  # the network the checkpoint is of
     run_dir = tmp_path / "runs" / "demo" / "2026-12-02_10-00-00"
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"model": build_model(cfg.model, 5).state_dict()}, run_dir / "checkpoints" / "last.pt")

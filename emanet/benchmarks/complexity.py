@@ -1,15 +1,15 @@
-"""Table 1's complexity columns: FLOPs, memory and parameters at 513x513, beside the paper's.
-
-    python scripts/complexity.py [--json] [--size 513]
+"""Table 1's complexity columns: FLOPs, memory and parameters at 513x513, beside the paper's
+(Li et al., "Expectation-Maximization Attention Networks for Semantic Segmentation", ICCV
+2019, Table 1).
 
 Rows: the ResNet-101 backbone (output stride 8, deep stem), then each head as an
 increment over it, counted the way the paper counts (the head modules each row names in
 ``ROWS`` below): for EMANet the 3x3 conv in front of the unit and the unit itself, which
-reproduces the paper's 43.06 G and 9.997 M for EMANet(512). The last row, beyond the
-paper, is mmsegmentation's EMANet head (``model=emanet_mmseg``), counted up to its
-classifier: its 3x3 conv and unit (the same layers and cost as EMANet(512)'s), plus the
-3x3 bottleneck and the 3x3 conv over the head's input concatenated with it, which the
-release does not have.
+gives 43.06 G and 9.997 M for EMANet(512), the paper's 43.1 and 10.0 at its precision.
+The last row, beyond the paper, is mmsegmentation's EMANet head (``model=emanet_mmseg``),
+counted up to its classifier: its 3x3 conv and unit (the same layers and cost as
+EMANet(512)'s), plus the 3x3 bottleneck and the 3x3 conv over the head's input
+concatenated with it, which the release does not have.
 
 * FLOPs are multiply-accumulates: torch.utils.flop_counter's count (2 per MAC) halved. It
   sees every matmul, the no-gradient EM iterations included.
@@ -26,8 +26,6 @@ release does not have.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 
 import torch
@@ -135,6 +133,9 @@ def head_params(model: torch.nn.Module, counted: tuple[str, ...]) -> int:
 
 
 def measure(size: int, with_memory: bool = True) -> list[dict]:
+    """A row per method of :data:`ROWS` at ``size`` x ``size`` inputs: FLOPs (G MACs),
+    parameters (M) and, ``with_memory``, activation memory (MiB), with the paper's values
+    where they apply (FLOPs and memory at 513 only)."""
     images = torch.empty(1, 3, size, size, device="meta")
     rows = []
     for method, (model_name, overrides, counted, paper_flops, paper_memory, paper_params) in ROWS.items():
@@ -169,6 +170,7 @@ def measure(size: int, with_memory: bool = True) -> list[dict]:
 
 
 def format_rows(rows: list[dict]) -> str:
+    """A Markdown table of ``rows`` (of :func:`measure`), each value beside the paper's."""
     def cell(value, paper, increment):
         if value is None:
             return "-"
@@ -191,23 +193,12 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
-    parser.add_argument("--size", type=int, default=PAPER_SIZE, help="input height and width")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    args = parser.parse_args()
-    rows = measure(args.size, with_memory=not args.no_memory)
-    if args.json:
-        print(json.dumps([{k: row[k] for k in ("method", "flops_g", "params_m", "memory_m")} for row in rows]))
-    else:
-        print(format_rows(rows))
-        if not args.no_memory:
-            print(
-                "\nMemory: activations kept for backward per training image (float32). The paper does not say "
-                "what its memory column measures, so compare rows with each other, not with the paper."
-            )
+MEMORY_NOTE = (
+    "Memory: activations kept for backward per training image (float32). The paper does not say "
+    "what its memory column measures, so compare rows with each other, not with the paper."
+)
 
 
-if __name__ == "__main__":
-    main()
+def json_rows(rows: list[dict]) -> list[dict]:
+    """What ``complexity.py --json`` prints of each row: the method and our three numbers."""
+    return [{key: row[key] for key in ("method", "flops_g", "params_m", "memory_m")} for row in rows]

@@ -1,8 +1,6 @@
 """The fault battery: what a long run on a shared, preemptible machine meets, done to the
 demo, and what came of it.
 
-    python scripts/fault_battery.py [--out DIR] [--kills 5] [--seed 0] [--record]
-
 Every scenario runs ``train.py``, ``evaluate.py`` or ``scripts/predict.py`` in a
 subprocess, as a user or a cluster would, around the same small demo run (a few hundred
 iterations on CPU), and checks that nothing is lost and nothing is silently wrong (the
@@ -24,102 +22,41 @@ final weights of interrupted trainings compared with one uninterrupted run's):
   either split; a training image damaged mid-run; a checkpoint of other model settings;
   ``sha256sum -c`` of a copied ``last.pt``.
 
-Results go to ``runs/fault_battery/<date>/`` (``results.md``, ``results.json`` and each
-scenario's runs); ``--record`` also writes the table into docs/benchmarks.md.
+Results go to a results folder (``results.md``, ``results.json`` and each scenario's
+runs); :func:`record` writes the table into the published benchmarks.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
-import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from emanet.benchmark_records import machine_cell, machine_description, replace_section
+from emanet.benchmarks.fault_runs import (
+    ITERATIONS,
+    STOPPED,
+    Battery,
+    copy_of_reference,
+    damaged_copy_of_the_data,
+    final_weights,
+    identical,
+    last_line,
+    newest_iteration,
+    one_line,
+    photo_folder,
+    tree_digests,
+    wait_for,
+)
+from emanet.benchmarks.records import machine_description, replace_section
+from emanet.errors import EmanetError
 from emanet.io import atomic_write, write_json
-
-REPO = Path(__file__).resolve().parents[1]
-STOPPED = 3  # the documented status of a run stopped by a signal, with its checkpoint
-
-ITERATIONS = 300
-RUN = [
-    f"schedule.iterations={ITERATIONS}", "schedule.batch_size=4", "schedule.log_every=20",
-    "schedule.checkpoint_every=5", "dataset.generate.num_train=8", "dataset.generate.num_val=2",
-    "eval.scales=[1.0]", "eval.flip=false", "runtime.num_workers=0", "runtime.progress=false",
-    # One thread: on a machine busy with other work, torch's default thread count
-    # oversubscribes the cores and a run takes many times longer.
-    "runtime.threads=1",
-]
-
-
-class Battery:
-    """Runs ``train.py`` on the battery's settings; every run shares one data root."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.data_root = out / "data"
-
-    def command(self, run_dir: Path, *extra: str) -> list[str]:
-        return [sys.executable, str(REPO / "train.py"), *RUN, f"data_root={self.data_root}",
-                f"hydra.run.dir={run_dir}", *extra]
-
-    def start(self, run_dir: Path, *extra: str) -> subprocess.Popen:
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        log = open(run_dir.parent / f"{run_dir.name}.out", "a")  # noqa: SIM115 (the child's output)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        return subprocess.Popen(self.command(run_dir, *extra), cwd=self.out, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, text=True)
-
-    def run(self, run_dir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        return self.script("train.py", *self.command(run_dir, *extra)[2:], timeout=timeout)
-
-    def script(self, script: str, *arguments: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """``script`` run as a user would, from the results folder (whose ``data/`` is the
-        default data root), with only ``arguments`` on its command line."""
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        return subprocess.run([sys.executable, str(REPO / script), *arguments], cwd=self.out, env=env,
-                              capture_output=True, text=True, timeout=timeout)
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["model"]
-
-
-def identical(run_dir: Path, reference: dict[str, torch.Tensor]) -> bool:
-    weights = final_weights(run_dir)
-    return weights.keys() == reference.keys() and all(torch.equal(weights[k], reference[k]) for k in reference)
-
-
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 300) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
-
-
-def newest_iteration(run_dir: Path) -> int:
-    names = sorted((run_dir / "checkpoints").glob("iter_*.pt"))
-    return int(names[-1].stem.removeprefix("iter_")) if names else 0
-
-
-def last_line(text: str, containing: str) -> str:
-    return next((line for line in reversed(text.splitlines()) if containing in line), "")
 
 
 def random_kills(battery: Battery, reference: dict, kills: int, seed: int) -> dict:
@@ -271,25 +208,6 @@ def users_folder(battery: Battery) -> dict:
     }
 
 
-def tree_digests(folder: Path, leave_out: tuple[str, ...] = ()) -> dict[str, str]:
-    """The SHA-256 of every file under ``folder`` (but those under ``leave_out``), by path."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and not path.relative_to(folder).as_posix().startswith(leave_out)
-    }
-
-
-def copy_of_reference(battery: Battery, name: str) -> Path:
-    run_dir = battery.out / name / "run"
-    shutil.copytree(battery.out / "reference" / "run", run_dir, symlinks=True)
-    return run_dir
-
-
-def one_line(result: subprocess.CompletedProcess, containing: str = "error:") -> str:
-    return last_line(result.stdout + result.stderr, containing).split(" - ", 1)[-1]
-
-
 def jobs_into_a_training_run(battery: Battery) -> dict:
     """evaluate.py and predict.py pointed at a finished training run's own directory."""
     run_dir = copy_of_reference(battery, "into_training_run")
@@ -396,16 +314,6 @@ def unwritable_run_directories(battery: Battery) -> list[dict]:
     return rows
 
 
-def photo_folder(battery: Battery, name: str, copies: int) -> Path:
-    """A folder of ``copies`` photos (the demo's JPEGs under other names)."""
-    folder = battery.out / name / "photos"
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = sorted((battery.data_root / "demo" / "VOC2012" / "JPEGImages").glob("*.jpg"))
-    for index in range(copies):
-        shutil.copy(sources[index % len(sources)], folder / f"IMG_{index:04d}.jpg")
-    return folder
-
-
 def predict_with_bad_files(battery: Battery) -> dict:
     """A folder as it comes from a phone copied on a Mac: a truncated photo, AppleDouble
     sidecars, a hidden thumbnail folder."""
@@ -439,10 +347,9 @@ def predict_interrupted(battery: Battery) -> dict:
     arguments = [f"checkpoint={battery.out / 'reference' / 'run'}", f"input={folder}", "eval=ms_flip",
                  "runtime.progress=false", "runtime.threads=1"]
     run_dir = battery.out / "predict_stopped" / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "predict.py"), *arguments,
-                                f"hydra.run.dir={run_dir}"], cwd=battery.out, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, str(battery.repo / "scripts" / "predict.py"), *arguments,
+                                f"hydra.run.dir={run_dir}"], cwd=battery.out, env=battery.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(list((run_dir / "predictions").glob("*.png"))) >= 10, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
@@ -472,9 +379,8 @@ def concurrent_evaluations(battery: Battery) -> dict:
     arguments = [f"checkpoint={battery.out / 'reference' / 'run'}", f"data_root={data_root}",
                  "dataset.generate.num_val=300", "eval=ms_flip", "eval.scales=[1.0,2.0,3.0]", "runtime.progress=false",
                  f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, str(REPO / "evaluate.py"), *arguments], cwd=battery.out, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, str(battery.repo / "evaluate.py"), *arguments], cwd=battery.out,
+                             env=battery.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (run_dir / "evaluate.lock").is_file(), first)
     second = battery.script("evaluate.py", *arguments)
     first_running = first.poll() is None
@@ -519,24 +425,17 @@ def out_of_memory(battery: Battery) -> dict:
     scenario = "evaluate.py eval.mode=whole eval.scales=[64.0] with 1 GiB of address space left"
     if not Path("/proc/self/status").is_file():
         return {"scenario": scenario, "observed": "skipped: no /proc/self/status", "passed": None}
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-c", LIMITED_EVALUATE, f"checkpoint={battery.out / 'reference' / 'run'}", "eval=ss",
          "eval.mode=whole", "eval.scales=[64.0]", "runtime.threads=1", "runtime.progress=false",
          f"hydra.run.dir={battery.out / 'out_of_memory' / 'run'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=battery.repo, env=battery.env, capture_output=True, text=True, timeout=600,
     )
     return {
         "scenario": scenario,
         "observed": f"exit {result.returncode}, \"{one_line(result)}\"",
         "passed": result.returncode == 2 and "Traceback" not in result.stderr and "out of memory" in result.stderr,
     }
-
-
-def damaged_copy_of_the_data(battery: Battery, name: str) -> Path:
-    root = battery.out / name / "VOC2012"
-    shutil.copytree(battery.data_root / "demo" / "VOC2012", root)
-    return root
 
 
 def bad_labels(battery: Battery) -> list[dict]:
@@ -619,31 +518,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(rows: list[dict], machine: str, seconds: float) -> None:
-    """Replace the battery's table in docs/benchmarks.md."""
+def record(docs: Path, rows: list[dict], machine: str, seconds: float) -> None:
+    """Replace the battery's table in ``docs``'s benchmarks.md."""
     body = (f"{datetime.date.today().isoformat()}, {machine}, {seconds:.0f} s "
             f"(`python scripts/fault_battery.py --record`):\n\n{table(rows)}")
-    replace_section("fault-battery", body, "Fault battery")
+    replace_section(docs, "fault-battery", body, "Fault battery")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="results folder (default runs/fault_battery/<date>)")
-    parser.add_argument("--kills", type=int, default=5, help="random SIGKILLs in the first scenario")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    parser.add_argument("--record", action="store_true", help="write the table into docs/benchmarks.md")
-    args = parser.parse_args()
-    out = (args.out or Path("runs") / "fault_battery" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
-    out = out.resolve()
+class ReferenceRunError(EmanetError):
+    """The uninterrupted run every other is compared with failed: nothing can be compared."""
+
+
+def run_battery(repo: Path, out: Path, kills: int = 5, seed: int = 0) -> tuple[list[dict], float]:
+    """Every scenario, on the entry points of the checkout ``repo``, with results under
+    ``out`` (results.json, results.md, each scenario's runs): a row per scenario (``passed``:
+    True, False, or None where skipped) and the seconds the battery took. ``kills``: random
+    SIGKILLs of the first scenario, at moments drawn with ``seed``."""
     out.mkdir(parents=True, exist_ok=True)
-    battery = Battery(out)
+    battery = Battery(repo, out)
     started = time.monotonic()
     reference_dir = out / "reference" / "run"
     reference_run = battery.run(reference_dir)
     if reference_run.returncode != 0:
-        sys.exit(f"error: the uninterrupted reference run failed:\n{reference_run.stderr[-2000:]}")
+        raise ReferenceRunError(f"the uninterrupted reference run failed:\n{reference_run.stderr[-2000:]}")
     reference = final_weights(reference_dir)
-    rows = [random_kills(battery, reference, args.kills, args.seed), flipped_bytes(battery, reference),
+    rows = [random_kills(battery, reference, kills, seed), flipped_bytes(battery, reference),
             concurrent_run(battery), *signals(battery, reference), disk_full(battery), users_folder(battery),
             jobs_into_a_training_run(battery), evaluation_from_the_runs_config(battery), another_demo_size(battery),
             resumed_beyond_its_schedule(battery), *unwritable_run_directories(battery), predict_with_bad_files(battery),
@@ -654,12 +553,4 @@ def main() -> None:
         row["observed"] = row["observed"].replace(str(out), "<out>")
     write_json({"machine": machine_description(), "seconds": seconds, "rows": rows}, out / "results.json")
     atomic_write(out / "results.md", lambda temp: Path(temp).write_text(table(rows)))
-    print(table(rows))
-    print(f"results in {out}")
-    if args.record:
-        record(rows, machine_cell({"machine": machine_description()}), seconds)
-    sys.exit(0 if all(row["passed"] is not False for row in rows) else 1)
-
-
-if __name__ == "__main__":
-    main()
+    return rows, seconds

@@ -1,7 +1,5 @@
 """Time the check of every label before training (emanet.data.label_check) on VOC-sized data.
 
-    python scripts/benchmark_label_check.py [--count 12031] [--workers 0 2 4] [--mode P] [--out DIR] [--record]
-
 Writes ``--count`` synthetic samples in the layout of ``dataset=voc_aug`` (split in VOC's
 proportion: 10,582 trainaug and 1,449 val by default, the real sizes): label PNGs of
 class indices with a 255 band on object boundaries, in palette mode as
@@ -21,17 +19,15 @@ checked three times:
 * cached: the second run, which only compares each label's and image's size and
   modification time with the cache.
 
-Results go to ``runs/benchmark_label_check/<date>/`` (``results.json``, ``results.md``);
-the synthetic data is deleted at the end. ``--record`` also writes the table into
-docs/benchmarks.md, between ``<!-- label-check:begin -->`` and ``<!-- label-check:end -->``.
+Results go to a results folder (``results.json``, ``results.md``); the synthetic data is
+deleted at the end. :func:`record` writes the table into the published benchmarks.md,
+between ``<!-- label-check:begin -->`` and ``<!-- label-check:end -->``.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import io
-import logging
 import os
 import shutil
 import time
@@ -40,11 +36,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emanet.benchmark_records import machine_cell, machine_description, replace_section
+from emanet.benchmarks.records import machine_cell, machine_description, replace_section
 from emanet.data.classes import VOC_CLASSES
 from emanet.data.label_check import find_bad_labels
 from emanet.data.palette import save_label_png
 from emanet.data.segmentation import SegmentationDataset
+from emanet.errors import EmanetError
 from emanet.io import atomic_write, write_json
 
 VOC_TRAIN, VOC_VAL = 10582, 1449
@@ -54,6 +51,11 @@ SIZES = [((500, 375), 0.55), ((500, 333), 0.15), ((375, 500), 0.15), ((500, 334)
          ((500, 332), 0.03), ((500, 366), 0.03), ((500, 400), 0.02), ((333, 500), 0.02)]
 DISTINCT_LABELS = 32  # per size: written once each, then copied byte for byte (quicker than encoding 12k)
 BAD_VALUE = 37
+DEFAULT_WORKERS = [0, 2, 4]
+
+
+class MissedLabelError(EmanetError):
+    """The check found another number of bad labels than the one written: the timing is void."""
 
 
 def synthetic_label(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -142,6 +144,7 @@ def timed_check(root: Path, cache: Path, workers: int) -> tuple[float, int]:
 
 
 def measure(root: Path, cache: Path, workers: int) -> dict:
+    """Seconds of the check with ``workers`` threads: cold from disk, cold, and cached."""
     row = {"workers": workers}
     for name, drop in (("cold_disk_seconds", True), ("cold_seconds", False), ("cached_seconds", None)):
         if drop is not None:
@@ -150,7 +153,7 @@ def measure(root: Path, cache: Path, workers: int) -> dict:
             drop_from_page_cache(root)
         seconds, bad = timed_check(root, cache, workers)
         if bad != 1:
-            raise SystemExit(f"the check found {bad} bad labels instead of the 1 written")
+            raise MissedLabelError(f"the check found {bad} bad labels instead of the 1 written")
         row[name] = round(seconds, 2)
     return row
 
@@ -169,58 +172,53 @@ def table(rows: list[dict], files: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def record(text_table: str, machine: str, command: str, files: int, mode: str, load: float) -> None:
-    """Replace the table between the markers in docs/benchmarks.md (a new section if absent)."""
+def record(docs: Path, text_table: str, machine: str, command: str, files: int, mode: str, load: float) -> None:
+    """Replace the table between the markers in ``docs``'s benchmarks.md (a new section if absent)."""
     extrapolated = "" if files == VOC_TRAIN + VOC_VAL else (
         f" Measured on {files} files; in brackets, scaled linearly to VOC's {VOC_TRAIN + VOC_VAL}."
     )
     body = (f"{datetime.date.today().isoformat()}, {machine}, {files} label PNGs (mode {mode}) of "
             f"VOC's sizes (`{command}`), load average {load:.2f} at the start.{extrapolated}\n\n{text_table}")
-    replace_section("label-check", body, "Label check before training")
+    replace_section(docs, "label-check", body, "Label check before training")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=VOC_TRAIN + VOC_VAL,
-                        help=f"samples to write (default {VOC_TRAIN + VOC_VAL}: VOC's trainaug + val)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4], help="thread counts to time")
-    parser.add_argument("--mode", choices=["P", "L"], default="P", help="label PNG mode (default P, as voc_aug's)")
-    parser.add_argument("--out", type=Path, help="results folder (default runs/benchmark_label_check/<date>)")
-    parser.add_argument("--record", action="store_true", help="write the table into docs/benchmarks.md")
-    args = parser.parse_args()
-    if args.count < 10:
-        parser.error("--count must be at least 10")
-    logging.basicConfig(level=logging.WARNING)
-    now = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+def command_line(count: int, workers: list[int], mode: str, publish: bool) -> str:
+    """The command of a measurement, naming only what differs from the defaults."""
+    command = "python scripts/benchmark_label_check.py"
+    command += "" if count == VOC_TRAIN + VOC_VAL else f" --count {count}"
+    command += "" if workers == DEFAULT_WORKERS else " --workers " + " ".join(map(str, workers))
+    command += "" if mode == "P" else f" --mode {mode}"
+    return command + (" --record" if publish else "")
+
+
+def label_check_benchmark(
+    out: Path, count: int, workers: list[int], mode: str, docs: Path, publish: bool = False
+) -> dict:
+    """Write ``count`` samples under ``out``, time the check with each thread count of
+    ``workers``, delete the samples and keep the results in ``out`` (results.json,
+    results.md), and with ``publish`` in ``docs``'s benchmarks.md too."""
     load = os.getloadavg()[0]  # other work on the machine slows every pass
-    out = (args.out or Path("runs") / "benchmark_label_check" / now).resolve()
     root, cache = out / "data" / "VOC2012", out / "label_cache"
     try:
         start = time.perf_counter()
-        ids = write_dataset(root, args.count, args.mode)
+        ids = write_dataset(root, count, mode)
         files = sum(len(split_ids) for split_ids in ids.values())
         print(f"wrote {files} samples in {time.perf_counter() - start:.1f} s")
         rows = []
-        for workers in args.workers:
-            rows.append(measure(root, cache, workers))
+        for threads in workers:
+            rows.append(measure(root, cache, threads))
             print(rows[-1], flush=True)
     finally:
         shutil.rmtree(out / "data", ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
-    command = "python scripts/benchmark_label_check.py"
-    command += "" if args.count == VOC_TRAIN + VOC_VAL else f" --count {args.count}"
-    command += "" if args.workers == [0, 2, 4] else " --workers " + " ".join(map(str, args.workers))
-    command += "" if args.mode == "P" else f" --mode {args.mode}"
-    command += " --record" if args.record else ""
-    write_json({"machine": machine_description(), "command": command, "files": files, "mode": args.mode,
-                "load_average": load, "rows": rows}, out / "results.json")
+    command = command_line(count, workers, mode, publish)
+    results = {"machine": machine_description(), "command": command, "files": files, "mode": mode,
+               "load_average": load, "rows": rows}
+    write_json(results, out / "results.json")
     text_table = table(rows, files)
     atomic_write(out / "results.md", lambda temp: Path(temp).write_text(text_table))
     print(text_table)
     print(f"results in {out}")
-    if args.record:
-        record(text_table, machine_cell({"machine": machine_description()}), command, files, args.mode, load)
-
-
-if __name__ == "__main__":
-    main()
+    if publish:
+        record(docs, text_table, machine_cell({"machine": machine_description()}), command, files, mode, load)
+    return results

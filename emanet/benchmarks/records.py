@@ -1,6 +1,10 @@
-"""Benchmark results: one JSON line per measurement and Markdown tables of them. The published
-ones are docs/benchmarks.jsonl and docs/benchmarks.md; a measurement not meant for them
-goes to a run directory (:func:`benchmark_run_dir`)."""
+"""Benchmark results: one JSON line per measurement and Markdown tables of them.
+
+A folder of results holds ``benchmarks.jsonl`` (the records) and ``benchmarks.md`` (their
+tables): the published ones are a checkout's docs/ folder, which the scripts name; a
+measurement not meant for them goes to a run directory (:func:`benchmark_run_dir`) of the
+same layout.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,17 @@ from pathlib import Path
 
 import torch
 import torchvision
+from omegaconf import DictConfig
 
+from emanet.errors import EmanetError
 from emanet.io import atomic_write
 
-REPO = Path(__file__).resolve().parents[1]
-JSONL = REPO / "docs" / "benchmarks.jsonl"
-MARKDOWN = REPO / "docs" / "benchmarks.md"
+JSONL = "benchmarks.jsonl"
+MARKDOWN = "benchmarks.md"
+
+
+class MissingSectionError(EmanetError):
+    """The Markdown file of the results has no marked section for a table."""
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
@@ -46,11 +55,13 @@ def cpu_vector_extension(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     return next((name for name, flag in widest_first if flag in flags), None)
 
 
-def machine_description() -> dict:
+def machine_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The machine a measurement ran on: processor (as ``cpuinfo`` names it), versions,
+    threads and, on a GPU, the settings that decide what "float32" computes."""
     description = {
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
-        "cpu_vector_extension": cpu_vector_extension(),
+        "cpu_model": cpu_model(cpuinfo),
+        "cpu_vector_extension": cpu_vector_extension(cpuinfo),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -70,12 +81,12 @@ def machine_description() -> dict:
     return description
 
 
-def append_record(benchmark: str, command: str, result: dict) -> dict:
-    """Append one measurement to docs/benchmarks.jsonl (only if docs/benchmarks.md has a
-    table for it, so that no record goes unshown)."""
-    split_at_table(benchmark)
+def append_record(folder: Path, benchmark: str, command: str, result: dict) -> dict:
+    """Append one measurement to ``folder``'s benchmarks.jsonl (only if its benchmarks.md has
+    a table for it, so that no record goes unshown)."""
+    split_at_table(folder / MARKDOWN, benchmark)
     record = new_record(benchmark, command, result)
-    write_record(record, JSONL)
+    write_record(record, folder / JSONL)
     return record
 
 
@@ -96,10 +107,9 @@ def write_record(record: dict, jsonl: Path) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def records(benchmark: str, jsonl: Path | None = None) -> list[dict]:
-    """The measurements of ``benchmark`` in ``jsonl`` (the published docs/benchmarks.jsonl
-    unless given)."""
-    jsonl = JSONL if jsonl is None else jsonl
+def records(benchmark: str, folder: Path) -> list[dict]:
+    """The measurements of ``benchmark`` in ``folder``'s benchmarks.jsonl."""
+    jsonl = folder / JSONL
     if not jsonl.exists():
         return []
     lines = (json.loads(line) for line in jsonl.read_text().splitlines() if line.strip())
@@ -112,36 +122,44 @@ def benchmark_run_dir() -> Path:
     return Path("runs") / "benchmarks" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def split_at_table(benchmark: str) -> tuple[str, str]:
-    """docs/benchmarks.md up to ``<!-- BENCHMARK-table:begin -->`` and from its ``end`` marker on."""
+def split_at_table(markdown: Path, benchmark: str) -> tuple[str, str]:
+    """``markdown`` up to ``<!-- BENCHMARK-table:begin -->`` and from its ``end`` marker on."""
     begin, end = f"<!-- {benchmark}-table:begin -->", f"<!-- {benchmark}-table:end -->"
-    text = MARKDOWN.read_text()
+    text = markdown.read_text()
     if begin not in text or end not in text.split(begin, 1)[1]:
-        raise SystemExit(f"{MARKDOWN} has no {begin} ... {end} section; add one where the table should go")
+        raise MissingSectionError(f"{markdown} has no {begin} ... {end} section; add one where the table should go")
     head, rest = text.split(begin, 1)
     return head + begin, end + rest.split(end, 1)[1]
 
 
-def rebuild_table(benchmark: str, table: Callable[[list[dict]], str], section: str | None = None) -> None:
-    """Replace the benchmark's table in docs/benchmarks.md (or its table named ``section``,
-    for a second table of the same records) with ``table(records)``."""
-    head, tail = split_at_table(section or benchmark)
-    text = f"{head}\n{table(records(benchmark))}\n{tail}"
-    atomic_write(MARKDOWN, lambda temp: Path(temp).write_text(text))
+def rebuild_table(
+    folder: Path, benchmark: str, table: Callable[[list[dict]], str], section: str | None = None
+) -> None:
+    """Replace the benchmark's table in ``folder``'s benchmarks.md (or its table named
+    ``section``, for a second table of the same records) with ``table(records)``."""
+    head, tail = split_at_table(folder / MARKDOWN, section or benchmark)
+    text = f"{head}\n{table(records(benchmark, folder))}\n{tail}"
+    atomic_write(folder / MARKDOWN, lambda temp: Path(temp).write_text(text))
 
 
-def replace_section(name: str, body: str, heading: str) -> None:
-    """Put ``body`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in
-    docs/benchmarks.md, replacing what was there, or at the end under a new ``## heading``
+def replace_section(folder: Path, name: str, body: str, heading: str) -> None:
+    """Put ``body`` between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in ``folder``'s
+    benchmarks.md, replacing what was there, or at the end under a new ``## heading``
     where the markers are absent (a table that is not rebuilt from records)."""
+    markdown = folder / MARKDOWN
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = MARKDOWN.read_text()
+    text = markdown.read_text()
     block = f"{begin}\n{body}{end}"
     if begin in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
-    atomic_write(MARKDOWN, lambda temp: Path(temp).write_text(text))
+    atomic_write(markdown, lambda temp: Path(temp).write_text(text))
+
+
+def model_name(cfg: DictConfig) -> str:
+    """A record's name of the configured model: "voc_emanet512 R101 OS8"."""
+    return f"{cfg.name} R{cfg.model.backbone.depth} OS{cfg.model.backbone.output_stride}"
 
 
 def machine_cell(record: dict) -> str:
@@ -168,19 +186,3 @@ def rows_table(
             cells = " | ".join(str(value(record, row)) for _, value in columns)
             lines.append(f"| {record['date'][:10]} | {machine_cell(record)} | {cells} |")
     return "\n".join(lines)
-
-
-# The demo's table (scripts/benchmark_demo.py writes its records): one row per record.
-DEMO_COLUMNS: list[Column] = [
-    ("threads", lambda record, _: record["machine"]["threads"]),
-    ("iterations", lambda record, _: record["iterations"]),
-    ("wall time (s)", lambda record, _: record["wall_seconds"]),
-    ("train (s)", lambda record, _: record["train_seconds"]),
-    ("mIoU MS+flip", lambda record, _: f"{record['mIoU_ms_flip']:.2f}"),
-    ("mIoU SS", lambda record, _: f"{record['mIoU_single_scale']:.2f}"),
-    ("overrides", lambda record, _: " ".join(record["overrides"]) or "-"),
-]
-
-
-def demo_table(records: list[dict]) -> str:
-    return rows_table(records, DEMO_COLUMNS, rows_of=lambda record: [record])
