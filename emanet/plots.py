@@ -1,125 +1,96 @@
-"""Figures drawn with Pillow: the colour scale, a colour bar, and an evaluation's per-class
-IoU bar chart and row-normalised confusion matrix.
+"""Every figure the project draws: an evaluation's per-class IoU and confusion matrix, the
+tables' comparison charts, the iteration heatmap and the EMA bases' responsibilities.
 
-Pillow rather than a plotting library because it is already a dependency. Every canvas is
-sized from the measured text, so nothing is cut off whatever the class names or table size.
-Each figure function returns the image and where each value was drawn, so that tests (and
-anyone reading the figure back) can check the drawing against the numbers.
+Drawn with matplotlib's object API (a ``Figure`` on an Agg canvas, no pyplot), so no global
+backend or figure registry is touched, and each is written as PNG and PDF side by side.
+Every figure uses the constrained layout and is sized from its content (class count,
+labels), so that no label is cut off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
 from emanet.io import atomic_write
 
-Box = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), in pixels
-PAD = 12  # white margin around every figure
-MISSING = (211, 211, 211)  # light grey: no value
-BAR_COLOUR = (70, 130, 180)
+OURS_COLOUR = "tab:blue"
+REFERENCE_COLOUR = "0.72"  # grey: the paper's or others' published numbers
+COLOUR_MAP = "viridis"  # perceptually uniform, readable in grey print
+MISSING_TEXT = "-"  # the tables' mark for a value that is not there
+DPI = 100
+FORMATS = ("png", "pdf")
+# The PDF's creation date would make every write of the same figure differ.
+SAVE_METADATA = {"png": {}, "pdf": {"CreationDate": None}}
+MAX_ANNOTATED_CLASSES = 30  # above this, a confusion cell is too small for its number
 
 
-def font(size: int = 12) -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def text_size(text: str, typeface: ImageFont.FreeTypeFont) -> tuple[int, int]:
-    left, top, right, bottom = typeface.getbbox(text)
-    return right, bottom  # from the drawing origin, which is where the text is placed
-
-
-def colour_scale(fraction: float) -> tuple[int, int, int]:
-    """Dark blue -> teal -> yellow, linearly between three stops."""
-    stops = np.array([[40, 30, 110], [30, 150, 140], [250, 230, 40]], dtype=float)
-    position = min(max(fraction, 0.0), 1.0) * (len(stops) - 1)
-    index = min(int(position), len(stops) - 2)
-    mix = stops[index] + (stops[index + 1] - stops[index]) * (position - index)
-    return tuple(int(round(v)) for v in mix)
+def laid_out(figure: Figure) -> Figure:
+    """``figure`` with its constrained layout computed once and then kept: the layout moves
+    a little from one drawing to the next, and every rendering (TensorBoard's, the PNG's)
+    should be the same picture."""
+    figure.draw_without_rendering()
+    figure.set_layout_engine("none")
+    return figure
 
 
 def text_colour(fraction: float) -> str:
-    return "white" if fraction < 0.6 else "black"  # readable on the dark and the bright end
+    return "white" if fraction < 0.6 else "black"  # readable on viridis' dark and bright ends
 
 
-def colour_bar_width(low: float, high: float, label: Callable[[float], str], typeface) -> int:
-    return 16 + 4 + max(text_size(label(value), typeface)[0] for value in colour_bar_ticks(low, high))
+def write_figure(figure: Figure, path: Path) -> list[Path]:
+    """``path`` with the suffixes .png and .pdf, each written atomically."""
+    paths = []
+    for suffix in FORMATS:
+        target = Path(path).with_suffix(f".{suffix}")
+        atomic_write(target, lambda temp, suffix=suffix: figure.savefig(
+            temp, format=suffix, dpi=DPI, metadata=SAVE_METADATA[suffix]))
+        paths.append(target)
+    return paths
 
 
-def colour_bar_ticks(low: float, high: float) -> list[float]:
-    return [high, (low + high) / 2, low] if high > low else [low]
+def write_figures(figures: dict[str, Figure], directory: Path) -> list[Path]:
+    """Each figure as ``<name>.png`` and ``<name>.pdf`` in ``directory``."""
+    return [path for name, figure in figures.items() for path in write_figure(figure, Path(directory) / name)]
 
 
-def draw_colour_bar(
-    draw: ImageDraw.ImageDraw, left: int, top: int, height: int, low: float, high: float,
-    label: Callable[[float], str], typeface,
-) -> None:
-    """A vertical bar, ``high`` at the top, with its values beside it; ``colour_bar_width``
-    pixels wide."""
-    for row in range(height):
-        fraction = 1.0 - row / max(height - 1, 1)
-        draw.line([(left, top + row), (left + 15, top + row)], fill=colour_scale(fraction))
-    draw.rectangle([left, top, left + 15, top + height - 1], outline="black")
-    for value in colour_bar_ticks(low, high):
-        fraction = 0.5 if high == low else (value - low) / (high - low)
-        y = top + round((1.0 - fraction) * (height - 1))
-        draw.line([(left + 16, y), (left + 19, y)], fill="black")
-        _, text_height = text_size(label(value), typeface)
-        y = min(max(y - text_height // 2, top), top + height - text_height)  # the end labels stay beside the bar
-        draw.text((left + 20, y), label(value), fill="black", font=typeface)
+# --------------------------------------------------------------------------- evaluation
 
 
-def per_class_iou_figure(
-    per_class_iou: dict[str, float | None], title: str, bar_length: int = 400
-) -> tuple[Image.Image, dict[str, Box]]:
-    """Horizontal bars of per-class IoU (%), one row per class with its name and value.
-
-    Returns the image and each class's bar box (absent for a class without an IoU: the
-    class is in neither the ground truth nor the predictions).
-    """
-    typeface = font(12)
+def per_class_iou_figure(per_class_iou: dict[str, float | None], title: str) -> Figure:
+    """Horizontal bars of per-class IoU (%), one row per class with its value written
+    beside it; a class without an IoU (in neither ground truth nor prediction) has no bar."""
     names = list(per_class_iou)
-    row_height = 18
-    name_width = max(text_size(name, typeface)[0] for name in names)
-    value_width = text_size("100.00", typeface)[0]
-    title_width, title_height = text_size(title, typeface)
-    left = PAD + name_width + 8
-    top = PAD + title_height + 10
-    axis_height = 22
-    width = max(left + bar_length + 6 + value_width, PAD + title_width) + PAD
-    height = top + row_height * len(names) + axis_height + PAD
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((PAD, PAD), title, fill="black", font=typeface)
-    boxes = {}
+    figure = new_figure(7.0, 1.2 + 0.22 * len(names))
+    axes = figure.add_subplot()
+    present = [index for index, name in enumerate(names) if per_class_iou[name] is not None]
+    axes.barh(present, [per_class_iou[names[index]] for index in present], color=OURS_COLOUR)
     for index, name in enumerate(names):
-        y = top + index * row_height
-        draw.text((left - 8 - text_size(name, typeface)[0], y + 3), name, fill="black", font=typeface)
         value = per_class_iou[name]
-        if value is None:
-            draw.text((left + 4, y + 3), "-", fill="gray", font=typeface)
-            continue
-        length = round(value / 100 * bar_length)
-        boxes[name] = (left, y + 2, left + length, y + row_height - 2)
-        if length > 0:
-            draw.rectangle([left, y + 2, left + length - 1, y + row_height - 3], fill=BAR_COLOUR)
-        draw.text((left + length + 6, y + 3), f"{value:.2f}", fill="black", font=typeface)
-    axis_y = top + row_height * len(names)
-    draw.line([(left, top), (left, axis_y)], fill="black")
-    draw.line([(left, axis_y), (left + bar_length, axis_y)], fill="black")
-    for percent in (0, 25, 50, 75, 100):
-        x = left + round(percent / 100 * bar_length)
-        draw.line([(x, axis_y), (x, axis_y + 3)], fill="black")
-        label_width = text_size(str(percent), typeface)[0]
-        draw.text((x - label_width // 2, axis_y + 5), str(percent), fill="black", font=typeface)
-    return image, boxes
+        text = MISSING_TEXT if value is None else f"{value:.2f}"
+        axes.text((value or 0.0) + 1.0, index, text, va="center", fontsize=8)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_ylim(len(names) - 0.5, -0.5)  # the first class on top
+    axes.set_xlim(0, 112)  # room for a value written beside a 100 % bar
+    axes.set_xticks([0, 25, 50, 75, 100])
+    axes.set_xlabel("IoU (%)")
+    axes.set_title(title)
+    return laid_out(figure)
 
 
-def row_normalized(confusion: torch.Tensor | np.ndarray) -> np.ndarray:
+def row_normalized(confusion) -> np.ndarray:
     """Each ground-truth row divided by its pixel count (NaN for a class absent from the
     ground truth), so the diagonal is each class's accuracy."""
     confusion = np.asarray(confusion, dtype=np.float64)
@@ -128,83 +99,143 @@ def row_normalized(confusion: torch.Tensor | np.ndarray) -> np.ndarray:
         return np.where(totals > 0, confusion / totals, np.nan)
 
 
-def confusion_matrix_figure(
-    matrix: np.ndarray, class_names: Sequence[str], title: str, cell_size: int = 24
-) -> tuple[Image.Image, np.ndarray]:
-    """The row-normalised confusion ``matrix`` (rows: ground truth, columns: prediction) as a
-    grid on a 0-1 colour scale with a colour bar, each cell's value written in percent.
-
-    Returns the image and the cells' boxes, an (n, n, 4) array.
-    """
-    typeface, cell_font = font(12), font(max(8, min(12, cell_size // 2)))
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """The row-normalised confusion ``matrix`` (rows: ground truth, columns: prediction) in
+    percent on one 0-100 colour scale with a colour bar, class names on both axes, each
+    cell's value written in where the cells are large enough; a row of a class absent from
+    the ground truth is left blank."""
     count = len(class_names)
-    name_width = max(text_size(name, typeface)[0] for name in class_names)
-    name_height = max(text_size(name, typeface)[1] for name in class_names)
-    title_width, title_height = text_size(title, typeface)
-    axis_label_height = text_size("prediction", typeface)[1]
-    grid = cell_size * count
-
-    def bar_label(value: float) -> str:
-        return f"{100 * value:.0f}"  # in percent, as the cells
-
-    left = PAD + axis_label_height + 8 + name_width + 6
-    top = PAD + title_height + 10 + axis_label_height + 8 + name_width + 6
-    bar_left = left + grid + 12
-    width = max(bar_left + colour_bar_width(0.0, 1.0, bar_label, typeface), PAD + title_width) + PAD
-    height = top + grid + PAD
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((PAD, PAD), title, fill="black", font=typeface)
-    # Column names (the predicted class) read bottom to top above their columns, drawn
-    # upright on a strip that is then turned.
-    for column, name in enumerate(class_names):
-        strip = Image.new("RGB", (name_width, name_height), "white")
-        ImageDraw.Draw(strip).text((name_width - text_size(name, typeface)[0], 0), name, fill="black", font=typeface)
-        turned = strip.rotate(90, expand=True)
-        image.paste(turned, (left + column * cell_size + (cell_size - name_height) // 2, top - 6 - name_width))
-    axis = Image.new("RGB", text_size("ground truth", typeface), "white")
-    ImageDraw.Draw(axis).text((0, 0), "ground truth", fill="black", font=typeface)
-    turned = axis.rotate(90, expand=True)
-    image.paste(turned, (PAD, top + max((grid - turned.height) // 2, 0)))
-    prediction_width = text_size("prediction", typeface)[0]
-    draw.text((left + max((grid - prediction_width) // 2, 0), PAD + title_height + 10), "prediction",
-              fill="black", font=typeface)
-    boxes = np.zeros((count, count, 4), dtype=int)
-    for row, name in enumerate(class_names):
-        y = top + row * cell_size
-        draw.text((left - 6 - text_size(name, typeface)[0], y + (cell_size - name_height) // 2), name,
-                  fill="black", font=typeface)
-        for column in range(count):
-            x = left + column * cell_size
-            boxes[row, column] = (x, y, x + cell_size, y + cell_size)
-            value = matrix[row, column]
-            if np.isnan(value):
-                draw.rectangle([x, y, x + cell_size - 1, y + cell_size - 1], fill=MISSING, outline="white")
-                continue
-            draw.rectangle([x, y, x + cell_size - 1, y + cell_size - 1], fill=colour_scale(value), outline="white")
-            text = f"{100 * value:.0f}"
-            text_width, text_height = text_size(text, cell_font)
-            if text_width <= cell_size - 2:  # a value that does not fit is left to the colour
-                draw.text((x + (cell_size - text_width) // 2, y + (cell_size - text_height) // 2), text,
-                          fill=text_colour(value), font=cell_font)
-    draw_colour_bar(draw, bar_left, top, grid, 0.0, 1.0, bar_label, typeface)
-    return image, boxes
+    side = max(5.0, 2.0 + 0.22 * count)
+    figure = new_figure(side + 1.5, side)
+    axes = figure.add_subplot()
+    colour_map = matplotlib.colormaps[COLOUR_MAP].with_extremes(bad="none")
+    percent = 100 * np.asarray(matrix, dtype=np.float64)
+    image = axes.imshow(np.ma.masked_invalid(percent), cmap=colour_map, vmin=0, vmax=100, interpolation="nearest")
+    figure.colorbar(image, ax=axes, label="% of the ground-truth row", shrink=0.8)
+    label_size = 10 if count <= 40 else 7
+    axes.set_xticks(range(count), class_names, rotation=90, fontsize=label_size)
+    axes.set_yticks(range(count), class_names, fontsize=label_size)
+    axes.set_xlabel("prediction")
+    axes.set_ylabel("ground truth")
+    axes.set_title(title)
+    if count <= MAX_ANNOTATED_CLASSES:
+        for row, column in zip(*np.nonzero(~np.isnan(percent)), strict=True):
+            value = percent[row, column]
+            axes.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=8,
+                      color=text_colour(value / 100))
+    return laid_out(figure)
 
 
-def evaluation_figures(metrics: dict, confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, Image.Image]:
-    """``per_class_iou`` and ``confusion_matrix`` images of one evaluation."""
-    iou_image, _ = per_class_iou_figure(metrics["per_class_IoU"], f"per-class IoU (%), mIoU {metrics['mIoU']:.2f}")
-    matrix_image, _ = confusion_matrix_figure(
-        row_normalized(confusion), class_names, "confusion matrix, each ground-truth row normalised (%)"
-    )
-    return {"per_class_iou": iou_image, "confusion_matrix": matrix_image}
+def evaluation_figures(metrics: dict, confusion, class_names: Sequence[str]) -> dict[str, Figure]:
+    """``per_class_iou`` and ``confusion_matrix`` figures of one evaluation."""
+    return {
+        "per_class_iou": per_class_iou_figure(
+            metrics["per_class_IoU"], f"per-class IoU (%), mIoU {metrics['mIoU']:.2f}"),
+        "confusion_matrix": confusion_matrix_figure(
+            row_normalized(confusion), class_names, "confusion matrix, each ground-truth row normalised (%)"),
+    }
 
 
-def write_figures(figures: dict[str, Image.Image], directory: Path) -> list[Path]:
-    """Each figure as ``<name>.png`` in ``directory``, written atomically."""
-    paths = []
-    for name, image in figures.items():
-        path = Path(directory) / f"{name}.png"
-        atomic_write(path, lambda temp, image=image: image.save(temp, format="PNG"))
-        paths.append(path)
-    return paths
+# ------------------------------------------------------------------------------ tables
+
+
+def comparison_chart(title: str, groups: list[tuple[str, list[tuple[str, float | None, bool]]]]) -> Figure:
+    """Horizontal bars, one group per method, one bar per (label, mIoU, is a reference)
+    with its value written beside it: ours blue, references grey, "-" where there is none.
+    The axis starts below the lowest value, so that differences of a point stay visible."""
+    values = [value for _, bars in groups for _, value, _ in bars if value is not None]
+    low = max(10 * int(min(values) // 10) - 10, 0) if values else 0
+    high = max(10 * -int(-max(values) // 10) if values else 100, low + 10)
+    labels, positions, position = [], [], 0.0
+    for method, bars in groups:
+        for label, _, _ in bars:
+            labels.append(f"{method}, {label}")
+            positions.append(position)
+            position += 1.0
+        position += 0.6  # a gap between methods
+    longest = max((len(label) for label in labels), default=10)
+    figure = new_figure(5.0 + 0.065 * longest, 1.4 + 0.24 * position)
+    axes = figure.add_subplot()
+    bars = [bar for _, group in groups for bar in group]
+    for y, (_, value, is_reference) in zip(positions, bars, strict=True):
+        if value is None:
+            axes.text(low + 0.3, y, MISSING_TEXT, va="center", fontsize=8, color="grey")
+            continue
+        axes.barh(y, value - low, left=low, height=0.8, color=REFERENCE_COLOUR if is_reference else OURS_COLOUR)
+        axes.text(value + 0.3, y, f"{value:.2f}", va="center", fontsize=8)
+    axes.set_yticks(positions, labels, fontsize=8)
+    axes.set_ylim(position - 0.4, -0.8)
+    axes.set_xlim(low, high + 0.12 * (high - low))  # room for the value beside the longest bar
+    axes.set_xticks(range(low, high + 1, 10))
+    axes.set_xlabel("mIoU (%)")
+    axes.set_title(title, wrap=True)
+    return laid_out(figure)
+
+
+def shared_value_range(rows: list[dict]) -> tuple[float, float]:
+    """The lowest and highest value of both tables: one colour scale for the two panels, so
+    that a colour means the same mIoU in ours and the paper's."""
+    values = [row[key] for row in rows for key in ("mIoU", "paper_mIoU") if row[key] is not None]
+    return (min(values), max(values)) if values else (0.0, 1.0)
+
+
+def iteration_heatmap(rows: list[dict], max_stages: int, title: str) -> Figure:
+    """Ours (left) and the paper's (right) iteration tables, rows ``train_stages`` (T),
+    columns ``eval_stages`` (T), as coloured grids with the values written in, on one colour
+    scale shown by one colour bar; a cell not run is white with "-"."""
+    low, high = shared_value_range(rows)
+    norm = Normalize(low, high if high > low else low + 1.0)
+    side = 0.6 * max_stages + 1.2
+    figure = new_figure(max(7.0, 2 * side + 2.0), side + 1.6)
+    panels = figure.subplots(1, 2)
+    colour_map = matplotlib.colormaps[COLOUR_MAP].with_extremes(bad="none")
+    image = None
+    for axes, key, caption in zip(panels, ("mIoU", "paper_mIoU"), ("ours", "paper (ResNet-50, PASCAL VOC val)"),
+                                  strict=True):
+        grid = np.full((max_stages, max_stages), np.nan)
+        for row in rows:
+            value = row[key]
+            cell = (row["train_stages"] - 1, row["eval_stages"] - 1)
+            if value is not None:
+                grid[cell] = value
+            text = MISSING_TEXT if value is None else f"{value:.2f}"
+            colour = "black" if value is None else text_colour(float(norm(value)))
+            axes.text(cell[1], cell[0], text, ha="center", va="center", fontsize=8, color=colour)
+        image = axes.imshow(np.ma.masked_invalid(grid), cmap=colour_map, norm=norm, interpolation="nearest")
+        ticks = range(max_stages)
+        axes.set_xticks(ticks, [str(t + 1) for t in ticks])
+        axes.set_yticks(ticks, [str(t + 1) for t in ticks])
+        axes.set_xlabel("eval_stages (T)")
+        axes.set_ylabel("train_stages (T)")
+        axes.set_title(caption, fontsize=10)
+    figure.colorbar(image, ax=list(panels), label="mIoU (%)", shrink=0.8)
+    figure.suptitle(title, wrap=True)
+    return laid_out(figure)
+
+
+# ------------------------------------------------------------------------------- bases
+
+
+def bases_figure(image: np.ndarray, maps: dict[str, np.ndarray]) -> Figure:
+    """The image and one panel per named responsibility map (each the image's height and
+    width), all maps on one colour scale from 0 to the largest value shown, given by one
+    colour bar, so that the bases can be compared."""
+    high = max((float(values.max()) for values in maps.values()), default=1.0)
+    norm = Normalize(0.0, high if high > 0 else 1.0)
+    height, width = image.shape[:2]
+    panel_width = 2.6
+    panel_height = panel_width * height / width
+    figure = new_figure(panel_width * (1 + len(maps)) + 1.4, panel_height + 0.9)
+    panels = np.atleast_1d(figure.subplots(1, 1 + len(maps)))
+    panels[0].imshow(image)
+    panels[0].set_title("image", fontsize=10)
+    shown = None
+    for axes, (name, values) in zip(panels[1:], maps.items(), strict=True):
+        shown = axes.imshow(values, cmap=COLOUR_MAP, norm=norm, interpolation="nearest")
+        axes.set_title(name, fontsize=10)
+    for axes in panels:
+        axes.set_axis_off()
+    if shown is not None:
+        figure.colorbar(shown, ax=list(panels), label="responsibility z", shrink=0.9)
+    return laid_out(figure)
+

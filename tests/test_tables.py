@@ -1,4 +1,5 @@
-"""The paper's tables: values, layouts, heatmap colours, and the iteration-table command."""
+"""The paper's tables: values, layouts, charts, the iteration-table command and the bases
+figure."""
 
 import json
 import shutil
@@ -6,20 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+from figure_checks import texts_inside, written_png_and_pdf
+from helpers import compose_config
+from matplotlib.colors import to_rgba
 
+from emanet import visualize_bases
+from emanet.iteration_table import parse_arguments
+from emanet.models.segmentor import build_model
+from emanet.paper_numbers import PAPER_TABLE3, paper_iteration_value
+from emanet.plots import OURS_COLOUR, REFERENCE_COLOUR, comparison_chart, iteration_heatmap
+from emanet.run_results import collect, read_metrics
 from emanet.tables import (
-    PAPER_TABLE3,
-    colour_scale,
-    heatmap,
-    iteration_csv,
+    beyond_markdown,
+    beyond_rows,
     iteration_markdown,
     iteration_rows,
-    paper_iteration_value,
     ranking_markdown,
+    records_csv,
     table1_markdown,
+    write_beyond_table,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +39,7 @@ def test_paper_iteration_values():
     assert paper_iteration_value(1, 1) == 77.34
     assert paper_iteration_value(3, 5) == 78.86
     assert paper_iteration_value(8, 8) == 77.24
-    assert paper_iteration_value(4, 3) is None  # T_eval < T_train is not in the table
+    assert paper_iteration_value(4, 3) is None  # eval_stages < train_stages is not in the table
 
 
 def test_iteration_table_layouts():
@@ -37,19 +47,14 @@ def test_iteration_table_layouts():
     rows = iteration_rows(results, 3)
     assert len(rows) == 6
     markdown = iteration_markdown(rows, 3, "demo")
+    assert "| train_stages (T) \\ eval_stages (T) | 1 | 2 | 3 |" in markdown
     assert "| 1 | 60.00 | 61.50 | - |" in markdown
     assert "| 2 |  | 62.25 | - |" in markdown
     assert "| 3 |  |  | 78.86 |" not in markdown  # 3x3 table: paper (3, 3) is 78.52
     assert "| 3 |  |  | 78.52 |" in markdown
-    lines = iteration_csv(rows).splitlines()
-    assert lines[0] == "t_train,t_eval,mIoU,paper_mIoU"
+    lines = records_csv(rows).splitlines()
+    assert lines[0] == "train_stages,eval_stages,mIoU,paper_mIoU"
     assert lines[1] == "1,1,60.0,77.34" and lines[3] == "1,3,,77.6"
-
-
-def scale_colour_counts(image: Image.Image) -> dict[tuple[int, int, int], int]:
-    """How many pixels of the image have each colour of the heatmap's colour scale."""
-    scale = {colour_scale(fraction) for fraction in np.linspace(0, 1, 2001)}
-    return {colour: count for count, colour in image.getcolors(maxcolors=1 << 20) if colour in scale}
 
 
 def test_heatmap_panels_share_one_colour_scale_shown_by_a_colour_bar():
@@ -57,32 +62,59 @@ def test_heatmap_panels_share_one_colour_scale_shown_by_a_colour_bar():
     # the paper's best cell is the brightest colour (each panel on its own scale made our 17.11
     # as bright as the paper's 77.75, and our 17.09 as dark as its 77.34).
     rows = iteration_rows({(1, 1): 17.09, (1, 2): 17.11, (2, 2): 17.10}, 2)
-    counts = scale_colour_counts(heatmap(rows, 2, "t", cell_size=64))
-    cell_pixels = 63 * 63 - 400  # filled inside a one-pixel white outline, less its written value
-    assert cell_pixels <= counts[colour_scale(1.0)] < 2 * cell_pixels  # the paper's (2, 2) only
-    # Our three cells differ by 0.02 of the 60.66 the scale spans: all the darkest colour.
-    assert 3 * cell_pixels <= counts[colour_scale(0.0)] < 4 * cell_pixels
-    # The colour bar runs through the scale: far more of its colours than the grids have cells.
-    assert len(counts) > 100
+    figure = iteration_heatmap(rows, 2, "t")
+    ours, paper, colour_bar = figure.axes
+    grids = {"ours": ours.images[0], "paper": paper.images[0]}
+    np.testing.assert_array_equal(grids["ours"].get_array().filled(np.nan), [[17.09, 17.11], [np.nan, 17.10]])
+    np.testing.assert_array_equal(grids["paper"].get_array().filled(np.nan), [[77.34, 77.52], [np.nan, 77.75]])
+    for image in grids.values():
+        assert (image.norm.vmin, image.norm.vmax) == (17.09, 77.75)
+    colour_map = matplotlib.colormaps["viridis"]
+    assert grids["paper"].to_rgba(77.75) == colour_map(1.0)
+    # Our three cells differ by 0.02 of the 60.66 the scale spans: all its darkest colour.
+    assert {grids["ours"].to_rgba(value) for value in (17.09, 17.10, 17.11)} == {colour_map(0.0)}
+    assert colour_bar.get_ylabel() == "mIoU (%)" and colour_bar.get_ylim() == (17.09, 77.75)
+    # Each value written in its cell; the cell eval_stages < train_stages is empty, one not run says "-".
+    assert {(t.get_position(), t.get_text()) for t in ours.texts} == {
+        ((0, 0), "17.09"), ((1, 0), "17.11"), ((1, 1), "17.10")}
+    assert (ours.get_xlabel(), ours.get_ylabel()) == ("eval_stages (T)", "train_stages (T)")
+    missing = iteration_heatmap(iteration_rows({(1, 1): 60.0}, 2), 2, "t").axes[0]
+    assert {(t.get_position(), t.get_text()) for t in missing.texts} == {
+        ((0, 0), "60.00"), ((1, 0), "-"), ((1, 1), "-")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_stages", [1, 2, 8])
 def test_heatmap_leaves_nothing_cut_off(max_stages):
     # A long title (the command's, with its overrides) over a small table was cut off.
     title = "Iteration table: voc_r50_ablation (schedule.iterations=30000 dataset.crop_size=513), eval=ss"
     results = {(t, e): 60.0 + t + e / 10 for t in range(1, max_stages + 1) for e in range(t, max_stages + 1)}
-    pixels = np.asarray(heatmap(iteration_rows(results, max_stages), max_stages, title))
-    frame = np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3),
-                            pixels[:, :4].reshape(-1, 3), pixels[:, -4:].reshape(-1, 3)])
-    assert (frame == 255).all()  # a white margin on every side: every text and cell is inside
+    assert texts_inside(iteration_heatmap(iteration_rows(results, max_stages), max_stages, title))
+
+
+def test_comparison_chart_draws_each_value_from_below_the_lowest():
+    groups = [("EMANet(512)", [("SS", 79.0, False), ("SS paper", 80.05, True)]), ("FCN", [("SS", None, False)])]
+    figure = comparison_chart("Table 1", groups)
+    axes = figure.axes[0]
+    # The axis starts at the ten below the lowest value's ten: bars from 60, as long as the value.
+    assert axes.get_xlim()[0] == 60
+    bars = [(bar.get_x(), bar.get_width(), bar.get_facecolor()) for bar in axes.patches]
+    assert [(x, round(width, 6)) for x, width, _ in bars] == [(60, 19.0), (60, 20.05)]
+    assert [colour for _, _, colour in bars] == [to_rgba(OURS_COLOUR), to_rgba(REFERENCE_COLOUR)]
+    assert [t.get_text() for t in axes.texts] == ["79.00", "80.05", "-"]
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["EMANet(512), SS", "EMANet(512), SS paper", "FCN, SS"]
+    assert texts_inside(figure)
 
 
 def test_table1_puts_runs_beside_the_paper():
     run = {"mIoU": 81.0, "single_scale": {"mIoU": 79.9}, "eval": {"scales": [0.5, 1.0], "flip": True}}
-    complexity = [{"method": "EMANet(512)", "flops_g": 43.06, "memory_m": 53.6, "params_m": 9.997}]
+    complexity = [{"method": "EMANet(512)", "flops_g": 43.06, "memory_m": 53.6, "params_m": 9.997},
+                  {"method": "ResNet-101", "flops_g": 190.6, "memory_m": None, "params_m": 42.6}]
     text = table1_markdown({"EMANet(512)": run}, complexity)
     assert "| EMANet(512) | 79.90 | 80.05 | -0.15 | 81.00 | 81.32 | -0.32 | +43.06 | +53.6 | +9.997 |" in text
-    assert "| DeeplabV3 | - | 78.51 | - | - | 79.77 | - | +- | +- | +- |" in text
+    # A value not measured is "-", as every missing cell (it read "+-" for the heads).
+    assert "| DeeplabV3 | - | 78.51 | - | - | 79.77 | - | - | - | - |" in text
+    assert "| ResNet-101 | - | - | - | - | - | - | 190.6 | - | 42.6 |" in text
     fcn = {"mIoU": 75.5, "eval": {"scales": [1.0], "flip": False}}
     text = table1_markdown({"FCN": fcn}, [{"method": "FCN", "flops_g": 39.87, "memory_m": 16.5, "params_m": 9.438}])
     assert text.splitlines()[-1] == "| FCN | 75.50 | - | - | - | - | - | +39.87 | +16.5 | +9.438 |"
@@ -118,11 +150,12 @@ def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
     root = tmp_path / "root"
     evaluated = {(t, e): json.loads((root / f"T{t}" / f"eval_ss_T{e}" / "metrics.json").read_text()) for t, e in
                  [(1, 1), (1, 2), (2, 2)]}
-    assert {key: m["eval"]["em_iterations"] for key, m in evaluated.items()} == {(1, 1): 1, (1, 2): 2, (2, 2): 2}
+    assert {key: m["eval"]["eval_stages"] for key, m in evaluated.items()} == {(1, 1): 1, (1, 2): 2, (2, 2): 2}
     assert "train_stages: 2" in (root / "T2" / "config.yaml").read_text()
     csv_lines = (tmp_path / "out" / "iteration_table.csv").read_text().splitlines()
     assert csv_lines[1] == f"1,1,{evaluated[(1, 1)]['mIoU']},77.34"
-    assert Image.open(tmp_path / "out" / "iteration_table.png").size[0] > 200
+    width, height = written_png_and_pdf(tmp_path / "out" / "iteration_table")
+    assert 500 < width < 2000 and 300 < height < 1500
 
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
     subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
@@ -131,14 +164,14 @@ def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
     # Another protocol evaluates the same trainings again, into its own folders.
     subprocess.run([*command, "--eval", "ms_flip"], cwd=tmp_path, check=True, capture_output=True)
     multi = json.loads((root / "T1" / "eval_ms_flip_T2" / "metrics.json").read_text())
-    assert multi["eval"]["flip"] and multi["eval"]["em_iterations"] == 2
+    assert multi["eval"]["flip"] and multi["eval"]["eval_stages"] == 2
     assert {p: p.stat().st_mtime_ns for p in root.rglob("metrics.json") if p in stamps} == stamps
 
     # Other training settings cannot reuse these trainings.
     changed = subprocess.run(
         [*command[:-len(overrides)], *overrides, "optim.lr=0.5"], cwd=tmp_path, capture_output=True, text=True
     )
-    assert changed.returncode == 1
+    assert changed.returncode == 2  # a problem for the user to fix: one line, status 2
     assert f"error: {root} holds runs made with {{'overrides': {overrides}}}, not" in changed.stderr
     assert "pass --root DIR for the new settings" in changed.stderr
 
@@ -152,29 +185,17 @@ def test_iteration_table_command_trains_evaluates_and_resumes(tmp_path):
     ],
 )
 def test_iteration_table_overrides_may_follow_the_train_stages(argv):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from iteration_table import parse_arguments
-
     args = parse_arguments(argv)
     assert args.train_stages == [1, 3]
     assert args.overrides == ["experiment=demo", "schedule.iterations=5"]
 
 
 def test_base_responsibilities_are_the_units_last_e_step():
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from emanet.models.segmentor import build_model
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from visualize_bases import figure, responsibilities
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("train", ["model.ema.eval_stages=2"])
+    cfg = compose_config(["model.ema.eval_stages=2"])
     torch.manual_seed(0)
     model = build_model(cfg.model, 5).eval()
     image = torch.randn(3, 40, 48)
-    maps = responsibilities(model, image)
+    maps = visualize_bases.responsibilities(model, image)
     assert maps.shape == (5, 6, 16)  # 40x48 at output stride 8; K = 16 in the demo
     torch.testing.assert_close(maps.sum(-1), torch.ones(5, 6))  # a distribution over bases
     # The same Z as the unit's own E step: recompute from the features the unit sees.
@@ -190,39 +211,36 @@ def test_base_responsibilities_are_the_units_last_e_step():
             mu = x @ (z / (1e-6 + z.sum(1, keepdim=True)))
             mu = mu / (1e-6 + mu.norm(dim=1, keepdim=True))
     torch.testing.assert_close(maps.reshape(30, 16), z[0], rtol=1e-4, atol=1e-5)
-    panel = figure(np.zeros((40, 48, 3), dtype=np.uint8), maps, [0, 3])
-    assert panel.width > 3 * round(48 * 256 / 40)  # the image and two bases enlarged, and a colour bar
+    panels = visualize_bases.figure(np.zeros((40, 48, 3), dtype=np.uint8), maps, [0, 3]).axes
+    # The image and two bases, each map upsampled to the image with its corners kept.
+    assert [axes.get_title() for axes in panels[:3]] == ["image", "base 0", "base 3"]
+    for axes, k in zip(panels[1:3], [0, 3], strict=True):
+        shown = axes.images[0].get_array()
+        assert shown.shape == (40, 48)
+        np.testing.assert_allclose(shown[[0, 0, -1, -1], [0, -1, 0, -1]], maps[[0, 0, -1, -1], [0, -1, 0, -1], k],
+                                   rtol=1e-5)
 
 
 def test_base_maps_are_shown_at_the_evaluation_output_stride():
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from emanet.models.segmentor import build_model
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from visualize_bases import evaluation_responsibilities
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose("train", ["model.backbone.output_stride=16", "model.backbone.eval_output_stride=8"])
+    cfg = compose_config(["model.backbone.output_stride=16", "model.backbone.eval_output_stride=8"])
     model = build_model(cfg.model, 5).eval()
-    maps = evaluation_responsibilities(model, cfg, torch.randn(3, 40, 48))
+    maps = visualize_bases.evaluation_responsibilities(model, cfg, torch.randn(3, 40, 48))
     assert maps.shape == (5, 6, 16)  # the OS8 grid of evaluation, not the OS16 one of training (3 x 3)
     assert model.backbone.output_stride == 16  # restored afterwards
 
 
-def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from emanet.tables import collect
+def write_run(directory: Path, metrics: dict, depth: int, aux_weight: float = 0.0) -> Path:
+    directory.mkdir()
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    config = f"model:\n  backbone:\n    depth: {depth}\n  aux:\n    weight: {aux_weight}\n"
+    (directory / "config.yaml").write_text(config)
+    return directory
 
+
+def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
     def run(name, experiment, depth, aux_weight=0.0):
-        directory = tmp_path / name
-        directory.mkdir()
         metrics = {"experiment": experiment, "mIoU": 50.0, "eval": {"scales": [1.0], "flip": False}}
-        (directory / "metrics.json").write_text(json.dumps(metrics))
-        config = f"model:\n  backbone:\n    depth: {depth}\n  aux:\n    weight: {aux_weight}\n"
-        (directory / "config.yaml").write_text(config)
-        return directory
+        return write_run(tmp_path / name, metrics, depth, aux_weight)
 
     no_config = run("e", "voc_emanet512", 101)
     (no_config / "config.yaml").unlink()
@@ -233,10 +251,11 @@ def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
             tmp_path / "unfinished", run("d", "voc_emanet256", 101, aux_weight=0.4),
             run("g", "cocostuff10k_emanet512", 152), run("h", "voc_emanet512", 50) / "metrics.json", no_config,
             not_json]
-    table1, table3, table4, beyond, notes = collect(runs)
+    results = collect(runs)
     # A metrics.json given for its run counts as the run (its config says ResNet-50).
-    assert list(table1) == ["EMANet(512)", "EMANet(256)"] and list(table3) == ["EMANet (ResNet-50)"]
-    assert table4 == {} and beyond == {}
+    assert list(results.table1) == ["EMANet(512)", "EMANet(256)"] and list(results.table3) == ["EMANet (ResNet-50)"]
+    assert results.table4 == {} and results.beyond == {}
+    notes = results.notes
     assert notes[:6] == [
         f"{runs[2]}: experiment 'demo' (depth 18) is in none of the tables",
         f"{runs[3]}: no metrics.json (not finished?)",
@@ -248,27 +267,31 @@ def test_paper_tables_sorts_runs_into_their_rows(tmp_path):
     assert notes[6].startswith(f"{not_json / 'metrics.json'}: not a metrics.json (") and len(notes) == 7
 
 
+def test_a_metrics_json_of_the_old_format_is_still_read(tmp_path):
+    # Runs made before T took its config key's name recorded it as eval.em_iterations.
+    old = {"experiment": "voc_emanet512", "mIoU": 80.5, "single_scale": {"mIoU": 79.25},
+           "eval": {"scales": [0.5, 1.0], "flip": True, "em_iterations": 4}}
+    new = {**old, "eval": {"scales": [1.0], "flip": False, "eval_stages": 2}}
+    old_run, new_run = write_run(tmp_path / "old", old, 101), write_run(tmp_path / "new", new, 101)
+    assert read_metrics(old_run)["eval"] == {"scales": [0.5, 1.0], "flip": True, "eval_stages": 4}
+    assert read_metrics(new_run / "metrics.json")["eval"] == {"scales": [1.0], "flip": False, "eval_stages": 2}
+    results = collect([old_run])
+    assert results.table1["EMANet(512)"]["eval"]["eval_stages"] == 4 and results.notes == []
+    assert "| EMANet(512) | 79.25 | 80.05 | -0.80 | 80.50 | 81.32 | -0.82 |" in table1_markdown(results.table1, [])
+
+
 @pytest.mark.slow
-def test_visualize_bases_writes_the_figure_and_refuses_bad_options_in_one_line(tmp_path, monkeypatch, capsys):
-    import torch
-
-    from emanet.cli import compose_config
-    from emanet.models.segmentor import build_model
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    import visualize_bases
-
+def test_visualize_bases_writes_the_figure_and_refuses_bad_options_in_one_line(tmp_path, capsys):
     overrides = ["experiment=demo", f"data_root={tmp_path / 'data'}", "dataset.generate.num_train=2",
                  "dataset.generate.num_val=2"]
-    cfg = compose_config("evaluate", overrides)
+    cfg = compose_config(overrides)  # the network the checkpoint is of
     torch.save({"model": build_model(cfg.model, 5).state_dict()}, tmp_path / "model.pt")
     overrides.append(f"checkpoint={tmp_path / 'model.pt'}")
     output = tmp_path / "figures" / "bases.png"
 
     def run(*argv):
-        monkeypatch.setattr(sys, "argv", ["visualize_bases.py", *argv, "--output", str(output), *overrides])
         try:
-            visualize_bases.main()
+            visualize_bases.main([*argv, "--output", str(output), *overrides])
         except SystemExit as exit_:
             return exit_.code, capsys.readouterr().err.strip().splitlines()[-1]
         return 0, capsys.readouterr().out.strip()
@@ -281,38 +304,31 @@ def test_visualize_bases_writes_the_figure_and_refuses_bad_options_in_one_line(t
     assert not output.parent.exists()
     status, line = run("--index", "1", "--bases", "0", "3")
     assert (status, line) == (0, f"bases [0, 3] written to {output}")
-    figure = Image.open(output)
-    width, height = Image.open(tmp_path / "data" / "demo" / "VOC2012" / "JPEGImages" / "demo_val_00001.jpg").size
-    zoom = 256 / min(width, height)  # the demo's small images are enlarged
-    assert figure.format == "PNG" and figure.width > 3 * round(width * zoom)  # the image, two bases, a colour bar
-    assert [p.name for p in output.parent.iterdir()] == ["bases.png"]  # no temporary left
+    width, height = written_png_and_pdf(output.with_suffix(""))
+    assert 600 < width < 1500 and 200 < height < 800  # the image, two bases and a colour bar side by side
+    assert sorted(p.name for p in output.parent.iterdir()) == ["bases.pdf", "bases.png"]
 
 
-def test_base_figure_shows_the_image_large_and_every_map_on_one_scale_with_a_colour_bar():
-    import torch
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    import visualize_bases
-
+def test_base_figure_shows_every_map_on_one_scale_with_a_colour_bar():
     image = np.full((64, 80, 3), 128, dtype=np.uint8)  # the demo's size
     maps = torch.zeros(8, 10, 4)
     maps[..., 1], maps[..., 2] = 0.2, 0.8  # two flat maps, one four times the other
     figure = visualize_bases.figure(image, maps, [1, 2])
-    pixels = np.asarray(figure)
-    assert ((pixels == 128).all(axis=2)).sum() >= 256 * 320  # the image enlarged to 256 x 320
-    counts = scale_colour_counts(figure)
+    picture, weaker, stronger, colour_bar = figure.axes
+    np.testing.assert_array_equal(picture.images[0].get_array(), image)
     # One scale for both maps: the weaker one is drawn at a quarter of it, not as bright.
-    assert counts[colour_scale(1.0)] >= 256 * 320
-    assert counts.get(colour_scale(round(0.25 * 255) / 255), 0) >= 256 * 320
-    assert len(counts) > 100  # the colour bar runs through the scale
-    frame = np.concatenate([pixels[:4].reshape(-1, 3), pixels[-4:].reshape(-1, 3),
-                            pixels[:, :4].reshape(-1, 3), pixels[:, -4:].reshape(-1, 3)])
-    assert (frame == 255).all()  # nothing cut off
+    for axes, value in ((weaker, 0.2), (stronger, 0.8)):
+        shown = axes.images[0]
+        np.testing.assert_allclose(shown.get_array(), np.full((64, 80), value))
+        assert (shown.norm.vmin, shown.norm.vmax) == pytest.approx((0.0, 0.8))
+    colour_map = matplotlib.colormaps["viridis"]
+    np.testing.assert_allclose(weaker.images[0].to_rgba(0.2), colour_map(0.25), atol=0.01)  # 256 colours
+    assert stronger.images[0].to_rgba(0.8) == colour_map(1.0)
+    assert colour_bar.get_ylabel() == "responsibility z"
+    assert texts_inside(figure)
 
 
 def test_the_table_beyond_the_paper_puts_trained_and_imported_runs_beside_the_published_numbers(tmp_path):
-    from emanet.tables import collect, write_beyond_table
-
     def run(name, experiment, depth, ss, ms=None, imported=False):
         directory = tmp_path / name
         directory.mkdir()
@@ -327,12 +343,12 @@ def test_the_table_beyond_the_paper_puts_trained_and_imported_runs_beside_the_pu
 
     runs = [run("a", "cityscapes_emanet512", 101, 79.0, 80.5), run("b", "cityscapes_mmseg_r101", 101, 79.5, 81.0,
             imported=True), run("c", "cityscapes_mmseg_r101", 101, 78.0), run("d", "ade20k_emanet512", 101, 42.1)]
-    *_, beyond, notes = collect(runs)
+    results = collect(runs)
+    beyond, notes = results.beyond, results.notes
     assert set(beyond) == {("cityscapes_emanet512", False), ("cityscapes_mmseg_r101", True),
                            ("cityscapes_mmseg_r101", False), ("ade20k_emanet512", False)}
     assert notes == []  # their recipes have auxiliary heads of their own: no note
-    md, csv_path, png = write_beyond_table(beyond, tmp_path / "tables")
-    lines = md.read_text().splitlines()
+    lines = beyond_markdown(beyond).splitlines()
     assert ("| Cityscapes val | EMANet(512), ResNet-101 | cityscapes_emanet512 | trained here | 79.00 | 80.50 | "
             "the authors' release README | 79.79 | -0.79 | - | - |") in lines
     assert ("| Cityscapes val | EMANet(512), ResNet-101 | cityscapes_emanet512 | trained here | 79.00 | 80.50 | "
@@ -348,5 +364,15 @@ def test_the_table_beyond_the_paper_puts_trained_and_imported_runs_beside_the_pu
     assert ("| Cityscapes val | mmsegmentation's EMANet, R-101-D8 512x1024 | cityscapes_mmseg_r101_512x1024 | "
             "published, evaluated here | - | - | mmsegmentation R-101-D8 512x1024 80k | 79.10 | - | 81.21 | - "
             "|") in lines
-    assert len(csv_path.read_text().splitlines()) == 1 + 10  # a row per reference, one for ADE20K's none
-    assert Image.open(png).size[0] > 300
+    assert len(records_csv(beyond_rows(beyond)).splitlines()) == 1 + 10  # a row per reference, one for ADE20K's none
+
+
+@pytest.mark.slow
+def test_table_files_are_markdown_csv_and_the_chart_as_png_and_pdf(tmp_path):
+    run = {"experiment": "ade20k_emanet512", "mIoU": 42.1, "eval": {"scales": [1.0], "flip": False}}
+    markdown, csv_file, *chart = write_beyond_table({("ade20k_emanet512", False): run}, tmp_path / "tables")
+    assert markdown.read_text() == beyond_markdown({("ade20k_emanet512", False): run}) + "\n"
+    last_row = 'ADE20K val,"EMANet(512), ResNet-101",ade20k_emanet512,trained here,42.1,,-,,'
+    assert csv_file.read_text().splitlines()[-1] == last_row
+    width, height = written_png_and_pdf(tmp_path / "tables" / "beyond", chart)
+    assert 800 < width < 2000 and 700 < height < 2000  # 38 labelled bars

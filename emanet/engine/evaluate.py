@@ -16,7 +16,6 @@ from PIL import Image
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from emanet.config_checks import to_plain
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.data.transforms import height_width
@@ -30,14 +29,14 @@ from emanet.engine.distributed import (
     shutdown_distributed,
 )
 from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
-from emanet.engine.figures import evaluation_figures, write_figures
 from emanet.engine.metrics import format_table
 from emanet.engine.run_directory import own_run_dir, run_directory_lock
 from emanet.engine.runtime import build_eval_loader, configure_runtime
 from emanet.engine.visualize import denormalize, prediction_panel
 from emanet.errors import DatasetError
-from emanet.io import atomic_write, write_json
+from emanet.io import atomic_write, to_plain, write_json
 from emanet.models.segmentor import EM_HEADS, SegmentationModel, build_model
+from emanet.plots import evaluation_figures, write_figures
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,8 @@ def evaluate_on_val(
     evaluation only. With ``eval.save_predictions`` / ``eval.save_overlays`` the
     predictions are written under ``output_dir``. The per-class IoU bar chart and the
     row-normalised confusion matrix go to ``writer`` (``val/per_class_iou``,
-    ``val/confusion_matrix``) and to ``output_dir`` as ``per_class_iou.png`` and
-    ``confusion_matrix.png``.
+    ``val/confusion_matrix``) and to ``output_dir`` as ``per_class_iou.{png,pdf}`` and
+    ``confusion_matrix.{png,pdf}``.
     """
     world = world or World(device=device)
     loader = build_eval_loader(cfg, world, pin_memory=device.type == "cuda")
@@ -79,7 +78,7 @@ def evaluate_on_val(
     protocol = "multi-scale + flip" if is_multi_scale(cfg.eval.scales, cfg.eval.flip) else "single scale"
     if world.is_main:
         settings = metrics["eval"]
-        title = f"{dataset.split} ({protocol}, {settings['mode']}, T={settings['em_iterations']}, OS{eval_stride})"
+        title = f"{dataset.split} ({protocol}, {settings['mode']}, T={settings['eval_stages']}, OS{eval_stride})"
         log.info("\n%s", format_table(metrics, title))
         if "single_scale" in metrics:
             single_title = f"{dataset.split} (single scale, {settings['mode']})"
@@ -91,8 +90,8 @@ def evaluate_on_val(
     if world.is_main and (writer is not None or output_dir is not None):
         figures = evaluation_figures(metrics, result.confusion, dataset.class_names)
         if writer is not None:
-            for name, image in figures.items():
-                writer.add_image(f"val/{name}", np.asarray(image), step, dataformats="HWC")
+            for name, figure in figures.items():
+                writer.add_figure(f"val/{name}", figure, step, close=False)
         if output_dir is not None:
             write_figures(figures, output_dir)
     return metrics
@@ -132,7 +131,7 @@ def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> di
         "align_corners": bool(cfg.eval.align_corners),
         "logits_align_corners": bool(eval_inference(cfg).logits_back_align_corners),
         "pad_to_window": bool(cfg.eval.pad_to_window) if cfg.eval.mode == "slide" else None,
-        "em_iterations": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
+        "eval_stages": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
         "output_stride": output_stride,
         "precision": str(amp.dtype or torch.float32).removeprefix("torch."),
     }
@@ -183,7 +182,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
     (:func:`~emanet.engine.run_directory.own_run_dir`), holding its lock meanwhile.
     """
     world = init_distributed(configure_runtime(cfg))
-    amp = AmpSettings.from_config(cfg.eval, world.device, key="eval")  # refused before anything is written
+    amp = AmpSettings.from_config(cfg.eval, world.device)
     run_dir, note = broadcast_from_main(own_run_dir(shared_run_dir(run_dir), "evaluate"))
     if note and world.is_main:
         log.warning("%s", note)
@@ -240,7 +239,7 @@ def one_line_summary(metrics: dict, run_dir: Path) -> str:
     settings = metrics["eval"]
     protocol = "MS+flip" if is_multi_scale(settings["scales"], settings["flip"]) else "SS"
     parts = [f"{metrics['experiment']}: mIoU {metrics['mIoU']:.2f} ({protocol}, {settings['mode']}"]
-    parts.append(f", T={settings['em_iterations']})")
+    parts.append(f", T={settings['eval_stages']})")
     if "single_scale" in metrics:
         parts.append(f", {metrics['single_scale']['mIoU']:.2f} single scale")
     shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
