@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import NoReturn
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -73,14 +74,6 @@ from emanet.models.segmentor import build_model
 log = logging.getLogger(__name__)
 
 
-LOSS_NORMALIZATIONS = ("valid", "all_pixels")
-
-
-def check_loss_normalization(normalization: str) -> None:
-    if normalization not in LOSS_NORMALIZATIONS:
-        raise ConfigError(f"loss.normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}")
-
-
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, divisor: torch.Tensor):
     """Per-pixel cross-entropy summed over the labelled pixels and divided by ``divisor``
     (see :func:`loss_divisor`)."""
@@ -110,7 +103,6 @@ def loss_divisor(labels: list[torch.Tensor], ignore_index: int, normalization: s
     count over processes: accumulation sums the micro-batches' gradients and DDP averages
     the processes'. A global batch without a labelled pixel gives a zero loss.
     """
-    check_loss_normalization(normalization)
     if normalization == "valid":
         count = sum((label != ignore_index).sum() for label in labels)
     else:
@@ -268,17 +260,6 @@ def resume(
     return state["iteration"], path, drawn[world.rank], state.get("train_seconds", 0.0)
 
 
-def check_schedule(cfg: DictConfig) -> None:
-    """Refuse settings that would fail or mislead only later in a run."""
-    schedule = cfg.schedule
-    for key in ("iterations", "log_every", "checkpoint_every", "checkpoint_keep", "lr_update_every"):
-        if schedule[key] < 1:
-            raise ConfigError(f"schedule.{key} must be at least 1, got {schedule[key]}")
-    if schedule.eval_every < 0:
-        raise ConfigError(f"schedule.eval_every must be 0 (only at the end) or positive, got {schedule.eval_every}")
-    check_loss_normalization(cfg.loss.normalization)
-
-
 def check_image_pooling_batch(model: nn.Module, micro_batch: int, cfg: DictConfig) -> None:
     """ASPP's image pooling normalises one value per channel and image: BatchNorm needs two
     images in each micro-batch, or SyncBatchNorm across processes, or it fails at the first step."""
@@ -345,7 +326,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     and ``metrics.json``; returns the metrics. SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 stop every process
     after the same step with a checkpoint there (:class:`TrainingStopped`).
     """
-    check_schedule(cfg)
     world = init_distributed(configure_runtime(cfg))
     run_dir = shared_run_dir(run_dir)
     with run_directory_lock(run_dir, world):
@@ -404,14 +384,10 @@ class StopRequest:
         return signal.Signals(number).name if number else None
 
 
-def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> dict:
-    device = world.device
-    amp = AmpSettings.from_config(cfg.runtime, device)
-    eval_amp = AmpSettings.from_config(cfg.eval, device, key="eval")  # checked now, not after training
-    schedule, data_cfg = cfg.schedule, cfg.dataset
-    micro_batch = per_rank_batch(schedule.batch_size, world.size, schedule.accumulation_steps)
-    # The dataset (missing data is the likeliest mistake, so it is reported first), then the
-    # model and its pretrained weights: either can refuse the run before config.yaml is written.
+def build_training_set(cfg: DictConfig, world: World) -> Dataset:
+    """The training split with its augmentation, once every label of it and of the val split
+    has passed :func:`check_every_label`; refuses a global batch larger than the split."""
+    data_cfg, batch_size = cfg.dataset, cfg.schedule.batch_size
     train_set = build_dataset(
         data_cfg, data_cfg.train_split,
         train_transform(
@@ -420,146 +396,282 @@ def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> d
         ),
     )
     check_every_label([train_set, build_dataset(data_cfg, data_cfg.val_split)], cfg, world)
-    if schedule.batch_size > len(train_set):
+    if batch_size > len(train_set):
         raise ConfigError(
-            f"schedule.batch_size={schedule.batch_size} exceeds the {len(train_set)} images "
+            f"schedule.batch_size={batch_size} exceeds the {len(train_set)} images "
             f"of split {data_cfg.train_split!r}"
         )
-    model = prepare_batch_norm(build_model(cfg.model, data_cfg.num_classes), world).to(device)
+    return train_set
+
+
+def build_training_model(cfg: DictConfig, micro_batch: int, world: World) -> nn.Module:
+    """The configured model with its pretrained weights on this process's device, and the
+    global RNG seeded for this process's dropout masks."""
+    model = prepare_batch_norm(build_model(cfg.model, cfg.dataset.num_classes), world).to(world.device)
     # Every process built the same initial weights from cfg.seed; from here on each draws its
     # own dropout masks (seed + rank), or all would drop the same channels of their images.
     torch.manual_seed(cfg.seed + world.rank)
     check_image_pooling_batch(model, micro_batch, cfg)
+    return model
+
+
+def save_resolved_config(cfg: DictConfig, run_dir: Path, world: World) -> None:
+    """Rank 0 writes ``run_dir/config.yaml``, the config with its interpolations resolved."""
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    sampler = SeededSampler(train_set, world, cfg.seed)
 
+
+@dataclass
+class TrainingState:
+    """What the training loop steps and checkpoints. ``network`` is ``model`` as the steps
+    call it (DDP-wrapped, compiled); ``start``, ``last_checkpoint``, ``batches_drawn`` and
+    ``seconds_before`` are those of the checkpoint resumed from (0, None, 0, 0.0 if none)."""
+
+    model: nn.Module
+    network: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    amp: AmpSettings
+    start: int
+    last_checkpoint: Path | None
+    batches_drawn: int
+    seconds_before: float
+
+    def checkpoint_state(self, iteration: int, cfg: DictConfig, batches_drawn: int, train_seconds: float) -> dict:
+        """:func:`checkpoint_state` of these (a collective)."""
+        return checkpoint_state(
+            self.model, self.optimizer, self.scheduler, self.amp, iteration, cfg, batches_drawn, train_seconds
+        )
+
+    def save_checkpoint(
+        self, iteration: int, cfg: DictConfig, batches_drawn: int, train_seconds: float, checkpoint_dir: Path,
+        world: World,
+    ) -> None:
+        """Checkpoint ``iteration`` (a collective; rank 0 writes the file and notes it as the last)."""
+        state = self.checkpoint_state(iteration, cfg, batches_drawn, train_seconds)
+        if world.is_main:
+            self.last_checkpoint = save_training_checkpoint(state, checkpoint_dir, cfg.schedule.checkpoint_keep)
+
+    def seconds_since(self, began: float) -> float:
+        """The seconds trained over every invocation of the run, this one's having begun at ``began``."""
+        return self.seconds_before + time.perf_counter() - began
+
+
+def prepare_model_and_optimizer(
+    model: nn.Module, amp: AmpSettings, cfg: DictConfig, run_dir: Path, world: World
+) -> TrainingState:
+    """The optimizer and poly scheduler of ``model``, all three resumed from the newest intact
+    checkpoint of ``run_dir`` if it has one (see :func:`resume`), and the network the steps call."""
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    schedule = cfg.schedule
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_poly_scheduler(optimizer, schedule.iterations, schedule.power, schedule.lr_update_every)
-    checkpoint_dir = run_dir / "checkpoints"
     if world.is_main:  # it holds the lock: no other run is writing there
-        remove_leftovers(checkpoint_dir)
+        remove_leftovers(run_dir / "checkpoints")
     start, last_checkpoint, batches_drawn, seconds_before = resume(
         run_dir, model, optimizer, scheduler, amp, world, cfg
     )
     network = model
     if world.size > 1:
-        network = wrap_ddp(model, device)
+        network = wrap_ddp(model, world.device)
     if cfg.runtime.compile:
         network = torch.compile(network)
+    return TrainingState(
+        model, network, optimizer, scheduler, amp, start, last_checkpoint, batches_drawn, seconds_before
+    )
 
-    total = schedule.iterations
-    if start > total and world.is_main:
+
+def log_training_plan(cfg: DictConfig, training: TrainingState, micro_batch: int, run_dir: Path, world: World) -> None:
+    """Rank 0 logs what is about to be trained, warning if the checkpoint resumed from is past the end."""
+    if not world.is_main:
+        return
+    schedule, total, start = cfg.schedule, cfg.schedule.iterations, training.start
+    if start > total:
         log.warning(
             "the run's checkpoint %s is at iteration %d, beyond schedule.iterations=%d: nothing to train; "
-            "evaluating the iteration-%d weights", last_checkpoint, start, total, start,
+            "evaluating the iteration-%d weights", training.last_checkpoint, start, total, start,
         )
-    if world.is_main:
-        log.info(
-            "training %s for %d iterations, global batch %d (%d processes x %d x %d accumulation steps), on %s; "
-            "run directory %s", cfg.name, total, schedule.batch_size, world.size, micro_batch,
-            schedule.accumulation_steps, device, run_dir,
-        )
-    writer = SummaryWriter(str(run_dir / "tensorboard")) if world.is_main else None
-    loader = build_train_loader(
-        train_set, micro_batch, cfg.runtime.num_workers, sampler, cfg.seed, pin_memory=device.type == "cuda"
+    log.info(
+        "training %s for %d iterations, global batch %d (%d processes x %d x %d accumulation steps), on %s; "
+        "run directory %s", cfg.name, total, schedule.batch_size, world.size, micro_batch,
+        schedule.accumulation_steps, world.device, run_dir,
     )
-    batches = EpochBatches(loader, sampler, batches_drawn)
-    del loader  # batches owns it: closing them stops its workers
-    model.train()
-    began = time.perf_counter()
-    train_seconds = seconds_before  # until a step is taken: a finished run re-run takes none
-    # Logged per window of log_every steps: the mean loss, and images/s of the training steps
-    # (periodic evaluations are not counted).
-    window_start, window_images, window_losses = began, 0, []
-    progress = tqdm(
+
+
+def training_batches(
+    train_set: Dataset, micro_batch: int, cfg: DictConfig, world: World, start_batch: int
+) -> EpochBatches:
+    """This process's micro-batches of ``train_set`` from loader batch ``start_batch`` on
+    (see :class:`EpochBatches`, which owns the loader: closing it stops the loader's workers)."""
+    sampler = SeededSampler(train_set, world, cfg.seed)
+    loader = build_train_loader(
+        train_set, micro_batch, cfg.runtime.num_workers, sampler, cfg.seed, pin_memory=world.device.type == "cuda"
+    )
+    return EpochBatches(loader, sampler, start_batch)
+
+
+def training_progress(start: int, total: int, cfg: DictConfig, world: World) -> tqdm:
+    """Iterations ``start`` to ``total``, with a progress bar on rank 0 if ``runtime.progress``."""
+    return tqdm(
         range(start, total), initial=start, total=total, desc="train",
         disable=not (cfg.runtime.progress and world.is_main), dynamic_ncols=True,
     )
-    # Only the training steps stop at a signal: the final evaluation can be redone by resuming.
-    with StopRequest() as stop_request:
-        for iteration in progress:
-            lr = optimizer.param_groups[0]["lr"]
-            drawn_before = batches.consumed  # the loader position a checkpoint of `iteration` records
-            micro_batches, bad_data = draw_micro_batches(batches, schedule.accumulation_steps)  # collective
-            if bad_data:
-                progress.close()
-                if writer is not None:
-                    writer.close()
-                batches.close()
-                state = partial(  # of the last completed iteration: drawing does not touch the global RNG
-                    checkpoint_state, model, optimizer, scheduler, amp, iteration, cfg, drawn_before,
-                    seconds_before + time.perf_counter() - began,
-                )
-                stop_for_bad_data(bad_data, iteration, state, checkpoint_dir, schedule.checkpoint_keep, world)
-            loss = train_step(
-                network, micro_batches, optimizer, device, data_cfg.ignore_index, cfg.loss.normalization, amp,
-                iteration, last_checkpoint, cfg.model.aux.weight,
-            )
-            scheduler.step()
-            done = iteration + 1
-            train_seconds = seconds_before + time.perf_counter() - began  # over every invocation of the run
-            window_images += schedule.batch_size
-            window_losses.append(loss)
-            if done % schedule.log_every == 0 or done == total:
-                now = time.perf_counter()
-                window_loss = sum(window_losses) / len(window_losses)
-                if writer is not None:
-                    writer.add_scalar("train/loss", window_loss, done)
-                    writer.add_scalar("train/lr", lr, done)
-                    writer.add_scalar("train/images_per_second", window_images / (now - window_start), done)
-                    if device.type == "cuda":
-                        writer.add_scalar("train/gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, done)
-                progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
-                window_start, window_images, window_losses = now, 0, []
-            stop_signal = stop_request.agreed()  # collective: every process stops after the same step
-            if done % schedule.checkpoint_every == 0 or done == total or stop_signal:
-                state = checkpoint_state(  # collective
-                    model, optimizer, scheduler, amp, done, cfg, batches.consumed, train_seconds
-                )
-                if world.is_main:
-                    last_checkpoint = save_training_checkpoint(state, checkpoint_dir, schedule.checkpoint_keep)
-            if stop_signal:
-                progress.close()
-                if writer is not None:
-                    writer.close()
-                shutdown_distributed()  # after rank 0 has written the checkpoint
-                stopped_at = checkpoint_dir / checkpoint_name(done)
-                message = (
-                    f"stopped by {stop_signal} at iteration {done}; checkpoint {stopped_at}; "
-                    "re-run the same command to resume"
-                )
-                if world.is_main:
-                    log.warning("%s", message)
-                stop_request.pass_on()
-                raise TrainingStopped(message)
-            if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
-                # Evaluation must not draw from the training RNG (its data loader seeds itself
-                # from it): a run resumed after this iteration has not evaluated and would
-                # continue with other dropout masks.
-                evaluation_start = time.perf_counter()
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                    evaluate_on_val(model, cfg, device, eval_amp, writer, done, world)
-                model.train()
-                window_start += time.perf_counter() - evaluation_start
-    progress.close()
-    batches.close()
-    warn_skipped(train_set)
 
-    iteration = max(start, total)  # of the weights evaluated: a resumed run's checkpoint may be beyond total
-    metrics = evaluate_on_val(model, cfg, device, eval_amp, writer, iteration, world, output_dir=run_dir)
+
+class LossWindow:
+    """The training steps of a window of ``schedule.log_every`` steps (or up to the last): at
+    its end, their mean loss, the lr and their images per second go to TensorBoard (rank 0's
+    ``writer``) and the progress bar. Time spent evaluating in between is left out (:meth:`leave_out`)."""
+
+    def __init__(
+        self, writer: SummaryWriter | None, progress: tqdm, device: torch.device, schedule: DictConfig, start: float
+    ) -> None:
+        self.writer, self.progress, self.device = writer, progress, device
+        self.batch_size, self.log_every, self.total = schedule.batch_size, schedule.log_every, schedule.iterations
+        self.start, self.images, self.losses = start, 0, []
+
+    def step(self, done: int, loss: float, lr: float) -> None:
+        """Add the loss of the step that completed iteration ``done``; log the window if it ends there."""
+        self.images += self.batch_size
+        self.losses.append(loss)
+        if done % self.log_every == 0 or done == self.total:
+            self.log(done, lr)
+
+    def log(self, step: int, lr: float) -> None:
+        """Log the window ending at ``step``, and start the next."""
+        now = time.perf_counter()
+        window_loss = sum(self.losses) / len(self.losses)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", window_loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            self.writer.add_scalar("train/images_per_second", self.images / (now - self.start), step)
+            if self.device.type == "cuda":
+                self.writer.add_scalar(
+                    "train/gpu_memory_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, step
+                )
+        self.progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
+        self.start, self.images, self.losses = now, 0, []
+
+    def leave_out(self, seconds: float) -> None:
+        self.start += seconds
+
+
+def close_logs(progress: tqdm, writer: SummaryWriter | None) -> None:
+    """Close the progress bar and rank 0's TensorBoard writer before training stops early."""
+    progress.close()
+    if writer is not None:
+        writer.close()
+
+
+def stop_for_signal(
+    signal_name: str, iteration: int, checkpoint_dir: Path, stop_request: StopRequest, progress: tqdm,
+    writer: SummaryWriter | None, world: World,
+) -> NoReturn:
+    """Stop after ``iteration``, whose checkpoint rank 0 has written, with one line naming it
+    and how to resume; then hand the signal to the handler it replaced (:meth:`StopRequest.pass_on`)."""
+    close_logs(progress, writer)
+    shutdown_distributed()  # after rank 0 has written the checkpoint
+    stopped_at = checkpoint_dir / checkpoint_name(iteration)
+    message = (
+        f"stopped by {signal_name} at iteration {iteration}; checkpoint {stopped_at}; "
+        "re-run the same command to resume"
+    )
+    if world.is_main:
+        log.warning("%s", message)
+    stop_request.pass_on()
+    raise TrainingStopped(message)
+
+
+def evaluate_during_training(
+    model: nn.Module, cfg: DictConfig, amp: AmpSettings, writer: SummaryWriter | None, iteration: int, world: World
+) -> float:
+    """Evaluate on val at ``iteration`` and put ``model`` back in training mode; returns the
+    seconds it took, which the images-per-second of the training steps leave out."""
+    began = time.perf_counter()
+    device = world.device
+    # Evaluation must not draw from the training RNG (its data loader seeds itself from it):
+    # a run resumed after this iteration has not evaluated and would continue with other
+    # dropout masks.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        evaluate_on_val(model, cfg, device, amp, writer, iteration, world)
+    model.train()
+    return time.perf_counter() - began
+
+
+def final_evaluation(
+    model: nn.Module, cfg: DictConfig, amp: AmpSettings, writer: SummaryWriter | None, iteration: int,
+    train_seconds: float, run_dir: Path, world: World,
+) -> dict:
+    """Evaluate the weights of ``iteration`` on val; rank 0 closes ``writer`` and writes them
+    with the run's record to metrics.json. Returns the metrics."""
+    metrics = evaluate_on_val(model, cfg, world.device, amp, writer, iteration, world, output_dir=run_dir)
     if world.is_main:
         writer.close()
         run = {
             "experiment": cfg.name,
-            "checkpoint": str((checkpoint_dir / "last.pt").resolve()),
+            "checkpoint": str((run_dir / "checkpoints" / "last.pt").resolve()),
             "iteration": iteration,
             "train_seconds": round(train_seconds, 1),
         }
         metrics = write_run_metrics(run_dir, run, metrics)
+    return metrics
+
+
+def train_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World) -> dict:
+    """:func:`train` in ``run_dir``, whose lock this process group holds."""
+    device, schedule, checkpoint_dir = world.device, cfg.schedule, run_dir / "checkpoints"
+    amp = AmpSettings.from_config(cfg.runtime, device)
+    eval_amp = AmpSettings.from_config(cfg.eval, device)
+    micro_batch = per_rank_batch(schedule.batch_size, world.size, schedule.accumulation_steps)
+    # The dataset (missing data is the likeliest mistake, so it is reported first), then the
+    # model and its pretrained weights: either can refuse the run before config.yaml is written.
+    train_set = build_training_set(cfg, world)
+    model = build_training_model(cfg, micro_batch, world)
+    save_resolved_config(cfg, run_dir, world)
+    training = prepare_model_and_optimizer(model, amp, cfg, run_dir, world)
+    log_training_plan(cfg, training, micro_batch, run_dir, world)
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if world.is_main else None
+    batches = training_batches(train_set, micro_batch, cfg, world, training.batches_drawn)
+    training.model.train()
+    began = time.perf_counter()
+    train_seconds = training.seconds_before  # until a step is taken: a finished run re-run takes none
+    start, total = training.start, schedule.iterations
+    progress = training_progress(start, total, cfg, world)
+    window = LossWindow(writer, progress, device, schedule, began)
+    # Only the training steps stop at a signal: the final evaluation can be redone by resuming.
+    with StopRequest() as stop_request:
+        for iteration in progress:
+            lr = training.optimizer.param_groups[0]["lr"]
+            drawn_before = batches.consumed  # the loader position a checkpoint of `iteration` records
+            micro_batches, bad_data = draw_micro_batches(batches, schedule.accumulation_steps)  # collective
+            if bad_data:
+                close_logs(progress, writer)
+                batches.close()
+                # Of the last completed iteration: drawing does not touch the global RNG.
+                state = partial(training.checkpoint_state, iteration, cfg, drawn_before, training.seconds_since(began))
+                stop_for_bad_data(bad_data, iteration, state, checkpoint_dir, schedule.checkpoint_keep, world)
+            loss = train_step(
+                training.network, micro_batches, training.optimizer, device, cfg.dataset.ignore_index,
+                cfg.loss.normalization, amp, iteration, training.last_checkpoint, cfg.model.aux.weight,
+            )
+            training.scheduler.step()
+            done = iteration + 1
+            train_seconds = training.seconds_since(began)
+            window.step(done, loss, lr)
+            stop_signal = stop_request.agreed()  # collective: every process stops after the same step
+            if done % schedule.checkpoint_every == 0 or done == total or stop_signal:  # a collective checkpoint
+                training.save_checkpoint(done, cfg, batches.consumed, train_seconds, checkpoint_dir, world)
+            if stop_signal:
+                stop_for_signal(stop_signal, done, checkpoint_dir, stop_request, progress, writer, world)
+            if schedule.eval_every and done % schedule.eval_every == 0 and done != total:
+                window.leave_out(evaluate_during_training(training.model, cfg, eval_amp, writer, done, world))
+    progress.close()
+    batches.close()
+    warn_skipped(train_set)
+    # The weights evaluated are of max(start, total): a resumed run's checkpoint may be beyond total.
+    metrics = final_evaluation(training.model, cfg, eval_amp, writer, max(start, total), train_seconds, run_dir, world)
     shutdown_distributed()
     return metrics
 
