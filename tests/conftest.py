@@ -4,8 +4,9 @@ import os
 
 import pytest
 import torch
-from test_trainer import TINY, compose_config
+from helpers import TINY, compose_config
 
+from emanet.data.demo import generate_demo_dataset
 from emanet.engine.train import train
 
 # What a fresh process (a test's subprocess) runs with.
@@ -40,14 +41,19 @@ def fresh_compiler_state():
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-    """The demo dataset at the size of TINY, generated once."""
-    return tmp_path_factory.mktemp("data")
+    """A data_root holding the demo dataset at the size of TINY (demo/VOC2012), generated
+    once. Tests read it; a test that damages data copies it first."""
+    root = tmp_path_factory.mktemp("data")
+    dataset = compose_config([*TINY, f"data_root={root}"]).dataset
+    generate_demo_dataset(dataset.root, **dataset.generate)
+    return root
 
 
 @pytest.fixture(scope="session")
 def full_run(data_root, tmp_path_factory):
-    """One uninterrupted TINY training run: the reference that interrupted, damaged and
-    signalled runs are compared with (tests copy from it, never change it)."""
-    run_dir = tmp_path_factory.mktemp("full")
+    """The test session's one demo training, TINY to the end, uninterrupted: the run that
+    evaluations, predictions and interrupted, damaged or signalled runs are compared with.
+    Tests only read it; a test that changes a run copies it first."""
+    run_dir = tmp_path_factory.mktemp("full_run")
     train(compose_config([*TINY, f"data_root={data_root}"]), run_dir)
     return run_dir

@@ -65,6 +65,7 @@ def load_with(path, overrides):
     return load_trained_model(compose_config("evaluate", [f"checkpoint={path}", *overrides]), torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_configured_experiment_names_the_settings_it_was_trained_with(tmp_path):
     path = trained_checkpoint(tmp_path / "last.pt", ["model.ema.channels=32", "model.ema.num_bases=8"])
     # model.ema.eval_stages differs too, but changes no tensor: not the cause, not named.
@@ -83,7 +84,8 @@ def test_a_checkpoint_of_the_configured_experiment_names_the_settings_it_was_tra
 
 @pytest.mark.slow
 def test_the_number_of_classes_and_list_settings_are_named_as_the_command_line_takes_them(tmp_path):
-    overrides = ["dataset.num_classes=7", "model.backbone.depth=34", "model.backbone.multi_grid=[1,2,4]"]
+    overrides = ["dataset.num_classes=7", "dataset.class_names=[a,b,c,d,e,f,g]", "model.backbone.depth=34",
+                 "model.backbone.multi_grid=[1,2,4]"]
     path = trained_checkpoint(tmp_path / "last.pt", overrides)
     # The settings that shape tensors first; multi_grid (dilations) goes with the depth.
     with pytest.raises(CheckpointMismatchError, match=re.escape(
@@ -98,15 +100,15 @@ def test_the_number_of_classes_and_list_settings_are_named_as_the_command_line_t
 def test_another_experiment_is_the_fix_with_the_settings_it_was_trained_with_in_brackets(tmp_path):
     path = trained_checkpoint(tmp_path / "last.pt", [
         "model.backbone.width=8", "model.ema.channels=32", "model.ema.num_bases=8", "model.mid_channels=32",
-        "dataset.num_classes=3",
+        "dataset.num_classes=3", "dataset.class_names=[a,b,c]",
     ], name="shapes_small")
     with pytest.raises(CheckpointMismatchError) as raised:
         load_with(path, [])
     message = str(raised.value)
     assert message.startswith(
         f"{path} was trained with experiment=shapes_small and does not fit the configured model: pass "
-        "experiment=shapes_small (it was trained with model.backbone.width=8, model.ema.channels=32, "
-        "model.ema.num_bases=8, model.mid_channels=32 and 1 more; configured: 16, 64, 16, 64, ...). Differences: "
+        "experiment=shapes_small (it was trained with model.backbone.width=8, model.mid_channels=32, "
+        "model.ema.channels=32, model.ema.num_bases=8 and 1 more; configured: 16, 64, 64, 16, ...). Differences: "
     )
     assert len(message) < 700, message
     assert "trained with dataset.num_classes=3, configured 5" in raised.value.details  # the one not shown
@@ -127,8 +129,7 @@ def test_a_checkpoint_that_records_the_configured_experiment_only_is_not_told_to
 
 @pytest.mark.slow
 def test_resuming_with_other_model_settings_names_them(full_run, data_root, tmp_path):
-    from test_checkpoint_safety import copy_checkpoints
-    from test_trainer import TINY, compose_config
+    from helpers import TINY, compose_config, copy_checkpoints
 
     from emanet.engine.train import train
 

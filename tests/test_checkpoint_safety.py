@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_trainer import TINY, assert_same_weights, compose_config
+from helpers import TINY, assert_same_weights, compose_config, copy_checkpoints
 
 from emanet.cli import one_line_errors
 from emanet.engine.checkpoint import (
@@ -165,16 +165,7 @@ def test_evaluation_refuses_a_damaged_checkpoint(tmp_path):
         load_trained_model(cfg, torch.device("cpu"))  # evaluate.py, predict.py, visualize_bases.py
 
 
-def copy_checkpoints(source: Path, run_dir: Path, iterations: list[int]) -> Path:
-    """The checkpoints (with their digests) an interrupted run would have left in ``run_dir``."""
-    directory = run_dir / "checkpoints"
-    directory.mkdir(parents=True)
-    for iteration in iterations:
-        for file in (source / "checkpoints").glob(f"iter_{iteration:07d}.pt*"):
-            shutil.copy(file, directory)
-    return directory
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
 def test_a_bad_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous_one(
     full_run, data_root, tmp_path, caplog, damage
@@ -205,6 +196,7 @@ def test_a_bad_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previ
     assert_same_weights(resumed, torch.load(full_run / "checkpoints" / "last.pt", weights_only=True))
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_checkpoint_write_are_removed_when_the_run_restarts(full_run, data_root, tmp_path):
     directory = copy_checkpoints(full_run, tmp_path, [6])
     leftovers = [".iter_0000007.pt.k2j4f9.tmp", ".iter_0000007.pt.sha256.x81bq0.tmp", ".last.pt.tmp",

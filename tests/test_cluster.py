@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import TINY, assert_same_weights
+from helpers import TINY, assert_same_weights
 
 from emanet.engine.checkpoint import load_checkpoint
 from emanet.engine.distributed import first_host, launcher_environment, port_of_job
@@ -258,15 +258,15 @@ def test_a_job_preempted_under_submitit_is_requeued_and_ends_bit_identically(ful
 
 
 @pytest.mark.slow
-def test_the_readmes_cluster_commands_compose():
-    # Every `python train.py -m ...` of the README's cluster section, with the first value of
-    # each sweep, is a config Hydra accepts (launcher presets and settings included).
+def test_the_cluster_pages_commands_compose():
+    # Every `python train.py -m ...` of docs/clusters.md's SLURM section, with the first value
+    # of each sweep, is a config Hydra accepts (launcher presets and settings included).
     from test_install_docs import code_blocks
 
     from emanet.cli import compose_config
 
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n### Running on a cluster\n", 1)[1].split("\n### ", 1)[0]
+    text = (REPO / "docs" / "clusters.md").read_text()
+    section = text.split("\n## Running on a cluster\n", 1)[1].split("\n## ", 1)[0]
     commands = [line.split() for block in code_blocks(section) for line in block if line.startswith("python train.py")]
     assert len(commands) == 4
     for command in commands:

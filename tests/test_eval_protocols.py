@@ -8,6 +8,7 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
+from helpers import bilinear_reference
 from tests_paths import REPO
 from torch import nn
 
@@ -21,7 +22,7 @@ PRESETS = sorted(path.stem for path in (REPO / "configs" / "eval").glob("*.yaml"
 @cache
 def preset_alone(preset: str) -> dict:
     """The eval config of a preset with no experiment on top."""
-    return dict(compose_config("evaluate", [f"eval={preset}", "~experiment", "checkpoint=x"]).eval)
+    return dict(compose_config("evaluate", [f"eval={preset}", "~experiment", "name=plain", "checkpoint=x"]).eval)
 
 
 def eval_keys_set_by(experiment: str) -> dict:
@@ -95,27 +96,6 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
 ])
 def test_a_run_says_in_one_line_where_the_experiment_wins_over_the_named_preset(overrides, note):
     assert eval_preset_note("evaluate", ["checkpoint=x", *overrides]) == note
-
-
-def bilinear_reference(image: np.ndarray, height: int, width: int, align_corners: bool) -> np.ndarray:
-    """Bilinear resize (C, H, W) -> (C, height, width) written from the two conventions'
-    definitions: a destination pixel's source coordinate is dst * (in - 1) / (out - 1) with
-    corners aligned, (dst + 0.5) * in / out - 0.5 (clamped at 0) with half-pixel centres."""
-
-    def source(out_size, in_size):
-        dst = np.arange(out_size, dtype=np.float64)
-        if align_corners:
-            coords = dst * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros(out_size)
-        else:
-            coords = np.maximum((dst + 0.5) * in_size / out_size - 0.5, 0)
-        low = np.floor(coords).astype(int)
-        high = np.minimum(low + 1, in_size - 1)
-        return low, high, coords - low
-
-    rows_low, rows_high, row_weight = source(height, image.shape[1])
-    cols_low, cols_high, col_weight = source(width, image.shape[2])
-    top = image[:, rows_low] * (1 - row_weight)[:, None] + image[:, rows_high] * row_weight[:, None]
-    return top[:, :, cols_low] * (1 - col_weight) + top[:, :, cols_high] * col_weight
 
 
 class SizeRecorder(nn.Module):

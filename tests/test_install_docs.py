@@ -1,9 +1,10 @@
 """What the README tells a new user to run, and the Docker image it describes (docker
 itself cannot run in the test suite)."""
 
-import re
 import shlex
 from pathlib import Path, PurePosixPath
+
+from helpers import code_blocks
 
 from emanet.cli import compose_config
 
@@ -14,13 +15,6 @@ CPU_TORCH = "pip install torch torchvision --index-url https://download.pytorch.
 def readme_section(title: str) -> str:
     text = (REPO / "README.md").read_text()
     return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-
-
-def code_blocks(text: str) -> list[list[str]]:
-    """The lines of each fenced code block, a backslash-continued line joined into one and
-    trailing comments left out."""
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.DOTALL)
-    return [[re.sub(r"\s+#.*", "", line) for line in block.replace("\\\n", " ").splitlines()] for block in blocks]
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

@@ -4,19 +4,19 @@ mid-run that leaves a checkpoint to resume from."""
 import json
 import logging
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, compose_config
 from PIL import Image
-from test_trainer import TINY, compose_config
 from tests_paths import REPO
 
 import emanet.data.label_check as label_check
+from emanet.benchmarks.label_check import label_check_benchmark
 from emanet.data.classes import VOC_CLASSES
-from emanet.data.demo import generate_demo_dataset
 from emanet.data.palette import read_label_png, save_label_png
 from emanet.data.segmentation import SegmentationDataset
 from emanet.engine.train import train
@@ -40,10 +40,10 @@ def label_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def demo(tmp_path):
-    """A demo dataset of TINY's size under tmp_path/data (which the test may damage)."""
-    root = generate_demo_dataset(tmp_path / "data" / "demo" / "VOC2012", num_train=10, num_val=2)
-    return root
+def demo(data_root, tmp_path):
+    """A copy of the demo dataset of TINY's size under tmp_path/data (which the test may damage)."""
+    shutil.copytree(data_root / "demo", tmp_path / "data" / "demo")
+    return tmp_path / "data" / "demo" / "VOC2012"
 
 
 def put_values(path: Path, *values: int) -> None:
@@ -172,6 +172,7 @@ def test_without_a_cache_nothing_is_written(demo, monkeypatch, label_cache):
     assert len(reads) == 4 and not label_cache.exists()
 
 
+@pytest.mark.slow
 def test_skip_bad_leaves_the_bad_sample_out_and_training_proceeds(demo, tmp_path, monkeypatch, caplog):
     bad = demo / "SegmentationClass" / "demo_train_00002.png"
     put_values(bad, 7)
@@ -262,14 +263,9 @@ def test_under_ddp_every_process_learns_of_bad_data_met_by_another(monkeypatch):
     assert train_module.draw_micro_batches(iter([{"id": "a"}, {"id": "b"}]), 2) == ([{"id": "a"}, {"id": "b"}], None)
 
 
-def test_the_benchmark_writes_its_results_to_a_run_directory_and_deletes_its_data(tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    import benchmark_label_check
-
+def test_the_benchmark_writes_its_results_to_a_run_directory_and_deletes_its_data(tmp_path, capsys):
     published = (REPO / "docs" / "benchmarks.md").read_bytes()
-    monkeypatch.setattr(sys, "argv", ["benchmark_label_check.py", "--count", "24", "--workers", "0", "2",
-                                      "--out", str(tmp_path / "out")])
-    benchmark_label_check.main()
+    label_check_benchmark(tmp_path / "out", count=24, workers=[0, 2], mode="P", docs=REPO / "docs")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["files"] == 24 and [row["workers"] for row in results["rows"]] == [0, 2]
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["results.json", "results.md"]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from test_trainer import TINY, compose_config
+from helpers import HOLD_LOCK, TINY, compose_config
 
 from emanet.engine.checkpoint import load_checkpoint
 from emanet.engine.train import train
@@ -18,17 +18,6 @@ def data_root(tmp_path_factory):
 
 
 # Another run's lock: an flock on the lock file, with its holder noted in it.
-HOLD_LOCK = """
-import fcntl, os, socket, sys, time
-with open(sys.argv[1], "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    lock.write(f"pid {os.getpid()} on host {socket.gethostname()}")
-    lock.flush()
-    print("held", flush=True)
-    time.sleep(120)
-"""
-
-
 @pytest.mark.slow
 def test_a_second_run_in_a_locked_run_directory_is_refused_naming_the_holder(data_root, tmp_path):
     overrides = [*TINY, f"data_root={data_root}", "schedule.iterations=1"]

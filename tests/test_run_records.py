@@ -14,11 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from helpers import HOLD_LOCK, TINY, run_entry_point
 from omegaconf import OmegaConf
 from PIL import Image
-from test_run_lock import HOLD_LOCK
-from test_trainer import TINY
-from tests_paths import REPO
 
 from emanet.cli import compose_config, start_from_training_run
 from emanet.engine.checkpoint import load_checkpoint
@@ -44,22 +42,17 @@ def trained_run(full_run, data_root, tmp_path):
     return run_dir
 
 
-def run_script(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / script), *overrides, "runtime.progress=false"],
-                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_evaluate_and_predict_into_a_training_run_write_folders_of_their_own(trained_run, tmp_path):
     before = records(trained_run)
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (40, 30), (200, 40, 40)).save(photos / "a.jpg")
-    evaluated = run_script("evaluate.py", f"checkpoint={trained_run}", f"hydra.run.dir={trained_run}", cwd=tmp_path)
+    evaluated = run_entry_point("evaluate.py", f"checkpoint={trained_run}", f"hydra.run.dir={trained_run}",
+                                "runtime.progress=false", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
-    predicted = run_script("scripts/predict.py", f"checkpoint={trained_run}", f"input={photos}", "eval=ss",
-                           f"hydra.run.dir={trained_run}", cwd=tmp_path)
+    predicted = run_entry_point("scripts/predict.py", f"checkpoint={trained_run}", f"input={photos}", "eval=ss",
+                                f"hydra.run.dir={trained_run}", "runtime.progress=false", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     after = records(trained_run)
     # Every record of the training run, Hydra's among them, is as it was.
@@ -74,7 +67,8 @@ def test_evaluate_and_predict_into_a_training_run_write_folders_of_their_own(tra
            f"{evaluation}" in evaluated.stdout + evaluated.stderr
     # A second evaluation into the first one's finished folder leaves it alone too.
     first_metrics = (evaluation / "metrics.json").read_bytes()
-    again = run_script("evaluate.py", f"checkpoint={trained_run}", f"hydra.run.dir={evaluation}", cwd=tmp_path)
+    again = run_entry_point("evaluate.py", f"checkpoint={trained_run}", f"hydra.run.dir={evaluation}",
+                            "runtime.progress=false", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (evaluation / "metrics.json").read_bytes() == first_metrics
     assert len(list((evaluation / "eval").iterdir())) == 1
@@ -117,6 +111,7 @@ def test_a_second_evaluation_into_a_directory_in_use_is_refused_naming_the_first
     refuse_if_in_use(tmp_path, "evaluate")  # the holder's end let the lock go
 
 
+@pytest.mark.slow
 def test_an_evaluation_starts_from_the_config_of_the_run_that_wrote_the_checkpoint(trained_run, tmp_path):
     overrides = [f"checkpoint={trained_run / 'checkpoints' / 'last.pt'}", "model.ema.eval_stages=2",
                  "eval.save_predictions=true"]
@@ -139,7 +134,7 @@ def test_an_evaluation_starts_from_the_config_of_the_run_that_wrote_the_checkpoi
     metrics = evaluate_checkpoint(merged, tmp_path / "evaluation")
     assert sorted(p.name for p in (tmp_path / "evaluation" / "predictions").iterdir()) == [
         "demo_val_00000.png", "demo_val_00001.png"]
-    assert metrics["eval"]["em_iterations"] == 2
+    assert metrics["eval"]["eval_stages"] == 2
     assert marker.read_bytes() == built  # the run's data, not rebuilt
 
 
@@ -185,8 +180,8 @@ def test_metrics_report_the_checkpoints_iteration_and_the_time_trained_over_ever
 @pytest.mark.slow
 def test_a_run_directory_under_a_file_is_refused_in_one_line_before_anything_is_written(full_run, tmp_path):
     (tmp_path / "notes.txt").write_text("a file, not a folder\n")
-    result = run_script("scripts/predict.py", f"checkpoint={full_run}", f"input={tmp_path / 'notes.txt'}",
-                        f"hydra.run.dir={tmp_path / 'notes.txt' / 'run'}", cwd=tmp_path)
+    result = run_entry_point("scripts/predict.py", f"checkpoint={full_run}", f"input={tmp_path / 'notes.txt'}",
+                             f"hydra.run.dir={tmp_path / 'notes.txt' / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: cannot write the run directory {tmp_path / 'notes.txt' / 'run'} (hydra.run.dir): "

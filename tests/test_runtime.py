@@ -5,7 +5,7 @@ import logging
 import os
 
 import pytest
-from test_trainer import TINY, compose_config
+from helpers import TINY, compose_config
 
 from emanet.engine import runtime
 from emanet.engine.distributed import SeededSampler, World

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_trainer import TINY, assert_same_weights, compose_config
+from helpers import TINY, assert_same_weights, compose_config
 
 import emanet.engine.train as train_module
 from emanet.engine.checkpoint import load_checkpoint
