@@ -7,13 +7,13 @@ evaluated with every eval_stages (T) >= it, beside the paper's numbers.
     python scripts/iteration_table.py experiment=voc_r50_ablation     # the paper's setting
 
 Trainings run as one Hydra multirun (``emanet-train -m model.ema.train_stages=...``) into
-ROOT/T<t>/ (default ROOT: runs/iteration_table/<experiment name>); the evaluations of each
-training as one more (``emanet-evaluate -m model.ema.eval_stages=...``) into
-ROOT/T<train_stages>/eval_<protocol>_T<eval_stages>/. hydra/launcher=... and hydra.launcher.*=... go to
-every multirun (e.g. hydra/launcher=submitit_slurm for one job array each). Re-running
-skips every training and evaluation that has its metrics.json, and an interrupted
-training resumes from its last checkpoint; ROOT records the training overrides
-(iteration_table.json) and refuses different ones. The table is written as
+ROOT/T<train_stages>/ (default ROOT: runs/iteration_table/<experiment name>); the
+evaluations of each training as one more (``emanet-evaluate -m model.ema.eval_stages=...``)
+into ROOT/T<train_stages>/eval_<protocol>_T<eval_stages>/. hydra/launcher=... and
+hydra.launcher.*=... go to every multirun (e.g. hydra/launcher=submitit_slurm for one job
+array each). Re-running skips every training and evaluation that has its metrics.json, and
+an interrupted training resumes from its last checkpoint; ROOT records the training
+overrides (iteration_table.json) and refuses different ones. The table is written as
 iteration_table.{md,csv,png,pdf} to ROOT (and to --output). Relative paths (data_root=...,
 --root) are taken from the current directory, as train.py does.
 """
