@@ -70,6 +70,11 @@ class PredictionStopped(Exception):
     exit_status = 130
 
 
+class MissingSectionError(EmanetError):
+    """A Markdown file has no marked section (``<!-- NAME:begin -->`` ... ``end``) for a
+    generated table."""
+
+
 class OutOfMemoryError(EmanetError):
     """The memory allocator could not give what a forward or backward pass asked for. The
     message names what was running, the amount asked for and the settings that bound it."""

@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from emanet.errors import MissingSectionError
+
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Call ``write(temp_path)`` and rename the result onto ``path``.
@@ -94,7 +96,7 @@ def replace_marked_section(path: Path, name: str, body: str) -> None:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = path.read_text()
     if begin not in text or end not in text:
-        raise ValueError(f"{path} has no {begin} ... {end} section; add one where the table should go")
+        raise MissingSectionError(f"{path} has no {begin} ... {end} section; add one where the table should go")
     text = text[: text.index(begin)] + f"{begin}\n{body}{end}" + text[text.index(end) + len(end):]
     atomic_write(path, lambda temp: Path(temp).write_text(text))
 

@@ -40,9 +40,9 @@ from emanet.benchmarks.measure import (
     eval_benchmark,
     train_benchmark,
 )
-from emanet.benchmarks.records import MissingSectionError
 from emanet.benchmarks.tables import command_line, keep_result, rebuild_every_table
 from emanet.benchmarks.unit import MEMORY_FORMATS, unit_benchmark
+from emanet.errors import MissingSectionError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"  # the published records and tables
 

@@ -18,10 +18,10 @@ from emanet.benchmarks import records
 from emanet.benchmarks.data_pipeline import data_benchmark
 from emanet.benchmarks.flops import bf16_peak_tflops, forward_flops, targets_benchmark, train_step_flops
 from emanet.benchmarks.measure import VOC_IMAGE_SIZES, eval_benchmark, train_benchmark, voc_sized_batches
-from emanet.benchmarks.records import MissingSectionError
 from emanet.benchmarks.tables import command_line, keep_result, rebuild_every_table
 from emanet.benchmarks.unit import power_law_exponent, unit_benchmark, unit_growth
 from emanet.cli import compose_config
+from emanet.errors import MissingSectionError
 from emanet.models.segmentor import build_model
 
 BENCHMARKS = ("unit", "unit-growth", "train", "eval", "data", "targets", "acceptance", "demo")

@@ -19,15 +19,11 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
-from emanet.errors import EmanetError
-from emanet.io import atomic_write
+from emanet.errors import MissingSectionError
+from emanet.io import atomic_write, replace_marked_section
 
 JSONL = "benchmarks.jsonl"
 MARKDOWN = "benchmarks.md"
-
-
-class MissingSectionError(EmanetError):
-    """The Markdown file of the results has no marked section for a table."""
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
@@ -147,13 +143,12 @@ def replace_section(folder: Path, name: str, body: str, heading: str) -> None:
     benchmarks.md, replacing what was there, or at the end under a new ``## heading``
     where the markers are absent (a table that is not rebuilt from records)."""
     markdown = folder / MARKDOWN
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    begin = f"<!-- {name}:begin -->"
     text = markdown.read_text()
-    block = f"{begin}\n{body}{end}"
     if begin in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
+        replace_marked_section(markdown, name, body)
+        return
+    text = text.rstrip("\n") + f"\n\n## {heading}\n\n{begin}\n{body}<!-- {name}:end -->\n"
     atomic_write(markdown, lambda temp: Path(temp).write_text(text))
 
 
