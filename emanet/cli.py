@@ -18,14 +18,16 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue
 
-from emanet.config_checks import KEYS, check_config
+from emanet.config_checks import KEYS, check_config, rename_old_keys
 from emanet.config_keys import check_command_line, check_overrides, hydra_session
+from emanet.data import fill_folder_classes
 from emanet.engine.distributed import export_launcher_environment
 from emanet.engine.run_directory import check_writable, own_run_dir, refuse_if_in_use, training_run_of
 from emanet.engine.runtime import log_to_file_only, usable_cores
 from emanet.errors import (
     CheckpointMismatchError,
     ConfigError,
+    DatasetError,
     EmanetError,
     PredictionStopped,
     TrainingStopped,
@@ -89,6 +91,7 @@ def compose_config(config_name: str, overrides: Sequence[str], return_hydra_conf
     with hydra_session(CONFIG_DIR):
         check_overrides(config_name, overrides, CONFIG_DIR)
         cfg = compose(config_name, overrides, return_hydra_config=return_hydra_config)
+    fill_folder_classes(cfg)
     check_config(cfg)
     return cfg
 
@@ -185,8 +188,9 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
         if note and int(os.environ.get("RANK", 0)) == 0:
             log.info("%s", note)
         try:
+            fill_folder_classes(cfg)
             check_config(cfg)
-        except ConfigError:
+        except (ConfigError, DatasetError):
             remove_unused_run_dir(run_dir)
             raise
     export_launcher_environment()  # a SLURM or submitit task: its rank, as torchrun would set it
@@ -274,6 +278,7 @@ def start_from_training_run(
     if run_dir is None:
         return cfg, None
     trained = OmegaConf.load(run_dir / "config.yaml")
+    rename_old_keys(trained)
     run_overrides = recorded_overrides(run_dir)
     own = [override for override in overrides if not is_hydras(override)]
     # The job's own keys (checkpoint, input): the same in both compositions, however set.

@@ -28,7 +28,7 @@ from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
 
 from emanet.config_checks import RULES, format_value, schema_keys
-from emanet.config_schema import ADDED_KEYS
+from emanet.config_schema import ADDED_KEYS, RENAMED_KEYS
 from emanet.errors import ConfigError
 
 # The command of each primary config, for the hint of the error message.
@@ -170,6 +170,8 @@ def allowed_key(key: str) -> bool:
 
 def unknown_key_message(override: Override, known: Sequence[str]) -> str:
     key = override.key_or_group
+    if key in RENAMED_KEYS:
+        return f"{key} is now called {RENAMED_KEYS[key]}: set {RENAMED_KEYS[key]}=..."
     if allowed_key(key):
         return f"{key} is not in the config: add it with +{key}=..."
     close = closest_key(key, known)

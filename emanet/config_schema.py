@@ -162,6 +162,22 @@ class TextList:
 
 
 @dataclass(frozen=True)
+class ColorList:
+    """A non-empty list of [r, g, b] colours, each value an integer 0-255; also null if ``optional``."""
+
+    optional: bool = False
+
+    def allows(self, value: object) -> bool:
+        if value is None:
+            return self.optional
+        color = NumberList(Number(integer=True, minimum=0, maximum=255), length=3)
+        return isinstance(value, list | tuple) and bool(value) and all(color.allows(v) for v in value)
+
+    def describe(self) -> str:
+        return "a list of [r, g, b] (integers 0-255)" + (" or null" if self.optional else "")
+
+
+@dataclass(frozen=True)
 class Paths:
     """One file or folder, or a non-empty list of them."""
 
@@ -172,7 +188,7 @@ class Paths:
         return "a path, or a list of paths"
 
 
-Rule = Number | NumberList | Size | Boolean | Word | Text | TextList | Paths
+Rule = Number | NumberList | Size | Boolean | Word | Text | TextList | ColorList | Paths
 
 POSITIVE_INT = Number(integer=True, minimum=1)
 NON_NEGATIVE_INT = Number(integer=True, minimum=0)
@@ -206,6 +222,11 @@ def optional_section(group: type, help: str) -> Any:  # noqa: A002
     return field(default=None, metadata={"help": help, "group": group})
 
 
+# Keys renamed since: the configs of runs trained before (their config.yaml) are read with
+# the new names, and the old name on a command line is answered with the new one.
+RENAMED_KEYS = {"dataset.ignore_background": "dataset.reduce_zero_label"}
+
+
 # --- dataset ---------------------------------------------------------------------------
 
 
@@ -236,7 +257,11 @@ class DatasetConfig:
                                 "label value left out of loss and metrics (labels are 8-bit PNGs)")
     class_names: list[str] | None = setting(None, TextList(optional=True),
                                                "class names in label order; null: the built-in list of name")
-    ignore_background: bool = setting(False, Boolean(), "map label 0 to ignore_index, shift the others down")
+    class_colors: list[list[int]] | None = setting(None, ColorList(optional=True),
+                                                   "[r, g, b] of each class, for drawings; null: VOC's colours")
+    reduce_zero_label: bool = setting(False, Boolean(), "map label 0 to ignore_index, shift the others down")
+    exif_orientation: bool = setting(False, Boolean(),
+                                     "turn images as their EXIF orientation says (photos; predict always does)")
     skip_bad: bool = setting(False, Boolean(), "leave out samples with bad files instead of stopping")
     crop_size: Any = setting(513, Size(), "training crop: one number (a square) or [height, width]")
     scale_sampling: str = setting("discrete", Word(("discrete", "continuous")),

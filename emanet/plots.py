@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.transforms import offset_copy
 
 from emanet.io import atomic_write
 
@@ -69,14 +70,19 @@ def write_figures(figures: dict[str, Figure], directory: Path) -> list[Path]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def per_class_iou_figure(per_class_iou: dict[str, float | None], title: str) -> Figure:
+def per_class_iou_figure(
+    per_class_iou: dict[str, float | None], title: str, colours: Sequence[Sequence[int]] | None = None
+) -> Figure:
     """Horizontal bars of per-class IoU (%), one row per class with its value written
-    beside it; a class without an IoU (in neither ground truth nor prediction) has no bar."""
+    beside it, in each class's colour (outlined) when ``colours`` are given; a class without
+    an IoU (in neither ground truth nor prediction) has no bar."""
     names = list(per_class_iou)
     figure = new_figure(7.0, 1.2 + 0.22 * len(names))
     axes = figure.add_subplot()
     present = [index for index, name in enumerate(names) if per_class_iou[name] is not None]
-    axes.barh(present, [per_class_iou[names[index]] for index in present], color=OURS_COLOUR)
+    fill = bar_colours(colours, len(names))
+    axes.barh(present, [per_class_iou[names[index]] for index in present], color=[fill[index] for index in present],
+              edgecolor="0.2" if colours else "none", linewidth=0.5)
     for index, name in enumerate(names):
         value = per_class_iou[name]
         text = MISSING_TEXT if value is None else f"{value:.2f}"
@@ -90,6 +96,33 @@ def per_class_iou_figure(per_class_iou: dict[str, float | None], title: str) -> 
     return laid_out(figure)
 
 
+def bar_colours(colours: Sequence[Sequence[int]] | None, count: int) -> list:
+    """Each class's colour as matplotlib takes it (0-1 RGB), or the one colour of our bars."""
+    return [tuple(value / 255 for value in colour) for colour in colours] if colours else [OURS_COLOUR] * count
+
+
+def class_pixels_figure(
+    counts: dict[str, Sequence[int]], class_names: Sequence[str], colours: Sequence[Sequence[int]], title: str
+) -> Figure:
+    """One panel per split: each class's share (%) of the split's labelled pixels, a bar in
+    the class's colour (outlined, so white and black classes show) with its pixel count."""
+    figure = new_figure(4.0 + 3.0 * len(counts), 1.4 + 0.24 * len(class_names))
+    panels = figure.subplots(1, len(counts), sharey=True, squeeze=False)[0]
+    for axes, (split, values) in zip(panels, counts.items(), strict=True):
+        total = sum(values) or 1
+        shares = [100 * value / total for value in values]
+        axes.barh(range(len(values)), shares, color=bar_colours(colours, len(values)), edgecolor="0.2", linewidth=0.5)
+        for index, value in enumerate(values):
+            axes.text(shares[index] + 1.0, index, f"{value:,}", va="center", fontsize=7)
+        axes.set_xlim(0, max(shares) * 1.35 + 1)
+        axes.set_xlabel(f"% of {split} pixels")
+        axes.set_title(split)
+    panels[0].set_yticks(range(len(class_names)), class_names)
+    panels[0].set_ylim(len(class_names) - 0.5, -0.5)  # the first class on top
+    figure.suptitle(title)
+    return laid_out(figure)
+
+
 def row_normalized(confusion) -> np.ndarray:
     """Each ground-truth row divided by its pixel count (NaN for a class absent from the
     ground truth), so the diagonal is each class's accuracy."""
@@ -99,11 +132,14 @@ def row_normalized(confusion) -> np.ndarray:
         return np.where(totals > 0, confusion / totals, np.nan)
 
 
-def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+def confusion_matrix_figure(
+    matrix: np.ndarray, class_names: Sequence[str], title: str, colours: Sequence[Sequence[int]] | None = None
+) -> Figure:
     """The row-normalised confusion ``matrix`` (rows: ground truth, columns: prediction) in
-    percent on one 0-100 colour scale with a colour bar, class names on both axes, each
-    cell's value written in where the cells are large enough; a row of a class absent from
-    the ground truth is left blank."""
+    percent on one 0-100 colour scale with a colour bar, class names on both axes (each
+    beside a square of the class's colour when ``colours`` are given), each cell's value
+    written in where the cells are large enough; a row of a class absent from the ground
+    truth is left blank."""
     count = len(class_names)
     side = max(5.0, 2.0 + 0.22 * count)
     figure = new_figure(side + 1.5, side)
@@ -118,6 +154,18 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     axes.set_xlabel("prediction")
     axes.set_ylabel("ground truth")
     axes.set_title(title)
+    if colours:
+        # A square per class 8 points outside the matrix, left of its row and below its
+        # column; the tick labels move out past it.
+        swatch = {"marker": "s", "s": 30, "c": bar_colours(colours, count), "edgecolors": "0.2", "linewidths": 0.5,
+                  "clip_on": False}
+        left = offset_copy(axes.transData, figure, x=-8, units="points")
+        below = offset_copy(axes.transData, figure, y=-8, units="points")
+        axes.scatter([-0.5] * count, range(count), transform=left, **swatch)
+        axes.scatter(range(count), [count - 0.5] * count, transform=below, **swatch)
+        axes.tick_params(axis="both", pad=16)
+        axes.set_xlim(-0.5, count - 0.5)
+        axes.set_ylim(count - 0.5, -0.5)
     if count <= MAX_ANNOTATED_CLASSES:
         for row, column in zip(*np.nonzero(~np.isnan(percent)), strict=True):
             value = percent[row, column]
@@ -126,13 +174,16 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     return laid_out(figure)
 
 
-def evaluation_figures(metrics: dict, confusion, class_names: Sequence[str]) -> dict[str, Figure]:
-    """``per_class_iou`` and ``confusion_matrix`` figures of one evaluation."""
+def evaluation_figures(
+    metrics: dict, confusion, class_names: Sequence[str], colours: Sequence[Sequence[int]] | None = None
+) -> dict[str, Figure]:
+    """``per_class_iou`` and ``confusion_matrix`` figures of one evaluation, drawn with the
+    classes' ``colours`` (each [r, g, b] 0-255) where given."""
     return {
         "per_class_iou": per_class_iou_figure(
-            metrics["per_class_IoU"], f"per-class IoU (%), mIoU {metrics['mIoU']:.2f}"),
+            metrics["per_class_IoU"], f"per-class IoU (%), mIoU {metrics['mIoU']:.2f}", colours),
         "confusion_matrix": confusion_matrix_figure(
-            row_normalized(confusion), class_names, "confusion matrix, each ground-truth row normalised (%)"),
+            row_normalized(confusion), class_names, "confusion matrix, each ground-truth row normalised (%)", colours),
     }
 
 

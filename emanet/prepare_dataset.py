@@ -7,6 +7,19 @@
     emanet-prepare-dataset cityscapes [--root DIR] [--workers N]
     emanet-prepare-dataset ade20k [--root DIR] [--workers N]
 
+Your own data (data/README.md, "Your own data"):
+
+    emanet-prepare-dataset folder --root ROOT [--val-fraction 0.1] [--seed 0] [--reduce-zero-label]
+    emanet-prepare-dataset coco_json --annotations FILE.json --images DIR --root OUT [--split train|val]
+                                     [--no-background]
+    emanet-prepare-dataset cvat_mask --export DIR --root OUT
+
+``folder`` checks every image and mask pair of ROOT (each problem one line naming the
+file, then exit status 2, before anything is written), converts colour masks to index
+PNGs, writes the split lists (val drawn from train where there is no images/val) and the
+pixels per class (ROOT/class_pixels.md and .png). ``coco_json`` and ``cvat_mask`` write an
+annotation tool's export in that layout at OUT; ``folder --root OUT`` follows.
+
 In a checkout, ``python scripts/prepare_dataset.py`` is the same command. Paths default to
 the places the dataset configs read from, under $EMANET_DATA_ROOT (or data/). --workers
 (conversion processes, default: the cores, at most 8) may also come before the benchmark
@@ -28,7 +41,7 @@ import os
 import sys
 from pathlib import Path
 
-from emanet.data import ade20k, cityscapes, coco_stuff, pascal_context, prepare, voc_aug
+from emanet.data import ade20k, cityscapes, coco_json, coco_stuff, cvat_mask, folder, pascal_context, prepare, voc_aug
 from emanet.errors import EmanetError
 
 
@@ -65,6 +78,30 @@ def build_parser(data_root: Path) -> argparse.ArgumentParser:
         "ade20k", parents=[common], help="ADE20K SceneParsing: check the annotations, write the split lists"
     )
     ade.add_argument("--root", type=Path, default=data_root / "ADEChallengeData2016")
+    folder = benchmarks.add_parser(
+        "folder", parents=[common], help="your own images and masks: check them, write labels and split lists"
+    )
+    folder.add_argument("--root", type=Path, required=True, help="the folder with classes.txt, images/ and masks/")
+    folder.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                        help="share of train that becomes val where there is no images/val (default: 0.1)")
+    folder.add_argument("--seed", type=int, default=0, help="seed of that draw (default: 0)")
+    folder.add_argument("--reduce-zero-label", action="store_true",
+                        help="mask value 0 means unlabelled; classes.txt names values 1, 2, ... "
+                        "(train with dataset.reduce_zero_label=true)")
+    coco = benchmarks.add_parser(
+        "coco_json", parents=[common], help="a COCO-format JSON export -> the folder layout at --root"
+    )
+    coco.add_argument("--annotations", type=Path, required=True, help="the COCO JSON file")
+    coco.add_argument("--images", type=Path, required=True, help="the folder its file_name entries are relative to")
+    coco.add_argument("--root", type=Path, required=True, help="where to write the folder layout")
+    coco.add_argument("--split", choices=("train", "val"), default="train", help="the split these images are")
+    coco.add_argument("--no-background", action="store_true",
+                      help="no class 'background': pixels of no annotation are ignored (255)")
+    cvat = benchmarks.add_parser(
+        "cvat_mask", parents=[common], help="CVAT's 'Segmentation mask 1.1' export -> the folder layout at --root"
+    )
+    cvat.add_argument("--export", type=Path, required=True, help="the unzipped export (labelmap.txt, ...)")
+    cvat.add_argument("--root", type=Path, required=True, help="where to write the folder layout")
     return parser
 
 
@@ -80,6 +117,14 @@ def prepare_benchmark(args: argparse.Namespace) -> dict[str, int]:
         return coco_stuff.prepare_coco_stuff164k(args.root, args.workers)
     if args.benchmark == "cityscapes":
         return cityscapes.prepare_cityscapes(args.root, args.workers)
+    if args.benchmark == "folder":
+        return folder.prepare_folder(args.root, args.val_fraction, args.seed, args.reduce_zero_label, args.workers)
+    if args.benchmark == "coco_json":
+        return coco_json.prepare_coco_json(
+            args.annotations, args.images, args.root, args.split, not args.no_background, args.workers
+        )
+    if args.benchmark == "cvat_mask":
+        return cvat_mask.prepare_cvat_mask(args.export, args.root, args.workers)
     return ade20k.prepare_ade20k(args.root, args.workers)
 
 

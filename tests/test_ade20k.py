@@ -49,7 +49,7 @@ def test_150_class_names_in_the_official_order_in_the_module_and_the_config(tmp_
     assert ADE20K_CLASSES[-6:] == ("bulletin board", "shower", "radiator", "glass", "clock", "flag")
     cfg = ade_config(tmp_path).dataset
     assert dataset_class_names(cfg) == ADE20K_CLASSES
-    assert (cfg.num_classes, cfg.ignore_background, cfg.train_split, cfg.val_split) == (
+    assert (cfg.num_classes, cfg.reduce_zero_label, cfg.train_split, cfg.val_split) == (
         150, True, "training", "validation"
     )
     assert cfg.root == str(tmp_path / "ADEChallengeData2016")

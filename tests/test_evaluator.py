@@ -262,7 +262,7 @@ def test_prediction_panels_pass_over_samples_that_were_left_out():
     good = {"image": torch.randn(3, 8, 10), "label": torch.randint(0, 3, (8, 10))}
     dataset = [None, good, None, good, good]  # what dataset.skip_bad returns for bad files
     cfg = OmegaConf.create({
-        "dataset": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "dataset": {"mean": [0.5] * 3, "std": [0.25] * 3, "class_colors": None},
         "eval": {"mode": "whole", "crop_size": 4, "stride": 4, "crops_per_pass": 1, "align_corners": False,
                  "logits_align_corners": None, "pad_to_window": True},
     })

@@ -92,14 +92,14 @@ def test_several_bad_labels_are_counted_in_the_one_line(demo, tmp_path):
 
 
 def test_the_values_are_judged_after_the_datasets_mapping(demo):
-    # ignore_background (ADE20K, PASCAL Context 59): stored 0 is ignored and 1-5 are the
+    # reduce_zero_label (ADE20K, PASCAL Context 59): stored 0 is ignored and 1-5 are the
     # classes 0-4, so a stored 5 is good here and a stored 6 is not.
     put_values(demo / "SegmentationClass" / "demo_val_00000.png", 5)
     put_values(demo / "SegmentationClass" / "demo_val_00001.png", 6)
-    dataset = SegmentationDataset(demo, "val", ["a", "b", "c", "d", "e"], ignore_background=True)
+    dataset = SegmentationDataset(demo, "val", ["a", "b", "c", "d", "e"], reduce_zero_label=True)
     assert label_check.find_bad_labels(dataset) == {
         "demo_val_00001": f"{demo / 'SegmentationClass' / 'demo_val_00001.png'}: value 6 is neither a class "
-        "(1-5, which dataset.ignore_background=true shifts to 0-4) nor 0 or dataset.ignore_index=255"
+        "(1-5, which dataset.reduce_zero_label=true shifts to 0-4) nor 0 or dataset.ignore_index=255"
     }
     with pytest.raises(DatasetError, match="neither classes 0-4 nor the ignore index 255"):
         dataset.load(1)  # what training would meet

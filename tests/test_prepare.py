@@ -140,7 +140,7 @@ def test_pascal_context_maps_459_ids_to_60_and_59_classes(tmp_path):
 
     layout = {"labels": "SegmentationClassContext/{id}.png", "split": "ImageSets/SegmentationContext/{split}.txt"}
     with60 = SegmentationDataset(voc2010, "train", CONTEXT60_CLASSES, layout)
-    with59 = SegmentationDataset(voc2010, "train", CONTEXT59_CLASSES, layout, ignore_background=True)
+    with59 = SegmentationDataset(voc2010, "train", CONTEXT59_CLASSES, layout, reduce_zero_label=True)
     assert with60.ids == ids["train"]
     assert np.array_equal(with60.load(0)[1], expected)
     assert np.array_equal(with59.load(0)[1], np.where(expected == 0, 255, expected - 1))
@@ -218,7 +218,7 @@ def test_coco_stuff164k_maps_pngs_and_writes_split_lists_in_worker_processes(tmp
 def test_every_dataset_config_composes_and_names_its_missing_root(dataset, num_classes, expected_root, tmp_path):
     cfg = compose_config("train", [f"dataset={dataset}", f"data_root={tmp_path}"])
     assert cfg.dataset.num_classes == num_classes == len(CLASS_NAMES[dataset])
-    assert cfg.dataset.ignore_background == (dataset == "pascal_context59")
+    assert cfg.dataset.reduce_zero_label == (dataset == "pascal_context59")
     missing = f"dataset not found at {tmp_path / expected_root}: see data/README.md"
     with pytest.raises(DatasetNotFoundError, match=missing):
         build_dataset(cfg.dataset, cfg.dataset.train_split)

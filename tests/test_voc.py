@@ -319,12 +319,12 @@ def test_random_scale_keeps_image_bilinear_and_label_nearest():
 
 
 @pytest.mark.parametrize("ignore_index", [255, 254])
-def test_ignore_background_uses_the_configured_ignore_index(tmp_path, ignore_index):
+def test_reduce_zero_label_uses_the_configured_ignore_index(tmp_path, ignore_index):
     write_tiny_voc(tmp_path, ids=("2008_000002",), size=(2, 3))
     label = np.array([[0, 1, 59], [ignore_index, 5, 0]], dtype=np.uint8)
     save_label_png(label, tmp_path / "SegmentationClass" / "2008_000002.png")
     dataset = SegmentationDataset(
-        tmp_path, "val", CONTEXT59_CLASSES, ignore_background=True, ignore_index=ignore_index
+        tmp_path, "val", CONTEXT59_CLASSES, reduce_zero_label=True, ignore_index=ignore_index
     )
     expected = np.array([[ignore_index, 0, 58], [ignore_index, 4, ignore_index]], dtype=np.uint8)
     assert np.array_equal(dataset.load(0)[1], expected)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
+from emanet.data.class_file import CLASSES_FILE, read_class_file
 from emanet.data.classes import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -42,6 +44,33 @@ def dataset_class_names(cfg: DictConfig) -> tuple[str, ...]:
     return CLASS_NAMES[cfg.name]
 
 
+FOLDER = "folder"  # dataset.name of a dataset of one's own (configs/dataset/folder.yaml)
+
+
+def fill_folder_classes(cfg: DictConfig) -> None:
+    """For ``dataset=folder``: set ``dataset.num_classes``, ``class_names`` and
+    ``class_colors``, those left unset, from ``ROOT/classes.txt`` (DatasetError naming the
+    file for a missing or bad one). Done once the config is composed, not by an
+    interpolation: OmegaConf resolves those while merging the config groups, before the
+    command line has set ``dataset.root``."""
+    dataset = cfg.get("dataset")
+    if dataset is None or dataset.get("name") != FOLDER:
+        return
+    unset = [key for key in ("num_classes", "class_names", "class_colors")
+             if OmegaConf.is_missing(dataset, key) or dataset[key] is None]
+    if not unset:
+        return
+    classes = read_class_file(Path(str(dataset.root)).expanduser() / CLASSES_FILE)
+    values = {
+        "num_classes": len(classes),
+        "class_names": list(classes.names),
+        "class_colors": classes.display_colors() if classes.has_colors else None,
+    }
+    with read_write(dataset):
+        for key in unset:
+            dataset[key] = values[key]
+
+
 def build_dataset(cfg: DictConfig, split: str, transform: Callable | None = None) -> SegmentationDataset:
     """The dataset described by the ``dataset`` config group, for one split."""
     class_names = dataset_class_names(cfg)
@@ -49,7 +78,8 @@ def build_dataset(cfg: DictConfig, split: str, transform: Callable | None = None
         generate_demo_dataset(cfg.root, **cfg.generate)
     return SegmentationDataset(
         cfg.root, split, class_names, OmegaConf.to_container(cfg.layout), transform,
-        ignore_background=cfg.ignore_background, ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad,
+        reduce_zero_label=cfg.reduce_zero_label, ignore_index=cfg.ignore_index, skip_bad=cfg.skip_bad,
+        upright=cfg.exif_orientation,
     )
 
 

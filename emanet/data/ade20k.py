@@ -6,7 +6,7 @@ The release is read as unpacked; nothing is converted::
     ADEChallengeData2016/annotations/{training,validation}/<same name>.png
 
 The annotations are grayscale PNGs, 0 = "other" and 1-150 the classes of
-``objectInfo150``; ``dataset=ade20k`` ignores 0 at load time (``ignore_background``:
+``objectInfo150``; ``dataset=ade20k`` ignores 0 at load time (``reduce_zero_label``:
 0 -> 255, k -> k - 1). :func:`prepare_ade20k` writes ``training.txt`` and
 ``validation.txt`` at the root, one ``<folder>/<name>`` id a line (the layout templates
 add ``images/`` + ``.jpg`` and ``annotations/`` + ``.png``), after checking that every

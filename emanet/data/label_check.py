@@ -3,7 +3,7 @@
 A sample is good when its label PNG decodes (palette or greyscale, as
 :func:`emanet.data.palette.read_label_png` reads it), has the size of its image (read from
 the image's header only, never decoded) and holds only values that, after the dataset's
-mapping (:meth:`SegmentationDataset.map_label`: ``dataset.ignore_background``), are a
+mapping (:meth:`SegmentationDataset.map_label`: ``dataset.reduce_zero_label``), are a
 class or ``dataset.ignore_index``. Without the check a bad train label stops training at
 the iteration that draws it, and a bad val label only after all of training.
 
@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from emanet.data.palette import LABEL_PNG_MODES
-from emanet.data.segmentation import DECODE_ERRORS, SegmentationDataset
+from emanet.data.segmentation import DECODE_ERRORS, EXIF_ORIENTATION, SegmentationDataset, fill_template
 from emanet.errors import DatasetError
 from emanet.io import atomic_write
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "EMANET_LABEL_CHECK_CACHE"
 CACHE_OFF = ("off", "false", "0", "no", "none")
 # Bumped when what an entry records changes: a cache of another version is read as empty.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries record the image's EXIF orientation
 # Samples per task of the thread pool: one task per file costs more in scheduling than a
 # cached file costs to check (two stat calls).
 CHUNK = 64
@@ -88,10 +88,28 @@ def read_label_values(path: str | Path) -> tuple[tuple[int, int], list[int]]:
         return image.size, [value for value, count in enumerate(counts) if count]
 
 
-def read_image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image from its header: nothing is decoded."""
+def read_image_size(path: str | Path) -> tuple[tuple[int, int], int]:
+    """(width, height) of an image and its EXIF orientation (1: upright), from its header:
+    nothing is decoded."""
     with Image.open(path) as image:
-        return image.size
+        return image.size, exif_orientation(image)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag of an open image, 1 (as stored) where it has none."""
+    return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+
+
+def upright_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image as ``ImageOps.exif_transpose`` turns it, from its header."""
+    return upright_size(*read_image_size(path))
+
+
+def upright_size(size: Sequence[int], orientation: int) -> tuple[int, int]:
+    """(width, height) of an image of stored ``size`` turned as its EXIF orientation says:
+    orientations 5-8 turn it by a quarter, swapping the sides (``ImageOps.exif_transpose``)."""
+    width, height = size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def inspect_sample(image_path: Path, label_path: Path) -> dict:
@@ -102,10 +120,10 @@ def inspect_sample(image_path: Path, label_path: Path) -> dict:
     except DECODE_ERRORS as error:
         return {"error": f"{label_path}: cannot decode the label PNG ({error})"}
     try:
-        image_size = read_image_size(image_path)
+        image_size, orientation = read_image_size(image_path)
     except DECODE_ERRORS as error:
         return {"error": f"{image_path}: cannot read the image ({error})"}
-    return {"size": list(size), "image_size": list(image_size), "values": values}
+    return {"size": list(size), "image_size": list(image_size), "orientation": orientation, "values": values}
 
 
 def file_stamp(path: Path) -> list[int] | None:
@@ -121,12 +139,13 @@ class LabelRules:
     """Which stored label values a dataset accepts, after its mapping, and how to say so."""
 
     def __init__(self, dataset: SegmentationDataset) -> None:
+        self.upright = dataset.upright
         mapped = dataset.map_label(np.arange(256, dtype=np.uint8))
         self.valid = (mapped < dataset.num_classes) | (mapped == dataset.ignore_index)
         last = dataset.num_classes - 1
-        if dataset.ignore_background:
+        if dataset.reduce_zero_label:
             self.allowed = (
-                f"a class (1-{last + 1}, which dataset.ignore_background=true shifts to 0-{last}) "
+                f"a class (1-{last + 1}, which dataset.reduce_zero_label=true shifts to 0-{last}) "
                 f"nor 0 or dataset.ignore_index={dataset.ignore_index}"
             )
         else:
@@ -136,11 +155,16 @@ class LabelRules:
         """What is wrong with a sample, in words that name the file; None if nothing is."""
         if "error" in finding:
             return finding["error"]
-        (width, height), (image_width, image_height) = finding["size"], finding["image_size"]
+        width, height = finding["size"]
+        image_width, image_height = finding["image_size"]
+        turned = ""
+        if self.upright and finding["orientation"] != 1:
+            image_width, image_height = upright_size(finding["image_size"], finding["orientation"])
+            turned = f" once turned upright (EXIF orientation {finding['orientation']})"
         if (width, height) != (image_width, image_height):
             return (
                 f"{label_path}: label is {width}x{height} but its image {image_path.name} is "
-                f"{image_width}x{image_height}"
+                f"{image_width}x{image_height}{turned}"
             )
         bad = [value for value in finding["values"] if not self.valid[value]]
         if not bad:
@@ -167,7 +191,7 @@ def usable(entry: object) -> bool:
     """Whether a cache entry has the fields of :func:`inspect_sample` (a cache edited by
     hand, or damaged, is read again rather than trusted)."""
     return isinstance(entry, dict) and "stamps" in entry and (
-        isinstance(entry.get("error"), str) or {"size", "image_size", "values"} <= entry.keys()
+        isinstance(entry.get("error"), str) or {"size", "image_size", "orientation", "values"} <= entry.keys()
     )
 
 
@@ -202,7 +226,8 @@ def find_bad_labels(
     cache_path = cache_file(Path(directory), dataset) if directory is not None else None
     cached = read_cache(cache_path)
     samples = [  # (cache key: the label's path in the layout, image, label)
-        (dataset.layout["labels"].format(id=sample_id), dataset._image_path(sample_id), dataset._label_path(sample_id))
+        (fill_template(dataset.layout["labels"], sample_id), dataset._image_path(sample_id),
+         dataset._label_path(sample_id))
         for sample_id in dataset.ids
     ]
 

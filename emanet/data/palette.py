@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -30,19 +31,30 @@ def color_map(num_colors: int = 256) -> np.ndarray:
     return colors
 
 
-def colorize(label: np.ndarray) -> np.ndarray:
-    """Class-index map (H, W) -> RGB (H, W, 3) in VOC colours."""
-    return color_map()[label]
+def palette(class_colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """(256, 3) uint8: ``class_colors`` (a dataset's ``dataset.class_colors``, [r, g, b] per
+    class) for the first classes, the VOC colour map for the other indices (255 included)."""
+    colors = color_map()
+    if class_colors:
+        colors[: len(class_colors)] = np.asarray(class_colors, dtype=np.uint8)
+    return colors
+
+
+def colorize(label: np.ndarray, class_colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Class-index map (H, W) -> RGB (H, W, 3) in the classes' colours (VOC's by default)."""
+    return palette(class_colors)[label]
 
 
 LABEL_PNG_MODES = ("P", "L")
 
 
-def save_label_png(label: np.ndarray, path: str | Path, mode: str = "P") -> None:
+def save_label_png(
+    label: np.ndarray, path: str | Path, mode: str = "P", class_colors: Sequence[Sequence[int]] | None = None
+) -> None:
     """Write a class-index map as a PNG, atomically (temp file + rename).
 
-    ``mode="P"``: a palette PNG in VOC colours, the PASCAL VOC devkit's form, which shows
-    the classes in an image viewer. ``mode="L"``: 8-bit greyscale, the form of
+    ``mode="P"``: a palette PNG in VOC colours (the PASCAL VOC devkit's form), or in
+    ``class_colors``, which shows the classes in an image viewer. ``mode="L"``: 8-bit greyscale, the form of
     cityscapesscripts' ``createTrainIdLabelImgs`` and mmsegmentation's converters, whose
     colours (what OpenCV's ``cv2.imread`` returns) are the class indices themselves. Both
     hold the same indices for :func:`read_label_png`.
@@ -51,7 +63,7 @@ def save_label_png(label: np.ndarray, path: str | Path, mode: str = "P") -> None
         raise ValueError(f"label PNGs are written in mode 'P' or 'L', not {mode!r}")
     image = Image.fromarray(np.asarray(label, dtype=np.uint8))  # mode "L"
     if mode == "P":
-        image.putpalette(color_map().flatten().tolist())  # turns the "L" image into "P"
+        image.putpalette(palette(class_colors).flatten().tolist())  # turns the "L" image into "P"
     atomic_write(Path(path), partial(image.save, format="PNG"))
 
 

@@ -189,11 +189,13 @@ def run_jobs(function: Callable, jobs: Sequence, description: str, workers: int 
 
 
 def count_mismatches(dataset: str, counts: dict[str, int]) -> list[str]:
-    """One message per split whose size differs from the published one."""
+    """One message per split whose size differs from the published one (none for a dataset
+    of one's own, which has no published size)."""
+    published = EXPECTED_COUNTS.get(dataset, {})
     return [
-        f"{dataset} {split}: {count} images, but the published split has {EXPECTED_COUNTS[dataset][split]}"
+        f"{dataset} {split}: {count} images, but the published split has {published[split]}"
         for split, count in counts.items()
-        if EXPECTED_COUNTS[dataset].get(split, count) != count
+        if published.get(split, count) != count
     ]
 
 

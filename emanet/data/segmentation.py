@@ -8,6 +8,10 @@ dataset root; the defaults are the PASCAL VOC layout::
     ROOT/JPEGImages/<id>.jpg
     ROOT/SegmentationClass/<id>.png
     ROOT/ImageSets/Segmentation/<split>.txt
+
+A template may also use ``{stem}``, the id without its file extension: a dataset of one's
+own (``dataset=folder``) lists ``train/photo.jpg`` and finds its label at
+``labels/{stem}.png``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -38,6 +42,7 @@ VOC_LAYOUT = {
 # What Pillow raises on a bad file; DecompressionBombError (not an OSError) for one of over
 # 2 x Image.MAX_IMAGE_PIXELS pixels, whose header may be forged to exhaust memory.
 DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 = as stored, 5-8 turn the image by a quarter
 
 
 def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
@@ -45,8 +50,9 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
 
     Training, evaluation and prediction all decode through here, so they see identical
     pixels. ``upright`` turns a photo as its EXIF orientation says (a phone's portrait
-    shot is stored sideways), for prediction; datasets keep the stored pixel grid, on
-    which their labels were drawn. A file that cannot be decoded raises DatasetError
+    shot is stored sideways): prediction does, and so do datasets of one's own
+    (``dataset.exif_orientation``); the benchmarks keep the stored pixel grid, on which
+    their labels were drawn. A file that cannot be decoded raises DatasetError
     naming it.
 
     16-bit images are scaled to 8 bits, round(value * 255 / 65535): Pillow's
@@ -70,9 +76,9 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
                 flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
                 pixels = cv2.imread(str(path), flags)  # BGR uint16, alpha dropped as convert("RGB") drops it
                 if pixels is not None and pixels.dtype == np.uint16 and pixels.shape[:2] == image.size[::-1]:
-                    orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+                    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
                     image = Image.fromarray(eight_bits(pixels[..., ::-1]))
-                    image.getexif()[0x0112] = orientation  # for exif_transpose below
+                    image.getexif()[EXIF_ORIENTATION] = orientation  # for exif_transpose below
             if upright:
                 image = ImageOps.exif_transpose(image)
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -82,11 +88,27 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
         raise DatasetError(f"{path}: cannot decode the image ({error})") from None
 
 
-def ignore_background(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """Drop class 0: 0 -> ignore_index, k -> k - 1, ignore_index stays (PASCAL Context's 59 classes)."""
+def reduce_zero_label(label: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """Drop label 0: 0 -> ignore_index, k -> k - 1, ignore_index stays (PASCAL Context's 59
+    classes, ADE20K; mmsegmentation's ``reduce_zero_label``)."""
     shifted = label - np.uint8(1)  # uint8 arithmetic wraps 0 to 255
     shifted[(label == 0) | (label == ignore_index)] = ignore_index
     return shifted
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def output_name(sample_id: str) -> str:
+    """The name a sample's outputs (predictions/<name>.png) are written under: its id, less
+    an image file's extension (a folder dataset's ids are file names, ``train/IMG_1.jpg``)."""
+    path = PurePosixPath(sample_id)
+    return str(path.with_suffix("")) if path.suffix.lower() in IMAGE_SUFFIXES else sample_id
+
+
+def fill_template(template: str, sample_id: str) -> str:
+    """A layout template with ``{id}`` and ``{stem}`` (the id without its extension) filled in."""
+    return template.format(id=sample_id, stem=str(PurePosixPath(sample_id).with_suffix("")))
 
 
 class SegmentationDataset(Dataset):
@@ -101,8 +123,11 @@ class SegmentationDataset(Dataset):
         transform: callable ``(image=HxWx3 uint8, mask=HxW uint8) -> dict`` returning the
             transformed ``image`` tensor (3, h, w) and ``mask`` (h, w); typically an
             albumentations pipeline from :mod:`emanet.data.transforms`.
-        ignore_background: map class 0 to the ignore index and shift the others down.
+        reduce_zero_label: map label 0 to the ignore index and shift the others down.
         ignore_index: the label value that marks pixels without a class.
+        upright: turn images as their EXIF orientation says (photos of phones, whose masks
+            were drawn on the image as viewers show it), as prediction does; False keeps
+            the stored pixel grid, on which the benchmarks' labels were drawn.
         skip_bad: leave out samples whose files are missing, unreadable or inconsistent
             (each logged, counted in :attr:`num_skipped`) instead of stopping with an
             error that names the file.
@@ -115,9 +140,10 @@ class SegmentationDataset(Dataset):
         class_names: Sequence[str],
         layout: dict[str, str] | None = None,
         transform: Callable[..., dict] | None = None,
-        ignore_background: bool = False,
+        reduce_zero_label: bool = False,
         ignore_index: int = 255,
         skip_bad: bool = False,
+        upright: bool = False,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
@@ -132,7 +158,8 @@ class SegmentationDataset(Dataset):
         self.split = split
         self.class_names = tuple(class_names)
         self.transform = transform
-        self.ignore_background = ignore_background
+        self.reduce_zero_label = reduce_zero_label
+        self.upright = upright
         self.ignore_index = ignore_index
         self.skip_bad = skip_bad
         # Shared with the DataLoader's workers, which do the loading (and the skipping).
@@ -188,10 +215,10 @@ class SegmentationDataset(Dataset):
         return len(self.ids)
 
     def _image_path(self, sample_id: str) -> Path:
-        return self.root / self.layout["images"].format(id=sample_id)
+        return self.root / fill_template(self.layout["images"], sample_id)
 
     def _label_path(self, sample_id: str) -> Path:
-        return self.root / self.layout["labels"].format(id=sample_id)
+        return self.root / fill_template(self.layout["labels"], sample_id)
 
     def image_path(self, index: int) -> Path:
         return self._image_path(self.ids[index])
@@ -200,10 +227,10 @@ class SegmentationDataset(Dataset):
         return self._label_path(self.ids[index])
 
     def map_label(self, label: np.ndarray) -> np.ndarray:
-        """Stored label values (uint8) -> training values: ``ignore_background`` drops class 0.
+        """Stored label values (uint8) -> training values: ``reduce_zero_label`` drops label 0.
         The one place of the mapping, so that the label check (:mod:`emanet.data.label_check`)
         judges the values training sees."""
-        return ignore_background(label, self.ignore_index) if self.ignore_background else label
+        return reduce_zero_label(label, self.ignore_index) if self.reduce_zero_label else label
 
     def leave_out(self, problems: Mapping[str, str]) -> None:
         """Drop the samples ``problems`` names (id -> what is wrong with its files), each
@@ -225,7 +252,7 @@ class SegmentationDataset(Dataset):
         differ, or the label holds a value that is neither a class nor the ignore index.
         """
         image_path, label_path = self.image_path(index), self.label_path(index)
-        image = read_image(image_path)
+        image = read_image(image_path, upright=self.upright)
         try:
             label = read_label_png(label_path)
         except DECODE_ERRORS as error:

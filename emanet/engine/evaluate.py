@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
+from emanet.data.segmentation import output_name
 from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
@@ -88,7 +89,7 @@ def evaluate_on_val(
         if "single_scale" in metrics:
             writer.add_scalar("val/mIoU_single_scale", metrics["single_scale"]["mIoU"], step)
     if world.is_main and (writer is not None or output_dir is not None):
-        figures = evaluation_figures(metrics, result.confusion, dataset.class_names)
+        figures = evaluation_figures(metrics, result.confusion, dataset.class_names, cfg.dataset.class_colors)
         if writer is not None:
             for name, figure in figures.items():
                 writer.add_figure(f"val/{name}", figure, step, close=False)
@@ -147,28 +148,33 @@ def log_prediction_images(model, dataset, cfg, device, writer, step, count: int 
         image = sample["image"].unsqueeze(0).to(device)
         probabilities, _ = predict(model, image, [1.0], flip=False, inference=eval_inference(cfg))
         panel = prediction_panel(
-            sample["image"], sample["label"], probabilities.argmax(1)[0], cfg.dataset.mean, cfg.dataset.std
+            sample["image"], sample["label"], probabilities.argmax(1)[0], cfg.dataset.mean, cfg.dataset.std,
+            cfg.dataset.class_colors,
         )
         writer.add_image(f"val/prediction_{index}", panel, step, dataformats="HWC")
 
 
 def prediction_writer(cfg: DictConfig, output_dir: Path | None) -> Callable[[dict, torch.Tensor], None] | None:
-    """Writes ``predictions/<id>.png`` (class indices in a VOC palette PNG, the format of the
-    PASCAL VOC evaluation server) and ``overlays/<id>.jpg``, as ``eval`` asks."""
+    """Writes ``predictions/<id>.png`` (class indices in a palette PNG of the classes'
+    colours, VOC's by default: the format of the PASCAL VOC evaluation server) and
+    ``overlays/<id>.jpg``, as ``eval`` asks; an id's file extension (``train/IMG_1.jpg``
+    of a folder dataset) is left out of the names."""
     if output_dir is None or not (cfg.eval.save_predictions or cfg.eval.save_overlays):
         return None
 
     def write(batch: dict, prediction: torch.Tensor) -> None:
+        colors = cfg.dataset.class_colors
         for image, classes, sample_id in zip(batch["image"], prediction, batch["id"], strict=True):
             classes = classes.numpy().astype(np.uint8)
+            name = output_name(sample_id)
             if cfg.eval.save_predictions:
-                path = output_dir / "predictions" / f"{sample_id}.png"
+                path = output_dir / "predictions" / f"{name}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_label_png(classes, path)
+                save_label_png(classes, path, class_colors=colors)
             if cfg.eval.save_overlays:
-                path = output_dir / "overlays" / f"{sample_id}.jpg"
+                path = output_dir / "overlays" / f"{name}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                blend = 0.5 * denormalize(image, cfg.dataset.mean, cfg.dataset.std) + 0.5 * colorize(classes)
+                blend = 0.5 * denormalize(image, cfg.dataset.mean, cfg.dataset.std) + 0.5 * colorize(classes, colors)
                 atomic_write(path, partial(Image.fromarray(blend.astype(np.uint8)).save, format="JPEG"))
 
     return write

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from emanet.data import dataset_class_names
 from emanet.data.palette import colorize, save_label_png
-from emanet.data.segmentation import DECODE_ERRORS, read_image
+from emanet.data.segmentation import DECODE_ERRORS, IMAGE_SUFFIXES, read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file
@@ -56,7 +56,6 @@ from emanet.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Elements of the float32 class probabilities resized to an image's full resolution that
 # exist at once (64 MiB): the rows of a strip, whatever the image's size.
 STRIP_ELEMENTS = 2**24
@@ -235,13 +234,14 @@ def write_full_resolution(
     if cfg.eval.save_predictions:
         path = run_dir / "predictions" / f"{sample_id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_label_png(classes, path)
+        save_label_png(classes, path, class_colors=cfg.dataset.class_colors)
     if cfg.eval.save_overlays:
         overlay = np.empty_like(pixels)
         rows_per_strip = max(1, STRIP_ELEMENTS // (3 * pixels.shape[1]))
         for top in range(0, pixels.shape[0], rows_per_strip):
             rows = slice(top, top + rows_per_strip)
-            overlay[rows] = (0.5 * pixels[rows] + 0.5 * colorize(classes[rows])).astype(np.uint8)
+            overlay[rows] = (0.5 * pixels[rows] + 0.5 * colorize(classes[rows], cfg.dataset.class_colors)).astype(
+                np.uint8)
         path = run_dir / "overlays" / f"{sample_id}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, partial(Image.fromarray(overlay).save, format="JPEG"))

@@ -20,14 +20,15 @@ def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 
 def prediction_panel(
     image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor,
-    mean: Sequence[float], std: Sequence[float],
+    mean: Sequence[float], std: Sequence[float], class_colors: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """(H, 3W, 3) uint8: the image, its ground truth and the prediction in VOC colours."""
+    """(H, 3W, 3) uint8: the image, its ground truth and the prediction in the classes'
+    colours (VOC's unless ``class_colors``)."""
     return np.concatenate(
         [
             denormalize(image, mean, std),
-            colorize(label.cpu().numpy().astype(np.uint8)),
-            colorize(prediction.cpu().numpy().astype(np.uint8)),
+            colorize(label.cpu().numpy().astype(np.uint8), class_colors),
+            colorize(prediction.cpu().numpy().astype(np.uint8), class_colors),
         ],
         axis=1,
     )
