@@ -111,7 +111,7 @@ def compose_unchecked(config_name: str, overrides: Sequence[str], return_hydra_c
 # the composed config: the quoting runs on the command line, before Hydra composes
 # anything, and a test checks the list against every experiment's config.
 PATH_KEYS = frozenset({
-    "checkpoint", "input", "data_root", "dataset.root", "model.backbone.pretrained",
+    "checkpoint", "input", "data_root", "dataset.root", "model.backbone.pretrained", "model.init_from",
     "hydra.run.dir", "hydra.sweep.dir",
 })
 

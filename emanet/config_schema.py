@@ -326,6 +326,8 @@ class PsaConfig:
 class ModelConfig:
     head: str = setting("ema", Word(tuple(HEADS)), "the segmentation head")
     backbone: BackboneConfig = section(BackboneConfig)
+    init_from: str | None = setting(None, Text(optional=True),
+                                       "weights to fine-tune from: a run directory or checkpoint (not a resume)")
     bn_momentum: float = setting(3.0e-4, Number(above=0, maximum=1), "BatchNorm momentum (PyTorch convention)")
     align_corners: bool = setting(True, Boolean(), "bilinear upsampling of the logits with align_corners")
     dropout: float = setting(0.1, Number(minimum=0, below=1), "dropout before the classifier")

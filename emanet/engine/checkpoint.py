@@ -83,12 +83,13 @@ def checkpoint_file(path: str | Path) -> Path:
     return path.resolve()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path``: a .pt file, or a run directory (its newest checkpoint)."""
+def load_checkpoint(path: str | Path, setting: str = "checkpoint") -> dict[str, Any]:
+    """The checkpoint at ``path``: a .pt file, or a run directory (its newest checkpoint).
+    ``setting`` is the key that gave the path, which a missing file's message tells to pass."""
     path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint not found at {path}: pass checkpoint=PATH to a .pt file or a run directory "
+            f"checkpoint not found at {path}: pass {setting}=PATH to a .pt file or a run directory "
             "with checkpoints/last.pt"
         )
     try:
@@ -154,8 +155,7 @@ def load_model_weights(
     ``model.*`` settings (and ``dataset.num_classes``) the checkpoint's recorded training
     config has other values of, and ``experiment=NAME`` only when it was another one.
     """
-    if "model" not in checkpoint:
-        raise CheckpointError(f"{path} holds no 'model' entry; is it a checkpoint of this project?")
+    require_model_entry(checkpoint, path)
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
     except RuntimeError as error:
@@ -170,11 +170,17 @@ def load_model_weights(
         ) from error
 
 
+def require_model_entry(checkpoint: dict[str, Any], path: str | Path) -> None:
+    if "model" not in checkpoint:
+        raise CheckpointError(f"{path} holds no 'model' entry; is it a checkpoint of this project?")
+
+
 # model.* settings an evaluation chooses for itself (T, the output stride) or that only start
-# a training (ImageNet weights): a checkpoint trained with other values is not asked to be
-# given them back.
+# a training (ImageNet weights, the weights fine-tuned from): a checkpoint trained with other
+# values is not asked to be given them back. model.init_from is here rather than in
+# SETTINGS_WITHOUT_TENSORS: it shapes no tensor, and a mismatch message must never name it.
 EVALUATION_CHOICES = frozenset({
-    "model.backbone.pretrained", "model.backbone.eval_output_stride", "model.ema.eval_stages",
+    "model.backbone.pretrained", "model.init_from", "model.backbone.eval_output_stride", "model.ema.eval_stages",
 })
 # model.* settings that never change the names or shapes of the model's tensors (checked for
 # every one): named after those that do, which are the cause of a mismatch.
@@ -294,6 +300,90 @@ def state_dict_mismatch(error: RuntimeError) -> str:
     if others:
         summaries.append(others[0] + (f"; and {len(others) - 1} more" if len(others) > 1 else ""))
     return "; ".join(summaries)
+
+
+# The model.* settings that shape the backbone's tensors: those a checkpoint refused by
+# model.init_from is told to have been trained with.
+BACKBONE_SETTINGS = ("model.backbone.depth", "model.backbone.stem", "model.backbone.width")
+# Tensors named in model.init_from's log line; the others are counted.
+NEW_TENSOR_EXAMPLES = 8
+
+
+def load_init_weights(model: nn.Module, path: str | Path, cfg: DictConfig, announce: bool = True) -> list[str]:
+    """Start ``model`` (built from ``cfg``) from the weights of the checkpoint ``path``
+    (``model.init_from``); returns the names of the model's tensors the checkpoint has no
+    tensor of the same name and shape for, which keep their fresh initialisation.
+
+    Fine-tuning on another dataset changes the classifiers' class count, and may change the
+    head: those tensors are left out by shape, in one line (``announce``: this process logs
+    it). The backbone must be taken whole: one of another depth, stem or width would leave
+    the run training a fresh backbone under a head of trained weights, which fails quietly,
+    as a poor score hours later, so it is refused naming the settings that differ. Only
+    weights are taken: the optimizer, scheduler, RNG and iteration count start afresh.
+    """
+    checkpoint = load_checkpoint(path, setting="model.init_from")
+    file = checkpoint_file(path)
+    require_model_entry(checkpoint, file)
+    own = model.state_dict()
+    matched = {
+        name: tensor for name, tensor in checkpoint["model"].items()
+        if name in own and getattr(tensor, "shape", None) == own[name].shape
+    }
+    trained = checkpoint.get("config") or {}
+    check_backbone_fits(own, checkpoint["model"], matched, file, trained, cfg)
+    model.load_state_dict(matched, strict=False)
+    new = [name for name in own if name not in matched]
+    if announce:
+        log.info("%s", init_summary(path, len(matched), len(own), new, trained, cfg))
+    return new
+
+
+def check_backbone_fits(
+    own: dict[str, torch.Tensor], given: dict[str, Any], matched: dict[str, Any], file: Path, trained: dict,
+    cfg: DictConfig,
+) -> None:
+    """Refuse a checkpoint that lacks a tensor of the same name and shape for any of the
+    model's ``backbone.*`` tensors, or that has ``backbone.*`` tensors the model does not
+    (a ResNet-101's for a ResNet-50, whose every tensor it also has), naming the backbone
+    settings it was trained with."""
+    backbone = [name for name in own if name.startswith("backbone.")]
+    missing = [name for name in backbone if name not in matched]
+    extra = [name for name in given if name.startswith("backbone.") and name not in own]
+    if not missing and not extra:
+        return
+    differences = [difference for difference in setting_differences(trained, cfg) if difference[0] in BACKBONE_SETTINGS]
+    if differences:
+        was = ", ".join(f"{key}={command_line_value(value)}" for key, value, _ in differences)
+        now = ", ".join(command_line_value(value) for _, _, value in differences)
+        fix = f"it was trained with {was} (configured: {now}): pass those on the command line"
+    else:
+        configured = " ".join(f"{key}={command_line_value(OmegaConf.select(cfg, key))}" for key in BACKBONE_SETTINGS)
+        fix = f"give model.init_from a checkpoint of the configured backbone ({configured})"
+    found = f"{len(backbone) - len(missing)} of the {len(backbone)} backbone tensors match by name and shape"
+    if extra:
+        found += f", and it has {len(extra)} backbone tensors the configured model lacks"
+    raise CheckpointMismatchError(
+        f"{file} does not fit the configured backbone (model.init_from): {found}; {fix}",
+        details="\n".join([
+            "backbone tensors without a match: " + ", ".join(f"{name} {tuple(own[name].shape)}" for name in missing),
+            "backbone tensors the configured model lacks: " + ", ".join(extra),
+        ]),
+    )
+
+
+def init_summary(path: str | Path, loaded: int, total: int, new: list[str], trained: dict, cfg: DictConfig) -> str:
+    """``init_from PATH: 412 of 416 tensors loaded; new: head.classifier.weight, ... (21 -> 4
+    classes)``: the class counts only where they differ, the reason the classifiers are new."""
+    line = f"init_from {path}: {loaded} of {total} tensors loaded"
+    if new:
+        shown = new[:NEW_TENSOR_EXAMPLES]
+        more = f" and {len(new) - len(shown)} more" if len(new) > len(shown) else ""
+        line += "; new: " + ", ".join(shown) + more
+    was = (trained.get("dataset") or {}).get("num_classes")
+    now = OmegaConf.select(cfg, "dataset.num_classes")
+    if was is not None and was != now:
+        line += f" ({was} -> {now} classes)"
+    return line
 
 
 def rng_states() -> dict[str, Any]:

@@ -30,7 +30,9 @@ from emanet.data.transforms import train_transform
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import (
     checkpoint_name,
+    command_line_value,
     load_checkpoint,
+    load_init_weights,
     load_model_weights,
     newest_intact_checkpoint,
     remove_leftovers,
@@ -198,9 +200,12 @@ def gather_from_every_process(value: object) -> list:
 
 
 # Settings that leave the trained weights as they are: a resumed run may change them quietly.
+# model.init_from only starts a run: a resumed one continues from its checkpoint, whose weights
+# came from the init_from it started with, so another value changes nothing from here on; the
+# line saying it is not applied (:func:`start_from_init_weights`) names both.
 SETTINGS_WITHOUT_EFFECT_ON_WEIGHTS = (
     "eval", "runtime.progress", "runtime.num_workers", "runtime.threads", "schedule.log_every",
-    "schedule.checkpoint_every", "schedule.checkpoint_keep", "schedule.eval_every",
+    "schedule.checkpoint_every", "schedule.checkpoint_keep", "schedule.eval_every", "model.init_from",
 )
 
 
@@ -218,19 +223,26 @@ def config_changes(saved: object, current: object, key: str = "") -> list[str]:
     return [] if saved == current else [f"{key}: {saved!r} -> {current!r}"]
 
 
+def run_checkpoint(run_dir: Path, world: World) -> tuple[Path | None, dict | None]:
+    """The newest intact checkpoint of ``run_dir`` and, on rank 0, its state ((None, None) if
+    there is none). Rank 0 chooses it, setting aside newer ones that fail to read or to match
+    their digest (see :func:`newest_intact_checkpoint`); the others learn its path."""
+    path, state = newest_intact_checkpoint(run_dir / "checkpoints") if world.is_main else (None, None)
+    return broadcast_from_main(path), state
+
+
 def resume(
-    run_dir: Path, model, optimizer, scheduler, amp: AmpSettings, world: World, cfg: DictConfig
+    checkpoint: tuple[Path | None, dict | None], model, optimizer, scheduler, amp: AmpSettings, world: World,
+    cfg: DictConfig,
 ) -> tuple[int, Path | None, int, float]:
-    """Load the newest intact checkpoint of ``run_dir``, if any; returns (iteration, path,
-    the loader batches this process had drawn, the seconds trained so far). Rank 0 chooses it, setting aside newer ones
-    that fail to read or to match their digest (see :func:`newest_intact_checkpoint`).
+    """Load the run's ``checkpoint`` (:func:`run_checkpoint`), if any; returns (iteration, path,
+    the loader batches this process had drawn, the seconds trained so far).
 
     Settings that differ from the checkpoint's (other than those that do not change the
     weights) are named in a warning: the run then continues with the new ones, and its
     weights are not those of an uninterrupted run of either config.
     """
-    path, state = newest_intact_checkpoint(run_dir / "checkpoints") if world.is_main else (None, None)
-    path = broadcast_from_main(path)
+    path, state = checkpoint
     if path is None:
         return 0, None, 0, 0.0
     if state is None:
@@ -406,8 +418,13 @@ def build_training_set(cfg: DictConfig, world: World) -> Dataset:
 
 def build_training_model(cfg: DictConfig, micro_batch: int, world: World) -> nn.Module:
     """The configured model with its pretrained weights on this process's device, and the
-    global RNG seeded for this process's dropout masks."""
-    model = prepare_batch_norm(build_model(cfg.model, cfg.dataset.num_classes), world).to(world.device)
+    global RNG seeded for this process's dropout masks.
+
+    With ``model.init_from`` the ImageNet weights are not loaded: the fine-tuned checkpoint's
+    replace them, or a resumed run's (torchvision's would be downloaded for nothing)."""
+    pretrained = cfg.model.get("init_from") is None
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=pretrained)
+    model = prepare_batch_norm(model, world).to(world.device)
     # Every process built the same initial weights from cfg.seed; from here on each draws its
     # own dropout masks (seed + rank), or all would drop the same channels of their images.
     torch.manual_seed(cfg.seed + world.rank)
@@ -462,16 +479,19 @@ def prepare_model_and_optimizer(
     model: nn.Module, amp: AmpSettings, cfg: DictConfig, run_dir: Path, world: World
 ) -> TrainingState:
     """The optimizer and poly scheduler of ``model``, all three resumed from the newest intact
-    checkpoint of ``run_dir`` if it has one (see :func:`resume`), and the network the steps call."""
+    checkpoint of ``run_dir`` if it has one (see :func:`resume`), and the network the steps call.
+    A run without one starts from ``model.init_from``'s weights, if set, with a fresh optimizer."""
+    if world.is_main:  # it holds the lock: no other run is writing there
+        remove_leftovers(run_dir / "checkpoints")
+    checkpoint = run_checkpoint(run_dir, world)
+    start_from_init_weights(model, cfg, checkpoint, world)
     if amp.channels_last:
         model = model.to(memory_format=torch.channels_last)
     schedule = cfg.schedule
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_poly_scheduler(optimizer, schedule.iterations, schedule.power, schedule.lr_update_every)
-    if world.is_main:  # it holds the lock: no other run is writing there
-        remove_leftovers(run_dir / "checkpoints")
     start, last_checkpoint, batches_drawn, seconds_before = resume(
-        run_dir, model, optimizer, scheduler, amp, world, cfg
+        checkpoint, model, optimizer, scheduler, amp, world, cfg
     )
     network = model
     if world.size > 1:
@@ -481,6 +501,38 @@ def prepare_model_and_optimizer(
     return TrainingState(
         model, network, optimizer, scheduler, amp, start, last_checkpoint, batches_drawn, seconds_before
     )
+
+
+def start_from_init_weights(
+    model: nn.Module, cfg: DictConfig, checkpoint: tuple[Path | None, dict | None], world: World
+) -> None:
+    """Load ``model.init_from``'s weights into ``model`` (:func:`load_init_weights`; every
+    process, rank 0 logs), unless the run has a ``checkpoint`` (:func:`run_checkpoint`): a
+    fine-tuning run restarted after a kill resumes from it, bit-identically, as any run does."""
+    init_from = cfg.model.get("init_from")
+    if init_from is None:
+        return
+    path, state = checkpoint
+    if path is not None:
+        if world.is_main:
+            log.info("%s", init_from_not_applied(init_from, path, state))
+        return
+    load_init_weights(model, init_from, cfg, announce=world.is_main)
+    if world.is_main and cfg.model.backbone.pretrained:
+        log.info(
+            "model.backbone.pretrained=%s not loaded: model.init_from gives the backbone its weights",
+            cfg.model.backbone.pretrained,
+        )
+
+
+def init_from_not_applied(init_from: str, path: Path, state: dict | None) -> str:
+    """The line of a resumed run with ``model.init_from`` set; it names the init_from the run
+    started with when that was another, which is where its weights came from."""
+    started = ((state or {}).get("config") or {}).get("model", {}).get("init_from", init_from)
+    line = f"model.init_from={init_from} not applied: resuming from the run's checkpoint {path}"
+    if started != init_from:
+        line += f" (the run started with model.init_from={command_line_value(started)})"
+    return line
 
 
 def log_training_plan(cfg: DictConfig, training: TrainingState, micro_batch: int, run_dir: Path, world: World) -> None:
