@@ -28,6 +28,7 @@ from emanet.errors import (
     CheckpointMismatchError,
     ConfigError,
     DatasetError,
+    DatasetNotFoundError,
     EmanetError,
     PredictionStopped,
     TrainingStopped,
@@ -190,7 +191,7 @@ def run_job(job: Callable[[DictConfig, Path], dict], cfg: DictConfig) -> dict:
         try:
             fill_folder_classes(cfg)
             check_config(cfg)
-        except (ConfigError, DatasetError):
+        except (ConfigError, DatasetError, DatasetNotFoundError):
             remove_unused_run_dir(run_dir)
             raise
     export_launcher_environment()  # a SLURM or submitit task: its rank, as torchrun would set it

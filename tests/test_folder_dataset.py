@@ -19,7 +19,7 @@ from emanet.data.folder import prepare_folder, split_off_val
 from emanet.data.label_check import find_bad_labels
 from emanet.data.palette import color_map, colorize, read_label_png, save_label_png
 from emanet.data.segmentation import output_name, read_image
-from emanet.errors import DatasetError
+from emanet.errors import DatasetError, DatasetNotFoundError
 
 COLORS = [(0, 0, 0), (0, 200, 0), (200, 0, 0)]
 CLASSES = "background 0 0 0\nleaf 0 200 0\nbrown spot 200 0 0\n"
@@ -100,6 +100,19 @@ def test_the_preparation_converts_every_mask_form_and_splits_off_val(tmp_path):
     assert f"| brown spot | {expected['train'][2]:,} |" in table
     assert f"| {expected['val'][2]:,} |" in table.splitlines()[-1]
     assert (root / "class_pixels.png").stat().st_size > 0 and (root / "class_pixels.pdf").stat().st_size > 0
+
+
+def test_a_class_without_pixels_in_a_split_is_named(tmp_path, caplog):
+    root = tmp_path / "leaves"
+    labels = make_folder(root, count=2, forms=("L",))
+    make_folder(root, count=1, forms=("L",), split="val")
+    save_label_png(np.where(labels["train_00"] == 2, 1, labels["train_00"]), root / "masks" / "train" / "train_00.png")
+    save_label_png(np.where(labels["train_01"] == 2, 0, labels["train_01"]), root / "masks" / "train" / "train_01.png")
+    caplog.set_level(logging.WARNING)
+    prepare_folder(root)
+    assert [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING] == [
+        "train split: no pixel of brown spot: its IoU cannot be measured and the network cannot learn it"]
+    assert "| brown spot | 0 | 0.00 |" in (root / "class_pixels.md").read_text()
 
 
 def test_the_val_split_is_fixed_by_the_seed():
@@ -216,7 +229,10 @@ def test_the_folder_config_takes_classes_count_and_colours_from_classes_txt(tmp_
     (tmp_path / "classes.txt").write_text("a\nb\n")
     cfg = compose_config(["experiment=folder_emanet512", f"dataset.root={tmp_path}"])
     assert (cfg.dataset.num_classes, cfg.dataset.class_colors) == (2, None)  # VOC's colours
-    with pytest.raises(DatasetError, match=f"{tmp_path / 'nothing' / 'classes.txt'}: no class list"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'empty' / 'classes.txt'}: no class list"):
+        compose_config(["experiment=folder_emanet512", f"dataset.root={tmp_path / 'empty'}"])
+    with pytest.raises(DatasetNotFoundError, match=f"dataset.root={tmp_path / 'nothing'}: no such folder"):
         compose_config(["experiment=folder_emanet512", f"dataset.root={tmp_path / 'nothing'}"])
 
 

@@ -19,6 +19,7 @@ from emanet.data.classes import (
 )
 from emanet.data.demo import DEMO_CLASSES, generate_demo_dataset
 from emanet.data.segmentation import SegmentationDataset
+from emanet.errors import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,13 @@ def fill_folder_classes(cfg: DictConfig) -> None:
              if OmegaConf.is_missing(dataset, key) or dataset[key] is None]
     if not unset:
         return
-    classes = read_class_file(Path(str(dataset.root)).expanduser() / CLASSES_FILE)
+    root = Path(str(dataset.root)).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(
+            f"dataset.root={dataset.root}: no such folder; give the folder with classes.txt, images/ and masks/ "
+            "(see data/README.md, \"Your own data\")"
+        )
+    classes = read_class_file(root / CLASSES_FILE)
     values = {
         "num_classes": len(classes),
         "class_names": list(classes.names),
