@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from helpers import folder_is_locked
 from PIL import Image
+from pycocotools import mask as mask_utils  # the reference (a dev dependency)
+from pycocotools.coco import COCO
 
 from emanet.data import coco_json
 from emanet.data.class_file import read_class_file
@@ -45,7 +47,6 @@ def runs(mask):
 
 
 def compressed(mask):
-    from pycocotools import mask as mask_utils
 
     encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
@@ -104,7 +105,6 @@ def coco_export(tmp_path):
 
 def reference_labels(json_path, background=True):
     """image file name -> the label pycocotools' masks painted by the documented rule."""
-    from pycocotools.coco import COCO
 
     coco = COCO(str(json_path))
     class_of = {category["id"]: index + background for index, category in enumerate(coco.dataset["categories"])}
@@ -132,7 +132,6 @@ def modify(json_path, change):
 
 @pytest.mark.parametrize("background", [True, False])
 def test_masks_equal_pycocotools_painted_by_the_rule(tmp_path, background):
-    pytest.importorskip("pycocotools")
     json_path, images = coco_export(tmp_path)
     out = tmp_path / "out"
     assert prepare_coco_json(json_path, images, out, "train", background=background) == {"train": 3}
@@ -167,8 +166,6 @@ def test_masks_equal_pycocotools_painted_by_the_rule(tmp_path, background):
 
 
 def test_decoders_equal_pycocotools_on_random_polygons():
-    pytest.importorskip("pycocotools")
-    from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(0)
     compared = 0
@@ -204,8 +201,6 @@ def test_decoders_equal_pycocotools_on_random_polygons():
 
 
 def test_degenerate_polygon_parts_give_no_pixels_as_in_pycocotools():
-    pytest.importorskip("pycocotools")
-    from pycocotools import mask as mask_utils
 
     first = [0, 0, 9.5, 0, 0, 7.2]  # a real part first: pycocotools rasterises the others as polygons
     for part in ([1.0, 2.0, 5.0, 7.0], [3.0, 3.0, 3.0, 3.0], [1, 1, 1, 1, 1, 1], [0, 0, 10, 10, 20, 20]):
@@ -215,8 +210,6 @@ def test_degenerate_polygon_parts_give_no_pixels_as_in_pycocotools():
 
 
 def test_rle_decoders_equal_pycocotools_on_random_masks():
-    pytest.importorskip("pycocotools")
-    from pycocotools import mask as mask_utils
 
     rng = np.random.default_rng(1)
     compared = 0
@@ -249,7 +242,6 @@ def test_rle_strings_and_counts_that_do_not_fit_are_refused():
 
 
 def test_rerun_writes_nothing_new_and_rewrites_a_damaged_mask(tmp_path):
-    pytest.importorskip("pycocotools")
     json_path, images = coco_export(tmp_path)
     out = tmp_path / "out"
     prepare_coco_json(json_path, images, out)

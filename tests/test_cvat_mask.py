@@ -5,10 +5,12 @@ import logging
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from emanet.data.class_file import read_class_file
 from emanet.data.cvat_mask import prepare_cvat_mask, read_labelmap
+from emanet.data.palette import read_label_png
 from emanet.errors import DatasetError, DatasetNotFoundError
 
 WIDTH, HEIGHT = 40, 30
@@ -238,3 +240,19 @@ def test_worker_processes_write_the_same_folder(tmp_path):
     one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     assert one == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
     assert all((tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes() for p in one)
+
+
+def test_the_export_then_the_folder_preparation_give_index_labels_of_the_labelmap(tmp_path, monkeypatch, capsys):
+    export = cvat_export(tmp_path, subsets={"default": [f"frame_{i:03d}" for i in range(4)]})
+    root = tmp_path / "out"
+    for argv in (["cvat_mask", "--export", str(export), "--root", str(root)], ["folder", "--root", str(root)]):
+        status, err = run_cli(monkeypatch, capsys, *argv, "--workers", "1")
+        assert status == 0, err
+    for number in range(4):
+        colours = colour_mask(number)
+        expected = np.zeros((HEIGHT, WIDTH), np.uint8)
+        for index, (_, colour) in enumerate(LABELS):
+            expected[(colours == colour).all(axis=2)] = index
+        assert np.array_equal(read_label_png(root / "labels" / "train" / f"frame_{number:03d}.png"), expected)
+    listed = [*(root / "splits" / "train.txt").read_text().split(), *(root / "splits" / "val.txt").read_text().split()]
+    assert sorted(listed) == [f"train/frame_{i:03d}.jpg" for i in range(4)]
