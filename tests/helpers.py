@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,20 @@ TINY = [
 
 # Prediction settings of the tests that segment photos: in the main process, two scales.
 QUIET = ["runtime.num_workers=0", "runtime.progress=false", "eval.scales=[0.75,1.0]"]
+
+
+@cache
+def folder_dataset_root() -> Path:
+    """A folder holding only a classes.txt, outside the checkout: what ``dataset=folder``
+    needs to compose a config (its classes come from ROOT/classes.txt)."""
+    root = Path(tempfile.mkdtemp(prefix="emanet_folder_"))
+    (root / "classes.txt").write_text("background\nleaf 0 200 0\n")
+    return root
+
+
+def experiment_overrides(name: str) -> list[str]:
+    """``experiment=NAME``, with a ``dataset.root`` where the experiment reads a folder of one's own."""
+    return [f"experiment={name}", *([f"dataset.root={folder_dataset_root()}"] if name.startswith("folder") else [])]
 
 
 def compose_config(overrides: list[str], config_name: str = "train"):

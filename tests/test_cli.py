@@ -4,7 +4,7 @@ user can fix: one line on the terminal, a copy in the run's log file."""
 import re
 
 import pytest
-from helpers import run_entry_point
+from helpers import experiment_overrides, run_entry_point
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from tests_paths import REPO
@@ -64,7 +64,7 @@ def test_the_path_keys_are_the_configs_keys_that_hold_paths():
         assert leaf in list(OmegaConf.select(cfg, parent) if parent else cfg), key  # "???" counts too
     built_from_a_path = re.compile(r"\$\{(" + "|".join(re.escape(key) for key in PATH_KEYS) + r")\}")
     for experiment in sorted(path.stem for path in (REPO / "configs" / "experiment").glob("*.yaml")):
-        composed = compose_config("predict", [f"experiment={experiment}", "checkpoint=last.pt", "input=photos"])
+        composed = compose_config("predict", [*experiment_overrides(experiment), "checkpoint=last.pt", "input=photos"])
         raw = OmegaConf.to_container(composed, resolve=False)
         for key, value in leaves(raw):
             if isinstance(value, str) and built_from_a_path.search(value):

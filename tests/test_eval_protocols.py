@@ -8,7 +8,7 @@ from functools import cache
 import numpy as np
 import pytest
 import torch
-from helpers import bilinear_reference
+from helpers import bilinear_reference, experiment_overrides
 from tests_paths import REPO
 from torch import nn
 
@@ -27,7 +27,7 @@ def preset_alone(preset: str) -> dict:
 
 def eval_keys_set_by(experiment: str) -> dict:
     """The eval keys an experiment sets itself (beyond choosing a preset)."""
-    ran = compose_config("evaluate", [f"experiment={experiment}", "eval=ms_flip", "checkpoint=x"]).eval
+    ran = compose_config("evaluate", [*experiment_overrides(experiment), "eval=ms_flip", "checkpoint=x"]).eval
     return {key: value for key, value in ran.items() if preset_alone("ms_flip")[key] != value}
 
 
@@ -42,12 +42,13 @@ def test_every_preset_names_its_own_mode():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_the_preset_on_the_command_line_sets_the_mode_for_every_experiment(experiment):
     for preset in PRESETS:
-        cfg = compose_config("evaluate", [f"experiment={experiment}", f"eval={preset}", "checkpoint=x"]).eval
+        cfg = compose_config("evaluate", [*experiment_overrides(experiment), f"eval={preset}", "checkpoint=x"]).eval
         expected = preset_alone(preset)
         ran = (cfg.mode, list(cfg.scales), cfg.flip)
         assert ran == (expected["mode"], expected["scales"], expected["flip"]), preset
     # A key on the command line wins over both the preset and the experiment.
-    cfg = compose_config("evaluate", [f"experiment={experiment}", "eval=release_ss", "eval.mode=slide", "checkpoint=x"])
+    cfg = compose_config("evaluate", [*experiment_overrides(experiment), "eval=release_ss", "eval.mode=slide",
+                                      "checkpoint=x"])
     assert cfg.eval.mode == "slide"
 
 
@@ -62,6 +63,7 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
         "cityscapes_mmseg_r101_512x1024": {"pad_to_window": False, "logits_align_corners": False},
         "cityscapes_mmseg_r50_512x1024": {"pad_to_window": False, "logits_align_corners": False},
         "demo": {"crop_size": 64, "stride": 48},
+        "folder_emanet512": {"crop_size": 512, "stride": 341},
         "voc_release": {"align_corners": True},
     }
 

@@ -70,8 +70,9 @@ def check_bars(figure, per_class_iou: dict) -> None:
 @pytest.mark.parametrize("job", ["train", "evaluate"])
 def test_runs_end_with_the_figures_drawn_from_their_metrics(tiny_runs, job):
     directory, metrics, drawn = tiny_runs[job]
-    (per_class_iou, title), iou_figure = drawn["per_class_iou_figure"]
-    (matrix, class_names, _), matrix_figure = drawn["confusion_matrix_figure"]
+    (per_class_iou, title, colours), iou_figure = drawn["per_class_iou_figure"]
+    (matrix, class_names, _, matrix_colours), matrix_figure = drawn["confusion_matrix_figure"]
+    assert colours is None and matrix_colours is None  # the demo has no dataset.class_colors: one bar colour
     # Each figure is written as PNG (at its size) and PDF, and no temporary file is left beside them.
     for name, figure in (("per_class_iou", iou_figure), ("confusion_matrix", matrix_figure)):
         assert written_png_and_pdf(directory / name) == pixel_size(figure)
