@@ -63,7 +63,7 @@ def test_the_experiments_that_set_eval_keys_are_the_ones_below():
         "cityscapes_mmseg_r101_512x1024": {"pad_to_window": False, "logits_align_corners": False},
         "cityscapes_mmseg_r50_512x1024": {"pad_to_window": False, "logits_align_corners": False},
         "demo": {"crop_size": 64, "stride": 48},
-        "folder_emanet512": {"crop_size": 512, "stride": 341},
+        "folder_emanet512": {"crop_size": 512},
         "voc_release": {"align_corners": True},
     }
 
