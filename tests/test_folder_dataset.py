@@ -352,3 +352,38 @@ def test_a_coco_json_export_becomes_a_trained_model_with_the_readme_commands(tmp
     trained = run_entry_point("train.py", *FOLDER_TINY, f"dataset.root={root}", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr
     assert list(json.loads((run_dir / "metrics.json").read_text())["per_class_IoU"]) == ["background", "leaf", "spot"]
+
+
+def test_a_colour_mask_saved_as_jpeg_gets_five_colours_named_and_the_rest_counted(tmp_path, caplog):
+    root = tmp_path / "leaves"
+    make_folder(root, count=1, forms=("RGB",))
+    mask = root / "masks" / "train" / "train_00.png"
+    colours = np.asarray(Image.open(mask)).copy()
+    colours[0, :12] = [[value, 1, 1] for value in range(12)]  # 12 colours no class has, one pixel each
+    Image.fromarray(colours).save(mask)
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(DatasetError, match="6 problems"):
+        prepare_folder(root)
+    lines = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert lines[:5] == [f"{mask}: colour {value} 1 1 (1 pixels) is not in classes.txt" for value in range(5)]
+    assert lines[5] == (f"{mask}: and 7 more colours (7 pixels) not in classes.txt; a mask saved as JPEG or drawn "
+                        "with antialiasing has such colours")
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_outputs_and_lines(tmp_path, caplog):
+    outputs = {}
+    for workers in (1, 2):
+        root = tmp_path / f"workers{workers}"
+        make_folder(root, count=8)
+        prepare_folder(root, workers=workers)
+        outputs[workers] = [(root / "class_pixels.md").read_text(), (root / "splits" / "val.txt").read_text()]
+        for index in (1, 4):  # two bad pairs: their lines come in name order
+            save_label_png(np.full((30, 40), 9, np.uint8), root / "masks" / "train" / f"train_0{index}.png")
+        caplog.clear()
+        with pytest.raises(DatasetError):
+            prepare_folder(root, workers=workers)
+        outputs[workers].append([record.getMessage().replace(str(root), "ROOT") for record in caplog.records
+                                 if record.levelno == logging.ERROR])
+    assert outputs[1] == outputs[2]
+    assert len(outputs[2][2]) == 2 and "train_01" in outputs[2][2][0]

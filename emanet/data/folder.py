@@ -123,9 +123,15 @@ def read_mask(path: Path, table: dict[int, int]) -> np.ndarray:
 
 
 def inspect_pair(job: tuple[Path, Path, dict[int, int], int, bool]) -> dict:
-    """Check one image and mask; returns ``problems`` (lines naming the file) and, for a
-    good pair, ``pixels``: the count of each stored label value 0-255."""
-    image_path, mask_path, table, num_classes, reduce_zero_label = job
+    """Check one image and mask: the ``mask`` path, its ``problems`` (lines naming the file)
+    and, for a good pair, ``pixels``: the count of each stored label value 0-255."""
+    return {"mask": str(job[1]), "problems": [], **pair_findings(*job)}
+
+
+def pair_findings(
+    image_path: Path, mask_path: Path, table: dict[int, int], num_classes: int, reduce_zero_label: bool
+) -> dict:
+    """``{"problems": [...]}`` of a bad pair, ``{"pixels": counts}`` of a good one."""
     try:
         with Image.open(image_path) as image:
             size, orientation = image.size, exif_orientation(image)
@@ -170,7 +176,7 @@ def inspect_pair(job: tuple[Path, Path, dict[int, int], int, bool]) -> dict:
         listed = ", ".join(f"{value} ({pixels[value]} pixels)" for value in bad[:10])
         allowed = f"0 (ignored) or a class 1-{last}" if reduce_zero_label else f"a class 0-{last}"
         return {"problems": [f"{mask_path}: values {listed} are neither {allowed} nor {IGNORE_INDEX} (ignored)"]}
-    return {"problems": [], "pixels": pixels}
+    return {"pixels": pixels}
 
 
 def split_off_val(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -250,7 +256,9 @@ def prepare_folder(
         pairs[split] = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
     jobs = [(image, mask, table, len(classes), reduce_zero_label) for split in pairs for image, mask in pairs[split]]
     results = run_jobs(inspect_pair, jobs, "checking images and masks", workers, chunksize=8)
-    problems += sorted(problem for result in results for problem in result["problems"])
+    # Pairs in name order (workers return them in any), each pair's lines in its own order.
+    problems += [problem for result in sorted(results, key=lambda result: result["mask"])
+                 for problem in result["problems"]]
     if problems:
         for problem in problems:
             log.error("%s", problem)
@@ -260,7 +268,7 @@ def prepare_folder(
             f"{root}: {len(problems)} problem{'s' if several else ''} (each named above; {bad_pairs} of {len(jobs)} "
             f"image/mask pairs are bad); fix {'them' if several else 'it'} and run the same command again"
         )
-    pixels_of = {str(job[1]): result["pixels"] for job, result in zip(jobs, results, strict=True)}
+    pixels_of = {result["mask"]: result["pixels"] for result in results}
     ids = {split: [f"{split}/{image.name}" for image, _ in split_pairs] for split, split_pairs in pairs.items()}
     if "val" not in ids:
         ids["train"], ids["val"] = split_off_val(ids["train"], val_fraction, seed)
