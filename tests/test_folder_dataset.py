@@ -387,3 +387,17 @@ def test_worker_processes_give_the_same_outputs_and_lines(tmp_path, caplog):
                                  if record.levelno == logging.ERROR])
     assert outputs[1] == outputs[2]
     assert len(outputs[2][2]) == 2 and "train_01" in outputs[2][2][0]
+
+
+def test_masks_of_a_val_folder_without_images_are_named_and_an_empty_train_folder_refused(tmp_path, caplog):
+    root = tmp_path / "leaves"
+    make_folder(root, count=3)
+    write_mask(root / "masks" / "val" / "lost.png", classes_map(30, 40, seed=0), "L")
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(DatasetError, match="1 problem "):
+        prepare_folder(root)
+    assert caplog.records[-1].getMessage().startswith(f"{root / 'masks' / 'val' / 'lost.png'}: mask without image")
+    for image in (root / "images" / "train").iterdir():
+        image.unlink()
+    with pytest.raises(DatasetNotFoundError, match=f"{root / 'images' / 'train'}: no image"):
+        prepare_folder(root)

@@ -244,8 +244,6 @@ def prepare_folder(
     problems: list[str] = []
     for split in SPLITS:
         image_folder, mask_folder = root / "images" / split, root / "masks" / split
-        if not image_folder.is_dir():
-            continue
         images, clashes = find_files(image_folder, IMAGE_SUFFIXES)
         masks, mask_clashes = find_files(mask_folder, (".png",))
         problems += clashes + mask_clashes
@@ -253,7 +251,13 @@ def prepare_folder(
                      for stem, path in images.items() if stem not in masks]
         problems += [f"{path}: mask without image (no {stem}.<{','.join(s[1:] for s in IMAGE_SUFFIXES)}> in "
                      f"{image_folder})" for stem, path in masks.items() if stem not in images]
-        pairs[split] = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
+        if images:  # no val images: val is drawn from train below
+            pairs[split] = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
+    if "train" not in pairs:
+        raise DatasetNotFoundError(
+            f"{root / 'images' / 'train'}: no image ({' '.join(IMAGE_SUFFIXES)}); put the training images there "
+            "(see data/README.md)"
+        )
     jobs = [(image, mask, table, len(classes), reduce_zero_label) for split in pairs for image, mask in pairs[split]]
     results = run_jobs(inspect_pair, jobs, "checking images and masks", workers, chunksize=8)
     # Pairs in name order (workers return them in any), each pair's lines in its own order.
