@@ -40,6 +40,7 @@ from PIL import Image
 
 from emanet.data.class_file import MAX_CLASSES
 from emanet.data.coco_json import class_names, copy_files, last_component, write_or_compare_classes
+from emanet.data.folder import colors_present, pack, unpack
 from emanet.data.label_check import upright_image_size
 from emanet.data.prepare import converting_into, label_png_difference, run_jobs
 from emanet.data.segmentation import DECODE_ERRORS, IMAGE_SUFFIXES
@@ -124,9 +125,9 @@ def find_image(export: Path, sample_id: str) -> Path | None:
     return found[0] if found else None
 
 
-def mask_colors(mask: Path) -> tuple[np.ndarray, str]:
-    """The mask as RGB (H, W, 3) uint8 and the mode it is stored in; DatasetError naming it
-    when it does not decode or is no 8-bit image."""
+def rgb_mask(mask: Path) -> tuple[Image.Image, str]:
+    """The mask as an RGB image and the mode it is stored in; DatasetError naming it when it
+    does not decode or is no 8-bit image."""
     try:
         with Image.open(mask) as image:
             mode = image.mode
@@ -135,7 +136,7 @@ def mask_colors(mask: Path) -> tuple[np.ndarray, str]:
                     f"{mask}: mask of mode {mode!r}, not an 8-bit colour image; export again from CVAT "
                     "as \"Segmentation mask 1.1\""
                 )
-            return np.array(image.convert("RGB")), mode
+            return image.convert("RGB"), mode
     except DECODE_ERRORS as error:
         raise DatasetError(f"{mask}: cannot read the mask ({error}); export again from CVAT") from None
 
@@ -148,22 +149,19 @@ def check_sample(job: tuple[Path, Path, Sequence[tuple[int, int, int]], Path]) -
         width, height = upright_image_size(image)
     except DECODE_ERRORS as error:
         raise DatasetError(f"{image}: cannot read the image ({error}); export again from CVAT") from None
-    pixels, mode = mask_colors(mask)
-    if pixels.shape[:2] != (height, width):
+    rgb, mode = rgb_mask(mask)
+    if rgb.size != (width, height):
         raise DatasetError(
-            f"{mask}: mask is {pixels.shape[1]}x{pixels.shape[0]} but its image {image.name} is {width}x{height} "
+            f"{mask}: mask is {rgb.width}x{rgb.height} but its image {image.name} is {width}x{height} "
             "(upright, as its EXIF orientation turns it); export images and masks of one task together"
         )
-    packed = (pixels[..., 0].astype(np.int32) << 16) | (pixels[..., 1].astype(np.int32) << 8) | pixels[..., 2]
-    found, counts = np.unique(packed, return_counts=True)
-    known = np.array([(r << 16) | (g << 8) | b for r, g, b in colors], dtype=np.int32)
-    unknown = ~np.isin(found, known)
-    if unknown.any():
-        value, count = int(found[unknown][0]), int(counts[unknown][0])
-        others = int(unknown.sum()) - 1
-        more = f" (and {others} more unknown colours)" if others else ""
+    known = {int(pack(np.array(color))) for color in colors}
+    unknown = sorted((unpack(color), count) for color, count in colors_present(rgb) if color not in known)
+    if unknown:
+        (red, green, blue), count = unknown[0]
+        more = f" (and {len(unknown) - 1} more unknown colours)" if len(unknown) > 1 else ""
         raise DatasetError(
-            f"{mask}: colour {value >> 16},{(value >> 8) & 255},{value & 255} on {count} pixels is not in {labelmap}"
+            f"{mask}: colour {red},{green},{blue} on {count} pixels is not in {labelmap}"
             f"{more}; add its label to the map or repaint those pixels, and export again"
         )
     return mode
@@ -174,7 +172,7 @@ def write_rgb_mask(job: tuple[Path, Path]) -> str | None:
     colours at ``destination``, unless one with those pixels is there; returns the
     destination when it replaced one that differed."""
     source, destination = job
-    pixels, _ = mask_colors(source)
+    pixels = np.array(rgb_mask(source)[0])
     existed = destination.exists()
     if existed:
         problem = label_png_difference(destination, pixels, "RGB")

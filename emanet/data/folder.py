@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 from emanet.data.class_file import CLASSES_FILE, ClassList, read_class_file
-from emanet.data.label_check import exif_orientation, upright_size
+from emanet.data.label_check import upright_size
 from emanet.data.palette import LABEL_PNG_MODES, color_map
 from emanet.data.prepare import convert_labels, converting_into, run_jobs, write_split
-from emanet.data.segmentation import DECODE_ERRORS, IMAGE_SUFFIXES
+from emanet.data.segmentation import DECODE_ERRORS, IMAGE_SUFFIXES, exif_orientation
 from emanet.errors import DatasetError, DatasetNotFoundError
 from emanet.io import atomic_write
 
@@ -58,10 +58,11 @@ def unpack(color: int) -> tuple[int, int, int]:
     return color & 255, (color >> 8) & 255, (color >> 16) & 255
 
 
-def packed_pixels(image: Image.Image) -> np.ndarray:
-    """(H, W) uint32: each pixel's colour as :func:`pack` packs it, without arithmetic: the
-    RGBA bytes (alpha made 255) viewed as integers, 4 bytes a pixel instead of three int64."""
-    return np.asarray(image.convert("RGB").convert("RGBA")).view("<u4")[..., 0]
+def packed_pixels(rgb: Image.Image) -> np.ndarray:
+    """(H, W) uint32: each pixel's colour of an RGB image as :func:`pack` packs it, without
+    arithmetic: the RGBA bytes (alpha 255) viewed as integers, 4 bytes a pixel instead of
+    three int64."""
+    return np.asarray(rgb.convert("RGBA")).view("<u4")[..., 0]
 
 
 def color_table(classes: ClassList, reduce_zero_label: bool = False) -> dict[int, int]:
@@ -90,13 +91,12 @@ def find_files(folder: Path, suffixes: Sequence[str]) -> tuple[dict[str, Path], 
     return found, problems
 
 
-def colors_present(image: Image.Image) -> list[tuple[int, int]]:
-    """(packed colour, pixel count) of each colour of an RGB(A) image, alpha dropped.
+def colors_present(rgb: Image.Image) -> list[tuple[int, int]]:
+    """(packed colour, pixel count) of each colour of an RGB image.
 
     Pillow counts them in C (``getcolors``), about 30 times faster than ``np.unique`` over a
     12-megapixel photo's mask; an image of over 65536 colours (a mask saved as JPEG, or
     antialiased) is counted with NumPy."""
-    rgb = image.convert("RGB")
     counted = rgb.getcolors(maxcolors=65536)
     if counted is not None:
         return [(int(pack(np.array(color))), count) for count, color in counted]
@@ -110,8 +110,9 @@ def read_mask(path: Path, table: dict[int, int]) -> np.ndarray:
     with Image.open(path) as image:
         if image.mode in LABEL_PNG_MODES:
             return np.array(image, dtype=np.uint8)
-        present = colors_present(image)
-        packed = packed_pixels(image)
+        rgb = image.convert("RGB")  # alpha dropped
+        present = colors_present(rgb)
+        packed = packed_pixels(rgb)
     unknown = [color for color, _ in present if color not in table]
     if unknown:
         raise DatasetError(f"{path}: colours {[unpack(color) for color in unknown[:5]]} are not in {CLASSES_FILE}")
@@ -145,7 +146,7 @@ def pair_findings(
             if mode in LABEL_PNG_MODES:
                 pixels = np.array(mask.histogram(), dtype=np.int64)  # counts in C, no array of the pixels
             elif mode in COLOR_MODES:
-                present = colors_present(mask)
+                present = colors_present(mask.convert("RGB"))
             else:
                 return {"problems": [
                     f"{mask_path}: a mask of mode {mode!r}; masks are 8-bit index PNGs (L or P) or RGB colour PNGs"]}

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from emanet.data.palette import LABEL_PNG_MODES
-from emanet.data.segmentation import DECODE_ERRORS, EXIF_ORIENTATION, SegmentationDataset, fill_template
+from emanet.data.segmentation import DECODE_ERRORS, SegmentationDataset, exif_orientation, fill_template
 from emanet.errors import DatasetError
 from emanet.io import atomic_write
 
@@ -93,11 +93,6 @@ def read_image_size(path: str | Path) -> tuple[tuple[int, int], int]:
     nothing is decoded."""
     with Image.open(path) as image:
         return image.size, exif_orientation(image)
-
-
-def exif_orientation(image: Image.Image) -> int:
-    """The EXIF Orientation tag of an open image, 1 (as stored) where it has none."""
-    return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
 
 
 def upright_image_size(path: str | Path) -> tuple[int, int]:

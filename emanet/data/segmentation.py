@@ -45,6 +45,11 @@ DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image
 EXIF_ORIENTATION = 0x0112  # the EXIF tag; 1 = as stored, 5-8 turn the image by a quarter
 
 
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag of an open image, 1 (as stored) where it has none."""
+    return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+
+
 def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     """Decode an image file to RGB (H, W, 3) uint8 with Pillow.
 
@@ -76,7 +81,7 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
                 flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
                 pixels = cv2.imread(str(path), flags)  # BGR uint16, alpha dropped as convert("RGB") drops it
                 if pixels is not None and pixels.dtype == np.uint16 and pixels.shape[:2] == image.size[::-1]:
-                    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+                    orientation = exif_orientation(image)
                     image = Image.fromarray(eight_bits(pixels[..., ::-1]))
                     image.getexif()[EXIF_ORIENTATION] = orientation  # for exif_transpose below
             if upright:
