@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
 from emanet.data import build_dataset
+from emanet.data import folder as folder_module
 from emanet.data.class_file import read_class_file, write_class_file
 from emanet.data.folder import prepare_folder, split_off_val
 from emanet.data.label_check import find_bad_labels
@@ -401,3 +402,16 @@ def test_masks_of_a_val_folder_without_images_are_named_and_an_empty_train_folde
         image.unlink()
     with pytest.raises(DatasetNotFoundError, match=f"{root / 'images' / 'train'}: no image"):
         prepare_folder(root)
+
+
+def test_results_are_matched_to_their_pairs_in_whatever_order_the_workers_return_them(tmp_path, monkeypatch):
+    # run_jobs' worker processes return results in no particular order: reversed here.
+    outputs = []
+    for order in (list, lambda jobs: list(reversed(jobs))):
+        monkeypatch.setattr(folder_module, "run_jobs", lambda function, jobs, *args, order=order, **kwargs: [
+            function(job) for job in order(jobs)])
+        root = tmp_path / f"run{len(outputs)}"
+        make_folder(root, count=8)
+        prepare_folder(root)
+        outputs.append((root / "class_pixels.md").read_text())
+    assert outputs[0] == outputs[1]
