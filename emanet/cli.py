@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue
 
-from emanet.config_checks import KEYS, check_config, rename_old_keys
+from emanet.config_checks import KEYS, check_config
 from emanet.config_keys import check_command_line, check_overrides, hydra_session
 from emanet.data import fill_folder_classes
 from emanet.engine.distributed import export_launcher_environment
@@ -34,6 +34,7 @@ from emanet.errors import (
     TrainingStopped,
     one_line,
 )
+from emanet.renamed_keys import rename_old_keys
 
 log = logging.getLogger("emanet")
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from emanet.config_schema import ADDED_KEYS, RENAMED_KEYS, SCHEMAS, Rule
+from emanet.config_schema import ADDED_KEYS, SCHEMAS, Rule
 from emanet.data import CLASS_NAMES
 from emanet.data.transforms import height_width
 from emanet.errors import ConfigError
@@ -48,18 +48,6 @@ def schema_keys(config_name: str) -> set[str]:
         parts = key.split(".")
         keys.update(".".join(parts[:end]) for end in range(1, len(parts) + 1))
     return keys
-
-
-def rename_old_keys(cfg: DictConfig) -> None:
-    """Give the keys of :data:`RENAMED_KEYS` their new names in ``cfg`` (a run's config.yaml
-    written before the renaming), keeping their values."""
-    for old, new in RENAMED_KEYS.items():
-        parent, _, leaf = old.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and leaf in node:
-            with open_dict(node):
-                value = node.pop(leaf)
-            OmegaConf.update(cfg, new, value, force_add=True)
 
 
 def unknown_keys(cfg: DictConfig) -> list[str]:

@@ -28,8 +28,9 @@ from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
 
 from emanet.config_checks import RULES, format_value, schema_keys
-from emanet.config_schema import ADDED_KEYS, RENAMED_KEYS
+from emanet.config_schema import ADDED_KEYS
 from emanet.errors import ConfigError
+from emanet.renamed_keys import RENAMED_KEYS
 
 # The command of each primary config, for the hint of the error message.
 COMMANDS = {"train": "train.py", "evaluate": "evaluate.py", "predict": "scripts/predict.py"}

@@ -222,11 +222,6 @@ def optional_section(group: type, help: str) -> Any:  # noqa: A002
     return field(default=None, metadata={"help": help, "group": group})
 
 
-# Keys renamed since: the configs of runs trained before (their config.yaml) are read with
-# the new names, and the old name on a command line is answered with the new one.
-RENAMED_KEYS = {"dataset.ignore_background": "dataset.reduce_zero_label"}
-
-
 # --- dataset ---------------------------------------------------------------------------
 
 
@@ -434,6 +429,8 @@ class PredictConfig(EvaluateConfig):
     stop_on_bad_file: bool = setting(False, Boolean(), "stop at an unreadable image instead of skipping it")
     max_side: int | None = setting(2048, Number(integer=True, minimum=1, optional=True),
                                       "shrink larger images to this longest side first; null: never")
+    backend: str = setting("pytorch", Word(("pytorch", "onnxruntime")),
+                           "run the network with PyTorch, or with onnxruntime (the run's export/model.onnx)")
 
 
 # Keys the code reads although no schema declares them: adding them (+KEY=...) is

@@ -29,7 +29,8 @@ from emanet.data import build_dataset
 from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine.checkpoint import checkpoint_file
-from emanet.engine.evaluate import evaluation_settings, load_trained_model
+from emanet.engine.evaluate import evaluation_settings
+from emanet.engine.segmenter import load_trained_model
 from emanet.engine.visualize import denormalize
 from emanet.errors import ConfigError
 from emanet.models.ema import em_iterations

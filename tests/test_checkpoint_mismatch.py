@@ -60,7 +60,7 @@ def load_with(path, overrides):
     import torch
 
     from emanet.cli import compose_config
-    from emanet.engine.evaluate import load_trained_model
+    from emanet.engine.segmenter import load_trained_model
 
     return load_trained_model(compose_config("evaluate", [f"checkpoint={path}", *overrides]), torch.device("cpu"))
 

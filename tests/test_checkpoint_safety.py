@@ -153,7 +153,7 @@ def test_an_empty_checkpoint_is_named_as_empty(tmp_path):
 
 def test_evaluation_refuses_a_damaged_checkpoint(tmp_path):
     from emanet.cli import compose_config as compose_entry_config
-    from emanet.engine.evaluate import load_trained_model
+    from emanet.engine.segmenter import load_trained_model
     from emanet.models.segmentor import build_model
 
     cfg = compose_entry_config("evaluate", [f"checkpoint={tmp_path / 'model.pt'}"])

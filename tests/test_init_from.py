@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from emanet.engine import train as train_module
 from emanet.engine.checkpoint import load_checkpoint, load_init_weights, load_model_weights, save_checkpoint
 from emanet.engine.distributed import World
-from emanet.engine.evaluate import load_trained_model
+from emanet.engine.segmenter import load_trained_model
 from emanet.engine.train import config_changes, init_from_not_applied, train
 from emanet.errors import CheckpointError, CheckpointMismatchError
 from emanet.models.segmentor import build_model

@@ -11,7 +11,7 @@ PACKAGE = Path(emanet.__file__).parent
 
 # Higher numbers sit above lower ones; a module may import its own layer and the ones below.
 LAYERS = {
-    "emanet.io": 0, "emanet.errors": 0, "emanet.plots": 0,
+    "emanet.io": 0, "emanet.errors": 0, "emanet.plots": 0, "emanet.renamed_keys": 0,
     "emanet.models": 1, "emanet.data": 1,
     "emanet.engine": 2,
     "emanet.config_schema": 3, "emanet.config_checks": 3, "emanet.config_keys": 3,

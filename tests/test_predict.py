@@ -15,8 +15,7 @@ from emanet.data.segmentation import read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine import predict as predict_module
 from emanet.engine.checkpoint import save_checkpoint
-from emanet.engine.evaluate import eval_inference
-from emanet.engine.evaluator import predict
+from emanet.engine.evaluator import eval_inference, predict
 from emanet.engine.predict import find_images, full_resolution_classes, predict_files
 from emanet.errors import CheckpointError, ConfigError, DatasetError
 from emanet.models.segmentor import build_model

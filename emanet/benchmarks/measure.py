@@ -24,8 +24,8 @@ from emanet.benchmarks.records import model_name
 from emanet.cli import compose_config
 from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
-from emanet.engine.evaluate import eval_inference, evaluation_settings
-from emanet.engine.evaluator import evaluate
+from emanet.engine.evaluate import evaluation_settings
+from emanet.engine.evaluator import eval_inference, evaluate
 from emanet.engine.optim import build_optimizer
 from emanet.engine.runtime import configure_runtime
 from emanet.engine.train import train_step

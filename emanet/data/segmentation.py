@@ -50,6 +50,20 @@ def exif_orientation(image: Image.Image) -> int:
     return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
 
 
+def eight_bits(pixels: np.ndarray) -> np.ndarray:
+    """16-bit values as 8-bit ones, round(value * 255 / 65535); values outside 0..65535 clipped."""
+    # Exact in integers: value * 255 / 65535 = value / 257 never ends in .5.
+    return ((np.clip(pixels, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def eight_bit_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded image as RGB (H, W, 3) uint8: 16-bit greyscale (modes I;16, I;16B, I;16L
+    and I) scaled by :func:`eight_bits`, any other mode converted by Pillow."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.repeat(eight_bits(np.array(image))[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"))
+
+
 def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     """Decode an image file to RGB (H, W, 3) uint8 with Pillow.
 
@@ -69,10 +83,6 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     """
     import cv2  # here, not at the top of the module: only 16-bit colour files need it
 
-    def eight_bits(pixels: np.ndarray) -> np.ndarray:
-        # Exact in integers: value * 255 / 65535 = value / 257 never ends in .5.
-        return ((np.clip(pixels, 0, 65535).astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-
     try:
         with Image.open(path) as image:
             rawmode = image.tile[0].args if image.tile else None  # the stored layout, e.g. "RGB;16B"
@@ -86,9 +96,7 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
                     image.getexif()[EXIF_ORIENTATION] = orientation  # for exif_transpose below
             if upright:
                 image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.repeat(eight_bits(np.array(image))[..., None], 3, axis=2)
-            return np.array(image.convert("RGB"))
+            return eight_bit_rgb(image)
     except DECODE_ERRORS as error:
         raise DatasetError(f"{path}: cannot decode the image ({error})") from None
 

@@ -19,9 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from emanet.data import warn_skipped
 from emanet.data.palette import colorize, save_label_png
 from emanet.data.segmentation import output_name
-from emanet.data.transforms import height_width
 from emanet.engine.amp import AmpSettings
-from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
 from emanet.engine.distributed import (
     World,
     broadcast_from_main,
@@ -29,14 +27,15 @@ from emanet.engine.distributed import (
     shared_run_dir,
     shutdown_distributed,
 )
-from emanet.engine.evaluator import Inference, evaluate, is_multi_scale, predict, summarize
+from emanet.engine.evaluator import eval_inference, evaluate, is_multi_scale, predict, summarize
 from emanet.engine.metrics import format_table
 from emanet.engine.run_directory import own_run_dir, run_directory_lock
 from emanet.engine.runtime import build_eval_loader, configure_runtime
+from emanet.engine.segmenter import Segmenter
 from emanet.engine.visualize import denormalize, prediction_panel
 from emanet.errors import DatasetError
 from emanet.io import atomic_write, to_plain, write_json
-from emanet.models.segmentor import EM_HEADS, SegmentationModel, build_model
+from emanet.models.segmentor import SegmentationModel, eval_stages_of
 from emanet.plots import evaluation_figures, write_figures
 
 log = logging.getLogger(__name__)
@@ -114,13 +113,6 @@ def evaluation_settings(model: SegmentationModel, cfg: DictConfig) -> Iterator[i
         torch.backends.cudnn.benchmark = training_cudnn_benchmark
 
 
-def eval_inference(cfg: DictConfig) -> Inference:
-    return Inference(
-        cfg.eval.mode, height_width(cfg.eval.crop_size), height_width(cfg.eval.stride), cfg.eval.crops_per_pass,
-        cfg.eval.align_corners, cfg.eval.logits_align_corners, cfg.eval.pad_to_window,
-    )
-
-
 def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> dict:
     """How the ``eval`` protocol ran, for metrics.json and predictions.json."""
     return {
@@ -132,7 +124,7 @@ def protocol_record(cfg: DictConfig, amp: AmpSettings, output_stride: int) -> di
         "align_corners": bool(cfg.eval.align_corners),
         "logits_align_corners": bool(eval_inference(cfg).logits_back_align_corners),
         "pad_to_window": bool(cfg.eval.pad_to_window) if cfg.eval.mode == "slide" else None,
-        "eval_stages": OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None,
+        "eval_stages": eval_stages_of(cfg),
         "output_stride": output_stride,
         "precision": str(amp.dtype or torch.float32).removeprefix("torch."),
     }
@@ -197,39 +189,24 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def evaluate_in_locked_directory(cfg: DictConfig, run_dir: Path, world: World, amp: AmpSettings) -> dict:
-    model, checkpoint = load_trained_model(cfg, world.device, amp)
+    segmenter = Segmenter.from_config(cfg, world.device)
     writer = None
     if world.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         writer = SummaryWriter(str(run_dir / "tensorboard"))
+    trained = segmenter.trained
     metrics = evaluate_on_val(
-        model, cfg, world.device, amp, writer, checkpoint.get("iteration", 0), world, output_dir=run_dir
+        segmenter.network, cfg, world.device, segmenter.amp, writer, trained.get("iteration", 0), world,
+        output_dir=run_dir,
     )
     if world.is_main:
         writer.close()
-        run = {"experiment": cfg.name, "checkpoint": str(checkpoint_file(cfg.checkpoint)),
-               "iteration": checkpoint.get("iteration")}
-        if "imported_from" in checkpoint:  # weights trained elsewhere (scripts/import_*_checkpoint.py)
-            run["imported_from"] = checkpoint["imported_from"]
+        run = {"experiment": cfg.name, "checkpoint": str(segmenter.source), "iteration": trained.get("iteration")}
+        if "imported_from" in trained:  # weights trained elsewhere (scripts/import_*_checkpoint.py)
+            run["imported_from"] = trained["imported_from"]
         metrics = write_run_metrics(run_dir, run, metrics)
     shutdown_distributed()
     return metrics
-
-
-def load_trained_model(
-    cfg: DictConfig, device: torch.device, amp: AmpSettings | None = None
-) -> tuple[SegmentationModel, dict]:
-    """The configured model with the weights of ``cfg.checkpoint``, on ``device`` in ``amp``'s
-    memory format, and the checkpoint (for its iteration)."""
-    checkpoint = load_checkpoint(cfg.checkpoint)
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False, auxiliary=False)
-    if "model" in checkpoint:  # inference never runs the auxiliary head: its weights are not needed
-        weights = {k: v for k, v in checkpoint["model"].items() if not k.startswith("aux_head.")}
-        checkpoint = {**checkpoint, "model": weights}
-    load_model_weights(model, checkpoint, cfg.checkpoint, cfg)
-    channels_last = amp is not None and amp.channels_last
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    return model, checkpoint
 
 
 def write_run_metrics(run_dir: Path, run: dict, metrics: dict) -> dict:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
@@ -95,6 +96,14 @@ class Inference:
                 summed[..., top : top + crop_height, left : left + crop_width] += window_logits
                 counts[..., top : top + crop_height, left : left + crop_width] += 1
         return (summed / counts)[..., :height, :width]
+
+
+def eval_inference(cfg: DictConfig) -> Inference:
+    """The :class:`Inference` of the ``eval`` section of ``cfg``."""
+    return Inference(
+        cfg.eval.mode, height_width(cfg.eval.crop_size), height_width(cfg.eval.stride), cfg.eval.crops_per_pass,
+        cfg.eval.align_corners, cfg.eval.logits_align_corners, cfg.eval.pad_to_window,
+    )
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -33,16 +33,9 @@ from emanet.data import dataset_class_names
 from emanet.data.palette import colorize, save_label_png
 from emanet.data.segmentation import DECODE_ERRORS, IMAGE_SUFFIXES, read_image
 from emanet.data.transforms import eval_transform
-from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file
-from emanet.engine.evaluate import (
-    eval_inference,
-    evaluation_settings,
-    load_trained_model,
-    prediction_writer,
-    protocol_record,
-)
-from emanet.engine.evaluator import is_multi_scale, predict, predict_classes
+from emanet.engine.evaluate import evaluation_settings, prediction_writer, protocol_record
+from emanet.engine.evaluator import is_multi_scale
 from emanet.engine.run_directory import own_run_dir, run_directory_lock
 from emanet.engine.runtime import (
     configure_runtime,
@@ -51,6 +44,7 @@ from emanet.engine.runtime import (
     log_to_file_only,
     size_grouped_batches,
 )
+from emanet.engine.segmenter import Segmenter
 from emanet.errors import ConfigError, DatasetError, PredictionStopped
 from emanet.io import atomic_write, write_json
 
@@ -262,12 +256,13 @@ def input_list(cfg: DictConfig) -> list[str]:
 # name a message gives a difference.
 IDENTITY = {
     "experiment": "experiment", "checkpoint": "checkpoint", "checkpoint_file": "checkpoint",
-    "iteration": "checkpoint", "classes": "classes", "normalization": "dataset.mean/std", "eval": "eval protocol",
+    "iteration": "checkpoint", "backend": "backend", "classes": "classes", "normalization": "dataset.mean/std",
+    "eval": "eval protocol",
     "max_side": "max_side", "outputs": "eval.save_predictions/save_overlays",
 }
 
 
-def run_record(cfg: DictConfig, checkpoint: dict, amp: AmpSettings, output_stride: int) -> dict:
+def run_record(cfg: DictConfig, segmenter: Segmenter) -> dict:
     """The settings predictions.json opens with, as JSON would read them back (so that an
     earlier run's compare equal): what was segmented how, with which checkpoint.
 
@@ -282,8 +277,9 @@ def run_record(cfg: DictConfig, checkpoint: dict, amp: AmpSettings, output_strid
         "experiment": cfg.name,
         "checkpoint": str(path),
         "checkpoint_file": {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
-        "iteration": checkpoint.get("iteration"),
-        "eval": protocol_record(cfg, amp, output_stride),
+        "iteration": segmenter.trained.get("iteration"),
+        "backend": segmenter.backend,
+        "eval": protocol_record(cfg, segmenter.amp, segmenter.output_stride),
         "classes": list(dataset_class_names(cfg.dataset)),
         "normalization": {"mean": list(cfg.dataset.mean), "std": list(cfg.dataset.std)},
         "max_side": cfg.max_side,
@@ -507,12 +503,10 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
             if note:
                 log.warning("%s", note)
             stack.enter_context(run_directory_lock(run_dir, job="predict"))
-            device = configure_runtime(cfg)
-            amp = AmpSettings.from_config(cfg.eval, device)
-            model, checkpoint = load_trained_model(cfg, device, amp)
-            model.eval()
-            with evaluation_settings(model, cfg) as output_stride:
-                record = run_record(cfg, checkpoint, amp, output_stride)
+            segmenter = Segmenter.from_config(cfg, configure_runtime(cfg), cfg.backend)
+            settings = evaluation_settings(segmenter.network, cfg) if segmenter.backend == "pytorch" else nullcontext()
+            with settings:
+                record = run_record(cfg, segmenter)
                 sources = {sample_id: str(file.resolve()) for sample_id, file in files.items()}
                 earlier = earlier_run(run_dir, record, sources)
                 kept, note, level = earlier or ({}, None, logging.INFO)
@@ -523,7 +517,7 @@ def predict_files(cfg: DictConfig, run_dir: Path) -> dict:
                     removed = f"; removed the outputs of {images(gone)} not in this run" if gone else ""
                     log.log(level, "%s%s", note, removed)
                 OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-                segment(cfg, run_dir, model, device, amp, progress, stop)
+                segment(cfg, run_dir, segmenter, progress, stop)
         except KeyboardInterrupt as interrupt:
             name = interrupt.args[0] if isinstance(interrupt, Stopped) and interrupt.args else "SIGINT"
             stopped(name, progress)
@@ -560,17 +554,14 @@ def stopped(name: str, progress: Progress | None) -> None:
     raise PredictionStopped(message)
 
 
-def segment(
-    cfg: DictConfig, run_dir: Path, model: torch.nn.Module, device: torch.device, amp: AmpSettings,
-    progress: Progress, stop: StopSignals,
-) -> None:
+def segment(cfg: DictConfig, run_dir: Path, segmenter: Segmenter, progress: Progress, stop: StopSignals) -> None:
     """Segment the images of ``progress`` not yet done, noting each as its outputs are
     written; a file that cannot be decoded is skipped, or stops the run (``stop_on_bad_file``)."""
     dataset = ImageFiles(progress.files, cfg.dataset.mean, cfg.dataset.std, cfg.max_side)
     pending = [index for index, sample_id in enumerate(dataset.ids) if sample_id not in progress.working_sizes]
     loader = DataLoader(
         dataset, batch_sampler=size_grouped_batches(dataset, pending, cfg.eval.batch_size),
-        num_workers=loader_workers(cfg.runtime.num_workers), pin_memory=device.type == "cuda",
+        num_workers=loader_workers(cfg.runtime.num_workers), pin_memory=segmenter.device.type == "cuda",
         collate_fn=collate_images,
         # The main process stops the run at SIGINT and shuts its workers down; left to
         # themselves, workers would die of the Ctrl-C sent to the whole process group, and
@@ -578,7 +569,6 @@ def segment(
         worker_init_fn=leave_stopping_to_the_training_process,
     )
     write = prediction_writer(cfg, run_dir)
-    inference = eval_inference(cfg)
     batches = iter(loader)
     bar = tqdm(batches, total=len(loader), desc="predict", disable=not cfg.runtime.progress, dynamic_ncols=True)
     try:
@@ -594,18 +584,14 @@ def segment(
             for images in batch["batches"]:
                 size = list(images["image"].shape[-2:])
                 if "pixels" not in images:
-                    prediction, _ = predict_classes(
-                        model, images["image"], device, cfg.eval.scales, cfg.eval.flip, inference, amp, images["id"]
-                    )
+                    prediction, _ = segmenter.predict_classes(images["image"], images["id"])
                     with stop.writing():
                         write(images, prediction)
                         for sample_id in images["id"]:
                             progress.done(sample_id, size)
                     continue
                 # Over max_side: the probabilities at the working size, taken to the full resolution strip by strip.
-                inputs = amp.memory_format(images["image"].to(device, non_blocking=True))
-                with amp.autocast(device):
-                    probabilities, _ = predict(model, inputs, cfg.eval.scales, cfg.eval.flip, inference, images["id"])
+                probabilities, _ = segmenter.probabilities(images["image"], images["id"])
                 for sample_id, pixels, image_probabilities in zip(
                     images["id"], images["pixels"], probabilities, strict=True
                 ):

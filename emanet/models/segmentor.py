@@ -8,7 +8,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from emanet.models.baseline_heads import DeepLabV3Head, DeepLabV3PlusHead, FCNHead, NonLocalHead, PSAHead
@@ -166,3 +166,9 @@ HEADS: dict[str, HeadEntry] = {
 
 # Heads that run EM iterations: model.ema.train_stages / eval_stages (T) apply to them.
 EM_HEADS = tuple(name for name, entry in HEADS.items() if entry.em)
+
+
+def eval_stages_of(cfg: DictConfig) -> int | None:
+    """The EM iterations T that evaluating a run of config ``cfg`` runs: ``model.ema.eval_stages``,
+    None for a head without EM iterations."""
+    return OmegaConf.select(cfg, "model.ema.eval_stages") if cfg.model.head in EM_HEADS else None
