@@ -60,7 +60,9 @@ def main(arguments: list[str] | None = None) -> None:
     if arguments in (["-h"], ["--help"]):
         print(__doc__)
         return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # This project's lines; the exporter's own loggers (onnxscript's graph passes) stay at warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("emanet").setLevel(logging.INFO)
     from emanet.engine.segmenter import ExportDisagrees
 
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from tests_paths import REPO
 
@@ -91,6 +92,19 @@ def write_photo(path: Path, height: int, width: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def write_demo_run(run_dir, overrides=(), seed=0):
+    """A training run's directory as train.py leaves it (config.yaml, checkpoints/last.pt),
+    holding a demo-sized model with random weights (whose classes vary across an image, so
+    that comparisons are not between constant maps); returns (config, model)."""
+    cfg = compose_config(list(overrides))
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
+    state = {"model": model.state_dict(), "iteration": 7, "config": OmegaConf.to_container(cfg, resolve=True)}
+    save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    return cfg, model.eval()
 
 
 def save_random_model(path: Path, seed: int = 0, iteration: int = 7) -> torch.nn.Module:

@@ -14,6 +14,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from helpers import write_demo_run, write_photo
 from tests_paths import REPO
 
 pytestmark = pytest.mark.slow
@@ -128,3 +129,33 @@ def test_the_other_console_scripts_answer_help(installed, tmp_path, command):
     expected = {"emanet-evaluate": "checkpoint=PATH", "emanet-predict": "input=", "emanet-prepare-dataset": "voc_aug"}
     assert expected[command] in result.stdout
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
+
+
+def test_the_three_lines_of_the_python_api_run_from_another_folder(installed, tmp_path):
+    bin_folder, env = installed
+    run_dir = tmp_path / "run"
+    write_demo_run(run_dir)
+    write_photo(tmp_path / "photo.jpg", 70, 90, seed=1)
+    three_lines = (
+        "import emanet\n"
+        "from emanet import Segmenter\n"
+        f"seg = Segmenter.from_checkpoint({str(run_dir)!r})\n"
+        "mask = seg.predict('photo.jpg')\n"
+        "probs = seg.predict('photo.jpg', probabilities=True)\n"
+        "agree = int((probs.argmax(0) == mask).all())\n"
+        "print(emanet.__file__, seg.backend, mask.shape, mask.dtype, probs.shape, agree)\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(tmp_path / "photo.jpg", elsewhere)
+
+    result = subprocess.run(
+        [bin_folder / "python", "-c", three_lines], cwd=elsewhere, capture_output=True, text=True, env=env, timeout=600,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, backend, *shapes = result.stdout.split(maxsplit=2)
+    assert Path(module).is_relative_to(bin_folder.parent) and not Path(module).is_relative_to(REPO)
+    # on a CPU with the [export] extra (in dev), the default runs onnxruntime
+    assert backend == "onnxruntime"
+    assert shapes[0].split() == ["(70,", "90)", "uint8", "(5,", "70,", "90)", "1"]

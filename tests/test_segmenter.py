@@ -6,8 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import QUIET, compose_config, run_entry_point, write_photo
-from omegaconf import OmegaConf
+from helpers import QUIET, run_entry_point, write_demo_run, write_photo
 from PIL import Image
 from tests_paths import REPO
 
@@ -19,28 +18,14 @@ from emanet.engine import segmenter as segmenter_module
 from emanet.engine.checkpoint import save_checkpoint
 from emanet.engine.evaluator import eval_inference, predict
 from emanet.errors import CheckpointError, ConfigError
-from emanet.models.segmentor import build_model
 
 DEMO_CLASSES = ["background", "disc", "ring", "square", "cross"]
-
-
-def write_run(run_dir, overrides=(), seed=0):
-    """A training run's directory as train.py leaves it (config.yaml, checkpoints/last.pt),
-    holding a demo-sized model with random weights (whose classes vary across an image, so
-    that comparisons are not between constant maps); returns (config, model)."""
-    cfg = compose_config(list(overrides))
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False)
-    state = {"model": model.state_dict(), "iteration": 7, "config": OmegaConf.to_container(cfg, resolve=True)}
-    save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    return cfg, model.eval()
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    cfg, model = write_run(run_dir)
+    cfg, model = write_demo_run(run_dir)
     return run_dir, cfg, model
 
 
@@ -157,7 +142,7 @@ def test_the_protocol_and_t_are_chosen_by_name(run, tmp_path):
     with pytest.raises(ConfigError, match="backend=tensorrt: choose one of pytorch, onnxruntime"):
         Segmenter.from_checkpoint(run_dir, backend="tensorrt")
     fcn_run = tmp_path / "fcn"
-    write_run(fcn_run, ["experiment=demo", "model=fcn"])
+    write_demo_run(fcn_run, ["experiment=demo", "model=fcn"])
     with pytest.raises(ConfigError, match="eval_stages=5: model.head=fcn has no EM iterations"):
         Segmenter.from_checkpoint(fcn_run, eval_stages=5)
 
@@ -182,7 +167,7 @@ def test_classes_palette_colorize_and_overlay(run):
 def test_a_dataset_of_ones_own_brings_its_class_colours(tmp_path):
     colours = [[0, 0, 0], [10, 200, 30], [250, 5, 5], [1, 2, 3], [9, 9, 9]]
     names = ["sky", "tree", "road", "car", "person"]
-    write_run(tmp_path, [f"dataset.class_names=[{','.join(names)}]", f"+dataset.class_colors={colours}"])
+    write_demo_run(tmp_path, [f"dataset.class_names=[{','.join(names)}]", f"+dataset.class_colors={colours}"])
 
     seg = Segmenter.from_checkpoint(tmp_path, backend="pytorch")
 
@@ -210,7 +195,7 @@ def test_a_checkpoint_file_alone_is_built_from_the_config_it_records(run, tmp_pa
 
 
 def test_a_run_from_before_a_key_was_renamed_loads(tmp_path):
-    write_run(tmp_path)
+    write_demo_run(tmp_path)
     text = (tmp_path / "config.yaml").read_text()
     (tmp_path / "config.yaml").write_text(text.replace("reduce_zero_label:", "ignore_background:"))
 

@@ -14,6 +14,8 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,6 +56,21 @@ def check_input(batch: int, height: int, width: int, seed: int = 0) -> torch.Ten
     return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
 
 
+@contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Warnings and errors only from the loggers ``names`` for the duration: the exporter's
+    graph passes log every rewrite at INFO, which an application logging at INFO would show."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def export_graph(model: nn.Module) -> bytes:
     """The ONNX file (bytes) of ``model`` in eval mode, with dynamic batch, height and width.
 
@@ -72,7 +89,7 @@ def export_graph(model: nn.Module) -> bytes:
         INPUT_NAME: {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=8),
                      3: torch.export.Dim("width", min=8)},
     }
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), quiet_loggers("onnxscript", "onnx_ir"):
         warnings.simplefilter("ignore")  # the exporter's notices about its own internals
         program = torch.onnx.export(
             model, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=[INPUT_NAME],
