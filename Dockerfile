@@ -23,7 +23,7 @@ COPY configs ./configs
 COPY scripts ./scripts
 # The benchmark scripts append their results to docs/benchmarks.{jsonl,md}.
 COPY docs ./docs
-COPY train.py evaluate.py ./
+COPY train.py evaluate.py hubconf.py ./
 # The tests, and the files some of them check.
 COPY tests ./tests
 COPY Dockerfile .dockerignore ./

@@ -57,9 +57,9 @@ def export(settings: dict[str, str]) -> dict:
 
 def main(arguments: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if arguments is None else arguments
-    if arguments in (["-h"], ["--help"]):
+    if "-h" in arguments or "--help" in arguments:
         print(__doc__)
-        return
+        sys.exit(0)
     # This project's lines; the exporter's own loggers (onnxscript's graph passes) stay at warnings.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("emanet").setLevel(logging.INFO)

@@ -12,7 +12,8 @@ and the size it was segmented at) and ``config.yaml``. A file named ``photo.jpg`
 the id ``photo``; inside a folder, the id keeps the sub-folders. A photo whose long side
 is over ``max_side`` (2048; ``max_side=null`` for no limit) is segmented at a working
 size with that long side and its classes resized back to its full resolution, in
-bounded memory; 16-bit images are scaled to 8 bits.
+bounded memory; 16-bit images are scaled to 8 bits. ``backend=onnxruntime`` runs the
+network with onnxruntime (the run's ``export/model.onnx``, or an export made at the start).
 
 Someone's folder of photos holds the odd file that is not one: hidden files and folders
 (macOS's ``._IMG_0001.JPG`` sidecars, ``.thumbs/``) are left out, and a file that cannot

@@ -18,6 +18,7 @@ from helpers import code_blocks
 from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from emanet import export
 from emanet.cli import CONFIG_DIR, compose_config
 from emanet.config_keys import check_command_line
 
@@ -37,6 +38,8 @@ SCRIPT_CONFIGS = {
     "scripts/iteration_table.py": "train", "scripts/reproduce_paper.py": "train",
     "scripts/visualize_bases.py": "evaluate",
 }
+# Scripts that take key=value settings of their own rather than config overrides, and the keys.
+KEY_VALUE_SCRIPTS = {"scripts/export.py": export.KEYS}
 # The words a page's command line starts with.
 LAUNCHERS = {"python", "torchrun", "srun", "docker", *HYDRA_ENTRY_POINTS}
 OVERRIDE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w./@-]*=")
@@ -185,7 +188,10 @@ def test_every_flag_given_to_a_script_is_one_it_takes(script):
         flags = [word.split("=")[0] for word in command.arguments if word.startswith("--")]
         unknown += [f"{command.where}: {flag}" for flag in flags
                     if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", page)]
-        if command.overrides:
+        if command.entry in KEY_VALUE_SCRIPTS:
+            unknown += [f"{command.where}: {word}" for word in command.overrides
+                        if word.split("=")[0] not in KEY_VALUE_SCRIPTS[command.entry]]
+        elif command.overrides:
             assert command.config_name, f"{command.where}: add the config its overrides compose to SCRIPT_CONFIGS"
     assert unknown == []
 
