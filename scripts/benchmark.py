@@ -10,6 +10,8 @@ rebuilt, for the numbers the README and the docs quote.
     python scripts/benchmark.py eval  [--variants fp32 bf16_cl] [--images 8] [--preset full|small] [overrides...]
     python scripts/benchmark.py data  [--images 200] [--workers 1 2]
     python scripts/benchmark.py targets [overrides...]
+    python scripts/benchmark.py infer [--presets small full] [--batches 1 8] [--variants ...] [--size 512]
+                                      [--repeats 3] [--threads N]
     python scripts/benchmark.py acceptance [--steps 3] [--repeats 3] [--images N] [--preset full|small] [overrides...]
     python scripts/benchmark.py tables
 
@@ -31,6 +33,7 @@ import emanet.benchmarks
 from emanet.benchmarks.acceptance import acceptance_benchmark
 from emanet.benchmarks.data_pipeline import data_benchmark
 from emanet.benchmarks.flops import targets_benchmark
+from emanet.benchmarks.inference import INFER_VARIANTS, infer_benchmark
 from emanet.benchmarks.measure import (
     DEFAULT_VARIANTS,
     EVAL_VARIANTS,
@@ -66,6 +69,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         return data_benchmark(args.images, args.workers)
     if args.benchmark == "targets":
         return targets_benchmark(args.overrides)
+    if args.benchmark == "infer":
+        return infer_benchmark(args.presets, args.batches, args.variants, args.size, args.repeats, args.threads)
     return acceptance_benchmark(torch.device(args.device), args.steps, args.repeats, args.images, args.preset,
                                 args.overrides)
 
@@ -104,6 +109,16 @@ def parse_arguments() -> argparse.Namespace:
     accepting.add_argument("--repeats", type=positive_int, default=3, help="timed training steps per variant")
     accepting.add_argument("--images", type=positive_int,
                            help="VOC-sized images for the MS+flip speed (default 16 on a GPU, 2 on a CPU)")
+    inferring = benchmark("infer", "CPU inference: eager, channels_last, bf16, compile and onnxruntime side by side",
+                          emanet.benchmarks.inference)
+    inferring.add_argument("--presets", nargs="+", default=["small", "full"], choices=list(PRESETS),
+                           help="small: the demo network; full: EMANet(512) R101 OS8")
+    inferring.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
+    inferring.add_argument("--variants", nargs="+", default=INFER_VARIANTS, choices=INFER_VARIANTS,
+                           help="eager (the reference) is always measured")
+    inferring.add_argument("--size", type=positive_int, default=512, help="the images' side")
+    inferring.add_argument("--repeats", type=positive_int, default=3, help="timed calls after the warm-up call")
+    inferring.add_argument("--threads", type=positive_int, help="torch's threads (default: the usable cores)")
     targets = benchmark("targets", "TFLOP/s that the GPU targets require (meta device)", emanet.benchmarks.flops)
     for measuring in (unit, train, evaluation, accepting):
         measuring.add_argument("--device", default=str(default_device()))
@@ -114,7 +129,7 @@ def parse_arguments() -> argparse.Namespace:
         )
     for configured in (train, evaluation, accepting, targets):
         configured.add_argument("overrides", nargs="*", help="train.py overrides")
-    for measuring in (unit, train, evaluation, data, targets, accepting):
+    for measuring in (unit, train, evaluation, data, targets, inferring, accepting):
         measuring.add_argument(
             "--record", action="store_true",
             help="publish: append to docs/benchmarks.jsonl and rebuild docs/benchmarks.md's tables",

@@ -6,6 +6,7 @@ records, the FLOP count and the configurations the GPU run will use are.
 """
 
 import json
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from tests_paths import REPO
 from torch.utils.flop_counter import FlopCounterMode
 
 import emanet.benchmarks.measure
-from emanet.benchmarks import records
+from emanet.benchmarks import inference, records
 from emanet.benchmarks.data_pipeline import data_benchmark
 from emanet.benchmarks.flops import bf16_peak_tflops, forward_flops, targets_benchmark, train_step_flops
 from emanet.benchmarks.measure import VOC_IMAGE_SIZES, eval_benchmark, train_benchmark, voc_sized_batches
@@ -24,7 +25,7 @@ from emanet.cli import compose_config
 from emanet.errors import MissingSectionError
 from emanet.models.segmentor import build_model
 
-BENCHMARKS = ("unit", "unit-growth", "train", "eval", "data", "targets", "acceptance", "demo")
+BENCHMARKS = ("unit", "unit-growth", "train", "eval", "data", "targets", "acceptance", "infer", "demo")
 CPU = torch.device("cpu")
 PUBLISHED = REPO / "docs"
 
@@ -224,6 +225,92 @@ def test_data_benchmark_reads_the_written_images(docs):
                                                  "`python scripts/benchmark.py data --images 3 --workers 1` |")
 
 
+@pytest.fixture
+def in_this_process(monkeypatch):
+    """Each variant measured in the test's own process: a fresh Python with torch takes
+    seconds to start (the slow tests below run the real processes)."""
+    monkeypatch.setattr(inference, "in_fresh_process", lambda function, *args: function(*args))
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_infer_benchmark_compares_each_variant_with_eager_float32(docs, monkeypatch, in_this_process, native_bf16):
+    monkeypatch.setattr(inference, "native_bf16", lambda: native_bf16)
+    result = inference.infer_benchmark(["small"], [1], ["channels_last", "bf16"], size=64, repeats=1, threads=1)
+    record = publish(docs, "infer", result, "--presets", "small", "--batches", "1", "--size", "64")
+    assert (record["size"], record["threads"], record["repeats"]) == (64, 1, 1)
+    assert record["machine"]["threads"] == 1  # the threads it ran at
+    eager, channels_last, bf16 = record["rows"]
+    assert [row["variant"] for row in record["rows"]] == ["eager", "channels_last", "bf16"]  # eager: the reference
+    assert {row["model"] for row in record["rows"]} == {"demo R18 OS8"}
+    for row in (eager, channels_last):
+        assert row["images_per_second"] > 0 and row["peak_rss_gib"] > 0 and row["pixel_agreement"] == 1.0
+        assert row["agrees"] is True and row["skipped"] is None and row["setup_seconds"] is None
+    assert eager["speedup_vs_eager"] == 1.0
+    assert channels_last["speedup_vs_eager"] == pytest.approx(
+        channels_last["images_per_second"] / eager["images_per_second"], abs=0.01)
+    lines = table_lines(docs, "infer")
+    assert len(lines) == 2 + 3 and {line.count("|") for line in lines} == {2 + 11 + 1}
+    assert "| speed-up vs eager fp32 | peak RSS of the process (GiB) | pixels agreeing with eager fp32 |" in lines[0]
+    assert "| demo R18 OS8 | 64x64 | 1 | 1 | eager |" in lines[2]
+    assert "the reference; weights random (seed 0)" in lines[2]
+    assert "| 100.0000% |" in lines[3]
+    if not native_bf16:
+        assert bf16["skipped"] == "no AVX-512 BF16/AMX on this CPU" and bf16["images_per_second"] is None
+        assert lines[4].endswith("| bf16 | - | - | - | - | - | skipped: no AVX-512 BF16/AMX on this CPU |")
+    else:
+        assert bf16["skipped"] is None and bf16["images_per_second"] > 0
+        assert 0.5 < bf16["pixel_agreement"] <= 1.0 and bf16["agrees"] == (bf16["pixel_agreement"] >= 0.9999)
+    agreeing = [row for row in record["rows"] if row["agrees"]]
+    fastest = max(agreeing, key=lambda row: row["images_per_second"])
+    assert record["fastest_agreeing"] == [
+        {"model": "demo R18 OS8", "batch": 1, "variant": fastest["variant"],
+         "speedup_vs_eager": fastest["speedup_vs_eager"]},
+    ]
+    assert sum("the fastest that agrees" in line for line in lines) == 1
+
+
+def test_a_variant_whose_process_dies_is_recorded_as_skipped_and_the_others_measured(docs, monkeypatch):
+    def dies_for_channels_last(function, *args):
+        if "channels_last" in args:
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        return function(*args)
+
+    monkeypatch.setattr(inference, "in_fresh_process", dies_for_channels_last)
+    result = inference.infer_benchmark(["small"], [1, 2], ["channels_last"], size=32, repeats=1)
+    assert [(row["batch"], row["variant"], row["skipped"]) for row in result["rows"]] == [
+        (1, "eager", None),
+        (1, "channels_last", "failed with BrokenProcessPool: A process in the process pool was terminated abruptly"),
+        (2, "eager", None),
+        (2, "channels_last", "failed with BrokenProcessPool: A process in the process pool was terminated abruptly"),
+    ]
+    assert [(fastest["batch"], fastest["variant"]) for fastest in result["fastest_agreeing"]] == [
+        (1, "eager"), (2, "eager"),
+    ]
+
+
+@pytest.mark.slow
+def test_infer_benchmark_runs_each_variant_in_a_process_of_its_own_and_onnxruntime_agrees(docs):
+    result = inference.infer_benchmark(["small"], [1], ["onnxruntime"], size=64, repeats=1)
+    record = publish(docs, "infer", result)
+    eager, onnxruntime = record["rows"]
+    # A process's peak holds torch's libraries: far more than this process's model and images.
+    assert eager["peak_rss_gib"] > 0.2 and onnxruntime["peak_rss_gib"] > 0.2
+    assert onnxruntime["images_per_second"] > 0 and onnxruntime["pixel_agreement"] >= 0.9999
+    assert onnxruntime["agrees"] is True and onnxruntime["setup_seconds"] > 0  # the export's seconds
+    assert onnxruntime["export_peak_rss_gib"] > 0.2 and eager["export_peak_rss_gib"] is None
+    cells = table_lines(docs, "infer")[3].split(" | ")
+    assert cells[-2] == str(onnxruntime["setup_seconds"])
+    assert f"the export's process: {onnxruntime['export_peak_rss_gib']:.2f} GiB peak RSS" in cells[-1]
+
+
+@pytest.mark.slow
+def test_infer_benchmark_times_compilation_apart_from_the_compiled_calls(in_this_process):
+    result = inference.infer_benchmark(["small"], [1], ["compile"], size=32, repeats=1)
+    _, compiled = result["rows"]  # eager, then the compiled network
+    assert compiled["setup_seconds"] > 1 / compiled["images_per_second"]  # the first call compiles
+    assert compiled["pixel_agreement"] >= 0.9999 and compiled["agrees"] is True
+
+
 def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs):
     measured_on_a_gpu = {
         "benchmark": "train", "date": "2026-12-01T10:00:00+00:00", "command": "python scripts/benchmark.py train",
@@ -240,7 +327,7 @@ def test_tables_are_rebuilt_from_lines_measured_elsewhere(docs):
         "mIoU_single_scale": 76.92,
     }
     (docs / records.JSONL).write_text(json.dumps(measured_on_a_gpu) + "\n" + json.dumps(demo_on_a_workstation) + "\n")
-    assert rebuild_every_table(docs) == ["data", "unit", "train", "eval", "targets", "acceptance", "demo"]
+    assert rebuild_every_table(docs) == ["data", "unit", "train", "eval", "targets", "acceptance", "infer", "demo"]
     assert table_lines(docs, "demo")[2] == (
         "| 2026-12-02 | 32 CPUs (AMD EPYC 9654), torch 2.14.1 | 16 | 2100 | 41.5 | 35.0 | 87.09 | 76.92 | seed=1 |"
     )

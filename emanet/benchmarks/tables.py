@@ -64,6 +64,43 @@ TARGETS_COLUMNS: list[Column] = [
       for gpu in ("H100", "A100", "L40S")],
 ]
 
+
+def cell(value: object, form: str = "{}") -> str:
+    """A table cell: ``value`` as ``form`` says, "-" where it was not measured."""
+    return "-" if value is None else form.format(value)
+
+
+def infer_notes(record: dict, row: dict) -> str:
+    """Why a row is empty, which row is the reference and which the fastest that agrees."""
+    if row["skipped"]:
+        return f"skipped: {row['skipped']}"
+    notes = []
+    if row["variant"] == "eager":
+        notes.append(f"the reference; weights {record['weights']}: the speed does not depend on them")
+    if row["export_peak_rss_gib"] is not None:
+        notes.append(f"the export's process: {row['export_peak_rss_gib']:.2f} GiB peak RSS")
+    if row["agrees"] is False:
+        notes.append(f"classes differ on more than {1 - record['min_agreement']:.2%} of pixels")
+    fastest = {(fastest["model"], fastest["batch"], fastest["variant"]) for fastest in record["fastest_agreeing"]}
+    if (row["model"], row["batch"], row["variant"]) in fastest:
+        notes.append("the fastest that agrees")
+    return "; ".join(notes) or "-"
+
+
+INFER_COLUMNS: list[Column] = [
+    ("network", lambda r, row: row["model"]),
+    ("size", lambda r, row: f"{r['size']}x{r['size']}"),
+    ("batch", lambda r, row: row["batch"]),
+    ("threads", lambda r, row: r["threads"]),
+    ("variant", lambda r, row: row["variant"]),
+    ("images/s", lambda r, row: cell(row["images_per_second"])),
+    ("speed-up vs eager fp32", lambda r, row: cell(row["speedup_vs_eager"], "{:.2f}x")),
+    ("peak RSS of the process (GiB)", lambda r, row: cell(row["peak_rss_gib"], "{:.2f}")),
+    ("pixels agreeing with eager fp32", lambda r, row: cell(row["pixel_agreement"], "{:.4%}")),
+    ("compile/export (s)", lambda r, row: cell(row["setup_seconds"])),
+    ("notes", infer_notes),
+]
+
 # The demo's table (scripts/benchmark_demo.py writes its records): one row per record.
 DEMO_COLUMNS: list[Column] = [
     ("threads", lambda record, _: record["machine"]["threads"]),
@@ -88,6 +125,7 @@ def columns_table(columns: Sequence[Column]) -> Callable[[list[dict]], str]:
 TABLES: dict[str, Callable[[list[dict]], str]] = {
     "data": columns_table(DATA_COLUMNS), "unit": unit_table, "train": columns_table(TRAIN_COLUMNS),
     "eval": columns_table(EVAL_COLUMNS), "targets": columns_table(TARGETS_COLUMNS), "acceptance": acceptance_table,
+    "infer": columns_table(INFER_COLUMNS),
 }
 
 
