@@ -47,10 +47,12 @@ PRESET_KEYS = ("mode", "scales", "flip")
 BACKENDS = ("pytorch", "onnxruntime")
 # How a Segmenter runs on a CPU unless told: the fastest backend of those measured by
 # `scripts/benchmark.py infer` whose classes agree with eager float32 PyTorch on at least
-# 99.99% of pixels (docs/benchmarks.md, "Inference on a CPU"): onnxruntime, 1.46x eager
-# float32 for EMANet(512) ResNet-101 at 512x512 on 2 cores. Without the [export] extra,
-# PyTorch with channels_last activations, the faster of its float32 layouts (1.18x);
-# bfloat16 autocast is slower without AVX-512 BF16 or AMX and disagrees on 0.25% of pixels.
+# 99.99% of pixels (docs/benchmarks.md, "Inference on a CPU", 2 AVX2 cores at 512x512):
+# onnxruntime, 1.22x / 1.68x eager float32 for EMANet(512) ResNet-101 at batch 1 / 8, and
+# 2.0x for the demo network. torch.compile came second (1.13x / 1.56x) but compiles for
+# 40-60 s, and again for every new image size. Without the [export] extra: PyTorch float32
+# with channels_last activations (1.05x / 1.21x; the demo 1.5x). bfloat16 autocast needs
+# AVX-512 BF16 or AMX to pay off.
 CPU_DEFAULT_BACKEND = "onnxruntime"
 CPU_FALLBACK = {"amp": "off", "channels_last": True}
 
@@ -95,9 +97,11 @@ class Segmenter:
         protocol preset (``ss``, ``ms_flip``, ``ss_slide``, ``ms_flip_slide``,
         ``release_ss``; default: the run's); ``eval_stages`` the EM iterations T (default:
         the run's ``model.ema.eval_stages``). ``device``: ``cuda`` if there is one, else the
-        CPU, where the backend, precision and memory format default to :data:`CPU_DEFAULT`;
-        on a GPU the run's ``eval.amp`` and ``eval.channels_last`` apply.
-        ``backend="onnxruntime"`` runs the run's exported ``export/model.onnx``.
+        CPU. On a GPU the backend is PyTorch, under the run's ``eval.amp`` and
+        ``eval.channels_last``. On a CPU it is :data:`CPU_DEFAULT_BACKEND` where the [export]
+        extra is installed (:meth:`with_onnxruntime`: the run's saved export, or one made in
+        memory and checked), else PyTorch float32 with :data:`CPU_FALLBACK`'s layout.
+        ``backend`` (``pytorch``, ``onnxruntime``) chooses.
         """
         device = choose_device(device)
         cfg = run_config(path)
@@ -119,14 +123,14 @@ class Segmenter:
         cls, cfg: DictConfig, device: str | torch.device | None = None, backend: str = "pytorch"
     ) -> Segmenter:
         """From a composed config (``evaluate.py``'s and ``scripts/predict.py``'s): the weights
-        of ``cfg.checkpoint`` in the model ``cfg.model`` describes, or with
-        ``backend="onnxruntime"`` the exported file of that run (:func:`exported_model_file`)."""
+        of ``cfg.checkpoint`` in the model ``cfg.model`` describes, run with PyTorch, or with
+        onnxruntime (:meth:`with_onnxruntime`)."""
         device = choose_device(device)
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend}: choose one of {', '.join(BACKENDS)}")
         amp = AmpSettings.from_config(cfg.eval, device)
         if backend == "onnxruntime":
-            return cls.exported(cfg, device)
+            return cls.with_onnxruntime(cfg, device)
         model, checkpoint = load_trained_model(cfg, device, amp)
         model.eval()
         eval_stride = cfg.model.backbone.get("eval_output_stride")
@@ -135,7 +139,7 @@ class Segmenter:
         return cls(model, cfg, device, amp, backend, checkpoint_file(cfg.checkpoint), trained_record(checkpoint))
 
     @classmethod
-    def exported(cls, cfg: DictConfig, device: torch.device) -> Segmenter:
+    def with_onnxruntime(cls, cfg: DictConfig, device: torch.device) -> Segmenter:
         """The checkpoint of ``cfg`` run with onnxruntime: the run's ``export/model.onnx`` where
         it was exported from this checkpoint file with this T, else an export made now, in
         memory and checked as ``scripts/export.py`` checks it."""
