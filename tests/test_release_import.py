@@ -223,3 +223,25 @@ def test_evaluating_the_converted_checkpoint_predicts_what_the_release_eval_scri
         np.testing.assert_array_equal(ours, release, err_msg=image_id)
         classes_seen |= set(np.unique(release).tolist())
     assert len(classes_seen) > 2  # random weights that do not predict one class everywhere
+
+
+def test_the_converted_checkpoint_is_a_segmenter_that_predicts_what_the_release_predicts(tmp_path):
+    from emanet import Segmenter
+
+    state = release_state_dict(seed=3)
+    torch.save({"net": {f"module.{k}": v for k, v in state.items()}, "step": 30000}, tmp_path / "release.pth")
+    import_checkpoint(tmp_path / "release.pth", tmp_path / "emanet.pt", "voc_release", OVERRIDES)
+    write_voc_val(tmp_path / "voc", ["a", "b"], [(37, 45), (30, 52)])
+
+    # from the config the converted file records; through torch.hub's entry point of its experiment
+    direct = Segmenter.from_checkpoint(tmp_path / "emanet.pt", backend="pytorch")
+    hub = torch.hub.load(str(REPO), "voc_release", checkpoint=str(tmp_path / "emanet.pt"), backend="pytorch",
+                         source="local")
+
+    assert direct.cfg.name == "voc_release" and direct.cfg.eval.mode == "release" and len(direct.classes) == 21
+    assert direct.trained == {"iteration": 30000, "imported_from": "the authors' release: release.pth"}
+    for image_id in ("a", "b"):
+        image = tmp_path / "voc" / "JPEGImages" / f"{image_id}.jpg"
+        release = release_eval_prediction(state, image)
+        np.testing.assert_array_equal(direct.predict(image), release, err_msg=image_id)
+        np.testing.assert_array_equal(hub.predict(image), release, err_msg=image_id)
