@@ -19,6 +19,7 @@ from tests_paths import REPO
 from emanet.cli import compose_config
 from emanet.engine import predict as predict_module
 from emanet.engine.predict import find_images, predict_files
+from emanet.engine.segmenter import Segmenter
 from emanet.errors import ConfigError, DatasetError, PredictionStopped
 
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64)  # a macOS ._ sidecar's header
@@ -45,13 +46,13 @@ def truncated_jpeg(path, seed):
 
 def count_segmented_images(monkeypatch):
     """The number of images in each batch the model is run on."""
-    segmented, real = [], predict_module.predict_classes
+    segmented, real = [], Segmenter.predict_classes
 
-    def counting(model, images, *args, **kwargs):
+    def counting(segmenter, images, *args, **kwargs):
         segmented.append(len(images))
-        return real(model, images, *args, **kwargs)
+        return real(segmenter, images, *args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "predict_classes", counting)
+    monkeypatch.setattr(Segmenter, "predict_classes", counting)
     return segmented
 
 
@@ -239,12 +240,12 @@ def test_a_rerun_with_another_checkpoint_or_protocol_replaces_the_outputs(tmp_pa
 # machine.
 PACED_SCRIPT = """
 import runpy, sys, time
-import emanet.engine.predict as predict_module
-real_predict_classes = predict_module.predict_classes
+from emanet.engine.segmenter import Segmenter
+real_predict_classes = Segmenter.predict_classes
 def paced(*args, **kwargs):
     time.sleep(0.25)
     return real_predict_classes(*args, **kwargs)
-predict_module.predict_classes = paced
+Segmenter.predict_classes = paced
 sys.argv = ["scripts/predict.py", *sys.argv[1:]]
 runpy.run_path("scripts/predict.py", run_name="__main__")
 """
