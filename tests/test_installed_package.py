@@ -119,14 +119,15 @@ def test_emanet_train_runs_the_demo_from_another_folder(installed, tmp_path):
     assert checkout_files() == before
 
 
-@pytest.mark.parametrize("command", ["emanet-evaluate", "emanet-predict", "emanet-prepare-dataset"])
+@pytest.mark.parametrize("command", ["emanet-evaluate", "emanet-predict", "emanet-prepare-dataset", "emanet-export"])
 def test_the_other_console_scripts_answer_help(installed, tmp_path, command):
     bin_folder, env = installed
     result = subprocess.run(
         [bin_folder / command, "--help"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = {"emanet-evaluate": "checkpoint=PATH", "emanet-predict": "input=", "emanet-prepare-dataset": "voc_aug"}
+    expected = {"emanet-evaluate": "checkpoint=PATH", "emanet-predict": "input=", "emanet-prepare-dataset": "voc_aug",
+                "emanet-export": "checkpoint=RUN"}
     assert expected[command] in result.stdout
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
 
