@@ -46,7 +46,7 @@ from emanet.engine.amp import AmpSettings
 from emanet.engine.onnx_export import MIN_AGREEMENT, check_input, export_graph
 from emanet.engine.onnx_runtime import OnnxNetwork
 from emanet.engine.runtime import usable_cores
-from emanet.models.segmentor import SegmentationModel, build_model
+from emanet.models.segmentor import SegmentationModel, build_model, eval_output_stride_of
 
 CPU = torch.device("cpu")
 # The PyTorch variants: precision and memory format (as eval.amp and eval.channels_last), and
@@ -104,8 +104,7 @@ def measure_network(
 
 def network_name(cfg: DictConfig) -> str:
     """"voc_emanet512 R101 OS8": the output stride the network runs at, as evaluation's."""
-    backbone = cfg.model.backbone
-    return f"{cfg.name} R{backbone.depth} OS{backbone.get('eval_output_stride') or backbone.output_stride}"
+    return f"{cfg.name} R{cfg.model.backbone.depth} OS{eval_output_stride_of(cfg)}"
 
 
 def measure_or_skip(
@@ -156,9 +155,7 @@ def inference_model(preset: str) -> SegmentationModel:
     cfg = benchmark_config(preset, CPU, PRESET_SIZES, [])
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes, load_pretrained=False, auxiliary=False).eval()
-    eval_stride = cfg.model.backbone.get("eval_output_stride")
-    if eval_stride:
-        model.backbone.set_output_stride(eval_stride)
+    model.backbone.set_output_stride(eval_output_stride_of(cfg))
     return model
 
 

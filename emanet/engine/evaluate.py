@@ -35,7 +35,7 @@ from emanet.engine.segmenter import Segmenter
 from emanet.engine.visualize import denormalize, prediction_panel
 from emanet.errors import DatasetError
 from emanet.io import atomic_write, to_plain, write_json
-from emanet.models.segmentor import SegmentationModel, eval_stages_of
+from emanet.models.segmentor import SegmentationModel, eval_output_stride_of, eval_stages_of
 from emanet.plots import evaluation_figures, write_figures
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def evaluation_settings(model: SegmentationModel, cfg: DictConfig) -> Iterator[i
     """For the duration: the backbone at ``model.backbone.eval_output_stride`` (if set) and
     cuDNN autotuning as ``eval.cudnn_benchmark`` says; yields the output stride used."""
     train_stride = model.backbone.output_stride
-    eval_stride = cfg.model.backbone.get("eval_output_stride") or train_stride
+    eval_stride = eval_output_stride_of(cfg)
     training_cudnn_benchmark = torch.backends.cudnn.benchmark
     model.backbone.set_output_stride(eval_stride)
     torch.backends.cudnn.benchmark = cfg.eval.cudnn_benchmark

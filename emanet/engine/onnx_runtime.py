@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from emanet.data import dataset_class_names
 from emanet.errors import ConfigError
-from emanet.models.segmentor import eval_stages_of
+from emanet.models.segmentor import eval_output_stride_of, eval_stages_of
 
 EXPORT_EXTRA = "pip install 'emanet[export]' (onnx, onnxscript and onnxruntime)"
 # Metadata entries of an exported file whose values are JSON; the others are plain text.
@@ -87,11 +87,10 @@ def checkpoint_stamp(path: Path) -> dict[str, int]:
 def exported_from(metadata: dict, checkpoint: Path, cfg: DictConfig) -> bool:
     """Whether an exported file's metadata says it was exported from the file ``checkpoint``
     as it is now, with the T and output stride ``cfg`` evaluates with."""
-    backbone = cfg.model.backbone
     return (
         metadata.get("checkpoint") == str(checkpoint)
         and metadata.get("checkpoint_file") == checkpoint_stamp(checkpoint)
         and metadata.get("eval_stages") == eval_stages_of(cfg)
-        and metadata.get("output_stride") == (backbone.get("eval_output_stride") or backbone.output_stride)
+        and metadata.get("output_stride") == eval_output_stride_of(cfg)
     )
 

@@ -33,7 +33,7 @@ from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
 from emanet.engine.evaluator import eval_inference, predict, predict_classes
 from emanet.errors import CheckpointError, ConfigError
-from emanet.models.segmentor import EM_HEADS, SegmentationModel, build_model, eval_stages_of
+from emanet.models.segmentor import EM_HEADS, SegmentationModel, build_model, eval_output_stride_of, eval_stages_of
 from emanet.renamed_keys import rename_old_keys
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,7 @@ class Segmenter:
             return cls.with_onnxruntime(cfg, device)
         model, checkpoint = load_trained_model(cfg, device, amp)
         model.eval()
-        eval_stride = cfg.model.backbone.get("eval_output_stride")
-        if eval_stride:
-            model.backbone.set_output_stride(eval_stride)
+        model.backbone.set_output_stride(eval_output_stride_of(cfg))
         return cls(model, cfg, device, amp, backend, checkpoint_file(cfg.checkpoint), trained_record(checkpoint))
 
     @classmethod

@@ -168,6 +168,14 @@ HEADS: dict[str, HeadEntry] = {
 EM_HEADS = tuple(name for name, entry in HEADS.items() if entry.em)
 
 
+def eval_output_stride_of(cfg: DictConfig) -> int:
+    """The backbone's output stride when evaluating a run of config ``cfg``:
+    ``model.backbone.eval_output_stride`` where set (the paper evaluates its OS16 ablations
+    at OS8), else the training one."""
+    backbone = cfg.model.backbone
+    return backbone.get("eval_output_stride") or backbone.output_stride
+
+
 def eval_stages_of(cfg: DictConfig) -> int | None:
     """The EM iterations T that evaluating a run of config ``cfg`` runs: ``model.ema.eval_stages``,
     None for a head without EM iterations."""
