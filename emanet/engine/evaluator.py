@@ -226,6 +226,19 @@ def memory_fix(images: torch.Tensor, scale: float, inference: Inference) -> str:
 
 
 @torch.no_grad()
+def predict_on_device(
+    model: nn.Module, images: torch.Tensor, device: torch.device, scales: Sequence[float], flip: bool,
+    inference: Inference = Inference(), amp: AmpSettings | None = None, ids: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`predict` for normalised images (B, 3, H, W) moved to ``device``, with the
+    network under ``amp``'s autocast and memory format: the probabilities on the device."""
+    amp = amp or AmpSettings()
+    images = amp.memory_format(images.to(device, non_blocking=True))
+    with amp.autocast(device):
+        return predict(model, images, scales, flip, inference, ids)
+
+
+@torch.no_grad()
 def predict_classes(
     model: nn.Module, images: torch.Tensor, device: torch.device, scales: Sequence[float], flip: bool,
     inference: Inference = Inference(), amp: AmpSettings | None = None, ids: Sequence[str] | None = None,
@@ -234,10 +247,7 @@ def predict_classes(
     network under ``amp``'s autocast and memory format; and the single-scale classes
     (scale 1.0, unflipped) when the protocol includes that pass but is more than it.
     ``ids`` name the images if memory runs out."""
-    amp = amp or AmpSettings()
-    images = amp.memory_format(images.to(device, non_blocking=True))
-    with amp.autocast(device):
-        probabilities, single_logits = predict(model, images, scales, flip, inference, ids)
+    probabilities, single_logits = predict_on_device(model, images, device, scales, flip, inference, amp, ids)
     single_scale = None
     if single_logits is not None and is_multi_scale(scales, flip):
         single_scale = single_logits.argmax(1).cpu()

@@ -31,7 +31,7 @@ from emanet.data.segmentation import eight_bit_rgb, eight_bits, read_image
 from emanet.data.transforms import eval_transform
 from emanet.engine.amp import AmpSettings
 from emanet.engine.checkpoint import checkpoint_file, load_checkpoint, load_model_weights
-from emanet.engine.evaluator import eval_inference, predict, predict_classes
+from emanet.engine.evaluator import eval_inference, predict_classes, predict_on_device
 from emanet.errors import CheckpointError, ConfigError
 from emanet.models.segmentor import EM_HEADS, SegmentationModel, build_model, eval_output_stride_of, eval_stages_of
 from emanet.renamed_keys import rename_old_keys
@@ -255,11 +255,13 @@ class Segmenter:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class probabilities (B, classes, H, W) float32 on the device for normalised images
         (B, 3, H, W), under the protocol, precision and memory format; and the single-scale
-        logits when that pass is part of the protocol (:func:`emanet.engine.evaluator.predict`).
+        logits when that pass is part of the protocol (:func:`emanet.engine.evaluator.predict_on_device`).
         ``ids`` name the images if memory runs out."""
-        images = self.amp.memory_format(images.to(self.device, non_blocking=True))
-        with torch.inference_mode(), self.amp.autocast(self.device):
-            return predict(self.network, images, self.cfg.eval.scales, self.cfg.eval.flip, self.inference, ids)
+        with torch.inference_mode():
+            return predict_on_device(
+                self.network, images, self.device, self.cfg.eval.scales, self.cfg.eval.flip, self.inference,
+                self.amp, ids,
+            )
 
     def predict_classes(
         self, images: torch.Tensor, ids: Sequence[str] | None = None
