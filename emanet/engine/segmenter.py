@@ -361,30 +361,25 @@ def choose_device(device: str | torch.device | None) -> torch.device:
 
 
 def run_config(path: str | Path) -> DictConfig:
-    """The config of the run a checkpoint belongs to: ``config.yaml`` of the run directory
-    ``path`` names (or beside the checkpoint file, or above its ``checkpoints/`` folder),
-    else the config the checkpoint records. Keys renamed since are given their new names."""
-    path = Path(path).expanduser()
-    file = checkpoint_file(path)
-    candidates = [path / "config.yaml"] if path.is_dir() else []
-    candidates += [file.parent / "config.yaml"]
-    if file.parent.name == "checkpoints":
-        candidates.append(file.parent.parent / "config.yaml")
-    found = next((candidate for candidate in candidates if candidate.is_file()), None)
-    if found is not None:
-        cfg = OmegaConf.load(found)
+    """The config of the run a checkpoint belongs to: ``config.yaml`` of its run directory
+    (:func:`run_dir_of`), else the config the checkpoint records. Keys renamed since are
+    given their new names."""
+    config_file = run_dir_of(path) / "config.yaml"
+    if config_file.is_file():
+        cfg, source = OmegaConf.load(config_file), config_file
     else:
+        source = checkpoint_file(path)
         recorded = load_checkpoint(path).get("config")
         if not recorded:
             raise CheckpointError(
-                f"{file}: no config.yaml beside it or in its run directory, and the checkpoint records no config; "
+                f"{source}: no config.yaml beside it or in its run directory, and the checkpoint records no config; "
                 "pass the training run's directory"
             )
         cfg = OmegaConf.create(recorded)
     rename_old_keys(cfg)
     for section in ("model", "dataset", "eval"):
         if section not in cfg:
-            raise ConfigError(f"{found or file}: the run's config has no '{section}' section; is it a training run's?")
+            raise ConfigError(f"{source}: the run's config has no '{section}' section; is it a training run's?")
     return cfg
 
 
@@ -424,9 +419,14 @@ def exported_model_file(path: str | Path) -> Path:
 
 def export_dir(path: str | Path) -> Path:
     """``RUN/export``: where ``scripts/export.py`` writes the export of the run directory
-    ``path`` names or holds the checkpoint ``path``."""
+    (:func:`run_dir_of`) of ``path``."""
+    return run_dir_of(path) / "export"
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a checkpoint path: the folder it names, else the folder above
+    the ``checkpoints/`` folder holding the file, else the file's own folder."""
     path = Path(path).expanduser()
     if path.is_dir():
-        return path / "export"
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return run_dir / "export"
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
