@@ -5,8 +5,8 @@
 
 No weights can be downloaded from here: ``emanet`` takes a run of this project, and the
 other entry points take the published weights of an experiment once imported into this
-project's format, each with its import command in its docstring
-(``torch.hub.help(REPO, NAME, source="local")`` prints it).
+project's format, each with its import command in its docstring (``torch.hub.help`` reads
+GitHub repositories only: ``help(hubconf.NAME)`` in a checkout shows it).
 """
 
 from __future__ import annotations

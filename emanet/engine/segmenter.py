@@ -151,11 +151,8 @@ class Segmenter:
             if exported_from(network.metadata, checkpoint, cfg):
                 check_matches_config(network.metadata, cfg, saved)
                 return cls(network, cfg, device, AmpSettings(), "onnxruntime", saved, network.metadata["trained"])
-        with open_dict(cfg):
-            settings = cfg.eval.amp, cfg.eval.channels_last
-            cfg.eval.amp, cfg.eval.channels_last = "off", False  # what the export runs: float32
-            reference = cls.from_config(cfg, torch.device("cpu"), "pytorch")
-            cfg.eval.amp, cfg.eval.channels_last = settings
+        float32 = OmegaConf.merge(cfg, {"eval": {"amp": "off", "channels_last": False}})  # what the export runs
+        reference = cls.from_config(float32, torch.device("cpu"), "pytorch")
         started = time.perf_counter()
         graph, _ = exported_network(reference)
         log.info(
