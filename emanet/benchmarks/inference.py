@@ -165,7 +165,7 @@ def export_model(preset: str, onnx_file: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     model = inference_model(preset)
     started = time.perf_counter()
-    onnx_file.write_bytes(export_graph(model))
+    onnx_file.write_bytes(export_graph(model).SerializeToString())
     return {"seconds": round(time.perf_counter() - started, 1), "peak_rss_gib": peak_rss_gib()}
 
 

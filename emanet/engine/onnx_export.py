@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from emanet.engine.onnx_runtime import EXPORT_EXTRA, OnnxNetwork, checkpoint_sta
 from emanet.engine.segmenter import ExportDisagrees, Segmenter
 from emanet.errors import ConfigError
 from emanet.io import atomic_write, write_json
+
+if TYPE_CHECKING:  # imported where used: the [export] extra is optional
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,8 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def export_graph(model: nn.Module) -> bytes:
-    """The ONNX file (bytes) of ``model`` in eval mode, with dynamic batch, height and width.
+def export_graph(model: nn.Module) -> onnx.ModelProto:
+    """The ONNX graph of ``model`` in eval mode, with dynamic batch, height and width.
 
     torch.onnx's dynamo exporter (``torch.export``): the exporter PyTorch maintains; the
     TorchScript one is deprecated. Traced on a batch of two, since ``torch.export``
@@ -95,15 +99,14 @@ def export_graph(model: nn.Module) -> bytes:
             model, (example,), dynamo=True, dynamic_shapes=dynamic, input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME], opset_version=OPSET, verbose=False, external_data=False,
         )
-    return program.model_proto.SerializeToString()
+    return program.model_proto
 
 
-def with_metadata(graph: bytes, metadata: dict[str, object]) -> bytes:
-    """The ONNX file with ``metadata`` (JSON values) in its ``metadata_props``, checked by
-    ``onnx.checker``."""
+def with_metadata(proto: onnx.ModelProto, metadata: dict[str, object]) -> bytes:
+    """The ONNX file (bytes) of ``proto`` with ``metadata`` (JSON values) in its
+    ``metadata_props``, checked by ``onnx.checker``."""
     import onnx
 
-    proto = onnx.load_from_string(graph)
     onnx.helper.set_model_props(
         proto, {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
     )
@@ -173,7 +176,7 @@ def exported_network(segmenter: Segmenter) -> tuple[bytes, dict]:
     metadata = export_metadata(segmenter)
     graph = export_graph(model)
     exported_in = time.perf_counter() - started
-    results = check_agreement(model, OnnxNetwork(graph), check_sizes(segmenter.cfg))
+    results = check_agreement(model, OnnxNetwork(graph.SerializeToString()), check_sizes(segmenter.cfg))
     metadata["check"] = results
     report = {
         "opset": OPSET, "eval_stages": segmenter.eval_stages, "checked": results,
